@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages later parts need (FUSE for mountd, bubblewrap for workers).
+# Never fails the build: if it cannot install, it says why in one line; tests that need
+# a missing piece skip and name it.
+set -u
+need=()
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+[ -e /usr/include/fuse3/fuse.h ] || need+=(libfuse3-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "note: not root, cannot install ${need[*]}; tests needing them will skip" >&2; exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "note: not a Debian system (no apt-get), cannot install ${need[*]}; tests needing them will skip" >&2; exit 0
+fi
+if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; } >/tmp/tusk-apt.log 2>&1; then
+  echo "note: apt-get install ${need[*]} failed (see /tmp/tusk-apt.log); tests needing them will skip" >&2
+fi
+exit 0

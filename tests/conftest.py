@@ -1,0 +1,6 @@
+"""Test-session fixtures: real servers started once per session (see tests/fixtures/)."""
+
+pytest_plugins = [
+    "tests.fixtures.servers",
+    "tests.fixtures.s3",
+]
