@@ -1,0 +1,187 @@
+"""PostgreSQL access: the connection pool, databases, and numbered SQL migrations.
+
+Each service keeps its schema as numbered files ``NNNN_name.sql`` in a migrations
+package and calls ``migrate(pool, "<service>", files("services.<name>.migrations"))``
+at start. Applied versions are recorded per service in ``schema_migrations``; the
+whole run holds a PostgreSQL advisory lock so replicas starting together apply each
+file exactly once. asyncpg's errors are translated here into ``shared.errors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from importlib.abc import Traversable
+from importlib.resources import files
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from shared.config import Config
+from shared.errors import FailedPrecondition, Internal, InvalidArgument, Unavailable
+
+log = logging.getLogger(__name__)
+
+MIGRATION_FILE_RE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+_DATABASE_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Arbitrary constant shared by every Tusk process: the key of the migration advisory lock.
+MIGRATION_LOCK_KEY = 0x7475_736B_6D69_67  # "tuskmig"
+
+_SCHEMA_MIGRATIONS_DDL = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    service    text        NOT NULL,
+    version    integer     NOT NULL,
+    name       text        NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (service, version)
+)
+"""
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at database ``name`` (query such as ``?host=`` is kept)."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+async def create_pool(
+    config: Config, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0
+) -> asyncpg.Pool:
+    """Open a pool to ``config.database_url``; raise ``Unavailable`` if it cannot be reached."""
+    try:
+        pool = await asyncpg.create_pool(
+            config.database_url, min_size=min_size, max_size=max_size, timeout=connect_timeout
+        )
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise Unavailable(
+            f"cannot connect to PostgreSQL at {redact_url(config.database_url)}: {_reason(exc)}"
+        ) from exc
+    assert pool is not None
+    return pool
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+async def ensure_database(admin_url: str, name: str) -> None:
+    """Create database ``name`` on the server of ``admin_url`` unless it exists."""
+    if not _DATABASE_NAME_RE.match(name):
+        raise InvalidArgument(f"invalid database name {name!r}: use a-z, 0-9 and _")
+    try:
+        conn = await asyncpg.connect(admin_url, timeout=10)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise Unavailable(
+            f"cannot connect to PostgreSQL at {redact_url(admin_url)}: {_reason(exc)}"
+        ) from exc
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            # A concurrent caller may create it first: that is what we wanted anyway.
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                # The name is checked by the regex above; identifiers cannot be bind parameters.
+                await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered SQL file."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations(migrations: Traversable | Path) -> list[Migration]:
+    """Read the ``NNNN_name.sql`` files of a directory or package, in version order."""
+    if not migrations.is_dir():
+        raise Internal(f"migrations directory {migrations} does not exist")
+    found: dict[int, Migration] = {}
+    for entry in migrations.iterdir():
+        match = MIGRATION_FILE_RE.match(entry.name)
+        if not match:
+            continue
+        version = int(match.group("version"))
+        if version in found:
+            raise Internal(f"two migrations with version {version:04d} in {migrations}")
+        found[version] = Migration(version, match.group("name"), entry.read_text())
+    return [found[v] for v in sorted(found)]
+
+
+async def migrate(pool: asyncpg.Pool, service: str, migrations: Traversable | Path) -> list[int]:
+    """Apply the not-yet-applied migrations of ``service``; return the versions applied.
+
+    Each file runs in its own transaction together with its ``schema_migrations`` row.
+    A file already applied with different content is refused: migrations are append-only.
+    """
+    wanted = load_migrations(migrations)
+    applied_now: list[int] = []
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+            try:
+                await conn.execute(_SCHEMA_MIGRATIONS_DDL)
+                rows = await conn.fetch(
+                    "SELECT version, checksum FROM schema_migrations WHERE service = $1", service
+                )
+                done = {row["version"]: row["checksum"] for row in rows}
+                for migration in wanted:
+                    if migration.version in done:
+                        if done[migration.version] != migration.checksum:
+                            raise FailedPrecondition(
+                                f"migration {service}/{migration.version:04d}_{migration.name}.sql"
+                                " changed after it was applied; add a new migration instead"
+                            )
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(migration.sql)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (service, version, name, checksum)"
+                            " VALUES ($1, $2, $3, $4)",
+                            service,
+                            migration.version,
+                            migration.name,
+                            migration.checksum,
+                        )
+                    applied_now.append(migration.version)
+                    log.info(
+                        "applied migration %s/%04d_%s", service, migration.version, migration.name
+                    )
+            finally:
+                # A dead connection has released its session lock already.
+                if not conn.is_closed():
+                    with contextlib.suppress(
+                        asyncpg.PostgresError, asyncpg.InterfaceError, OSError
+                    ):
+                        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    except asyncpg.PostgresError as exc:
+        raise Internal(f"migrating {service} failed: {_reason(exc)}") from exc
+    except (OSError, asyncpg.InterfaceError) as exc:
+        raise Unavailable(f"migrating {service}: database connection lost: {_reason(exc)}") from exc
+    return applied_now
+
+
+async def migrate_shared(pool: asyncpg.Pool) -> list[int]:
+    """Apply the schema every service shares (the event outbox)."""
+    return await migrate(pool, "shared", files("shared.migrations"))
