@@ -1,0 +1,37 @@
+"""The file index: a commit's files as a content-addressed prolly tree.
+
+A commit's files are a sorted map path → ``IndexEntry`` (opaque value bytes — PFS
+stores its JSON file entry there — and the file's size). The map is stored as a
+B-tree-like tree of immutable nodes in the object store, whose node boundaries are
+chosen by content (a "prolly tree", as in Dolt; lakeFS' ranges are the same idea):
+
+- **Boundaries** (``builder``): a leaf ends after an entry whose *key* hashes
+  (xxh3-64) under ``2**64 / fanout``; a level-L node ends after a child whose last
+  key hashes under the same threshold with seed L. The value is not hashed, so
+  editing a file never moves a boundary. Hard caps (``8 × fanout`` items, 1 MiB of
+  leaf keys+values) bound pathological inputs. A root with one child is replaced by
+  that child. So the tree's shape is a pure function of its contents (history
+  independence): building from scratch and applying changes give the same root.
+- **Nodes** (``node``): a compact binary layout, named by BLAKE3-256 hex of those
+  plain bytes, stored zstd-compressed at ``index/<first 2 hex>/<hash>``, written
+  only if not already present. Internal nodes keep each child's last key, hash,
+  entry count and total size, so range counts and sizes cost O(log N).
+- **Apply** (``FileIndex.apply``): a streaming rebuild over the old tree that pushes
+  an unchanged old subtree by reference whenever the levels below are at a cut and
+  the subtree ended at a real cut (not at the end of the old data), so k changes
+  into N entries read and write O(k log N) nodes.
+- **Diff** (``diff``): one sorted walk over both trees dropping subtrees whose
+  hashes match: O(k log N) node reads for k differing keys.
+- **Cache**: an LRU of decoded nodes, bounded in bytes; nodes never change, so a
+  cached node is always valid.
+- **Listing** (``listing``): directories are implicit; ``list_dir`` seeks past each
+  subdirectory and sizes it with ``stats``.
+
+Keys are sorted by Python ``str`` order, which equals UTF-8 byte order.
+"""
+
+from shared.file_index.listing import DirChild, dir_prefix, list_dir
+from shared.file_index.node import IndexEntry
+from shared.file_index.tree import Change, FileIndex
+
+__all__ = ["Change", "DirChild", "FileIndex", "IndexEntry", "dir_prefix", "list_dir"]
