@@ -1,0 +1,175 @@
+"""``create|list|inspect|delete repo`` and ``create|list|inspect|delete branch``."""
+
+from __future__ import annotations
+
+import click
+
+from shared.cli.args import REPO, REPO_AT_REF, Target, parse_target
+from shared.cli.output import (
+    echo,
+    echo_json,
+    format_fields,
+    format_table,
+    human_size,
+    output_option,
+    relative_time,
+)
+from shared.cli.session import run_pfs
+from shared.errors import InvalidArgument
+from shared.names import check_name, parse_ref
+from shared.pfs_models import BranchInfo, RepoInfo
+
+# Repos
+
+
+@click.command("repo")
+@click.argument("repo", type=REPO)
+@click.option("-d", "--description", default="", help="What the repo holds.")
+def create_repo(repo: str, description: str) -> None:
+    """Create a new, empty repo (with its master branch)."""
+    run_pfs(lambda pfs: pfs.create_repo(repo, description))
+
+
+@click.command("repo")
+@output_option
+def list_repo(output: str) -> None:
+    """List every repo."""
+    repos = run_pfs(lambda pfs: pfs.list_repos())
+    if output == "json":
+        echo_json([r.to_json() for r in repos])
+        return
+    echo(repo_table(repos))
+
+
+def repo_table(repos: list[RepoInfo]) -> str:
+    """NAME CREATED SIZE DESCRIPTION."""
+    rows = [
+        (r.name, relative_time(r.created), human_size(r.size_bytes), r.description) for r in repos
+    ]
+    return format_table(("NAME", "CREATED", "SIZE", "DESCRIPTION"), rows)
+
+
+@click.command("repo")
+@click.argument("repo", type=REPO)
+@output_option
+def inspect_repo(repo: str, output: str) -> None:
+    """Show one repo."""
+    info = run_pfs(lambda pfs: pfs.inspect_repo(repo))
+    if output == "json":
+        echo_json(info.to_json())
+        return
+    echo(
+        format_fields(
+            [
+                ("Name", info.name),
+                ("Description", info.description),
+                ("Created", relative_time(info.created)),
+                ("Size", human_size(info.size_bytes)),
+                ("Branches", ", ".join(info.branches) or "-"),
+            ]
+        )
+    )
+
+
+@click.command("repo")
+@click.argument("repo", type=REPO)
+@click.option("--force", is_flag=True, help="Delete even if other branches are computed from it.")
+def delete_repo(repo: str, force: bool) -> None:
+    """Delete a repo with all its branches, commits and files."""
+    run_pfs(lambda pfs: pfs.delete_repo(repo, force=force))
+
+
+# Branches
+
+
+def _branch_name(target: Target) -> str:
+    if target.ref is None:
+        raise InvalidArgument(f"invalid {target.text!r}: expected REPO@BRANCH")
+    return check_name("branch", target.ref)
+
+
+def _provenance_entry(text: str) -> str:
+    target = parse_target(text)
+    if target.path is not None or target.ref is None:
+        raise InvalidArgument(f"invalid provenance {text!r}: expected REPO@BRANCH")
+    return f"{target.repo}@{check_name('branch', target.ref)}"
+
+
+@click.command("branch")
+@click.argument("target", metavar="REPO@BRANCH", type=REPO_AT_REF)
+@click.option("--head", default=None, metavar="REF", help="Commit or branch to point at.")
+@click.option(
+    "-p",
+    "--provenance",
+    multiple=True,
+    metavar="REPO@BRANCH",
+    help="A branch this one is computed from (repeatable).",
+)
+def create_branch(target: Target, head: str | None, provenance: tuple[str, ...]) -> None:
+    """Create a branch, or move it when it exists (like pachctl)."""
+    name = _branch_name(target)
+    if head is not None:
+        parse_ref(head)
+    sources = [_provenance_entry(p) for p in provenance]
+    run_pfs(lambda pfs: pfs.create_branch(target.repo, name, head=head, provenance=sources))
+
+
+@click.command("branch")
+@click.argument("repo", type=REPO)
+@output_option
+def list_branch(repo: str, output: str) -> None:
+    """List a repo's branches."""
+    branches = run_pfs(lambda pfs: pfs.list_branches(repo))
+    if output == "json":
+        echo_json([b.to_json() for b in branches])
+        return
+    echo(branch_table(branches))
+
+
+def branch_table(branches: list[BranchInfo]) -> str:
+    """BRANCH HEAD PROVENANCE."""
+    rows = [(b.name, b.head or "-", ", ".join(b.provenance) or "-") for b in branches]
+    return format_table(("BRANCH", "HEAD", "PROVENANCE"), rows)
+
+
+@click.command("branch")
+@click.argument("target", metavar="REPO@BRANCH", type=REPO_AT_REF)
+@output_option
+def inspect_branch(target: Target, output: str) -> None:
+    """Show one branch: its head, what it is computed from and what is computed from it."""
+    name = _branch_name(target)
+    info = run_pfs(lambda pfs: pfs.inspect_branch(target.repo, name))
+    if output == "json":
+        echo_json(info.to_json())
+        return
+    echo(
+        format_fields(
+            [
+                ("Name", f"{info.repo}@{info.name}"),
+                ("Head", info.head or "-"),
+                ("Provenance", ", ".join(info.provenance) or "-"),
+                ("Subvenance", ", ".join(info.subvenance) or "-"),
+            ]
+        )
+    )
+
+
+@click.command("branch")
+@click.argument("target", metavar="REPO@BRANCH", type=REPO_AT_REF)
+@click.option("--force", is_flag=True, help="Delete even if other branches are computed from it.")
+def delete_branch(target: Target, force: bool) -> None:
+    """Delete a branch (its commits stay reachable by id)."""
+    name = _branch_name(target)
+    run_pfs(lambda pfs: pfs.delete_branch(target.repo, name, force=force))
+
+
+COMMANDS: list[tuple[str, click.Command]] = [
+    ("create", create_repo),
+    ("list", list_repo),
+    ("inspect", inspect_repo),
+    ("delete", delete_repo),
+    ("create", create_branch),
+    ("list", list_branch),
+    ("inspect", inspect_branch),
+    ("delete", delete_branch),
+]
