@@ -1,0 +1,368 @@
+"""PFS HTTP API: routes and thin handlers over ``PfsService`` (documented at /openapi.json)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from services.pfs.service import PfsService
+from shared.bus import Bus
+from shared.errors import InvalidArgument
+from shared.events import CommitFinished, subject_filter
+from shared.filestream import CONTENT_TYPE, FileStreamReader, encode_block, encode_header
+from shared.http import field, query_bool, query_int, read_json
+from shared.pfs_models import CommitInfo, CommitRef
+
+SERVICE: web.AppKey[PfsService] = web.AppKey("pfs_service", PfsService)
+BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
+routes = web.RouteTableDef()
+
+
+def _svc(request: web.Request) -> PfsService:
+    return request.app[SERVICE]
+
+
+def _path(request: web.Request) -> str:
+    return "/" + request.match_info.get("path", "")
+
+
+# Repos
+
+
+@routes.post("/v1/repos")
+async def create_repo(request: web.Request) -> web.Response:
+    """Create a repo. Body: {name, description?}."""
+    body = await read_json(request)
+    info = await _svc(request).create_repo(
+        field(body, "name", str), field(body, "description", str, default="")
+    )
+    return web.json_response(info.to_json(), status=201)
+
+
+@routes.get("/v1/repos")
+async def list_repos(request: web.Request) -> web.Response:
+    """List repos, newest first."""
+    return web.json_response({"repos": [r.to_json() for r in await _svc(request).list_repos()]})
+
+
+@routes.get("/v1/repos/{repo}")
+async def inspect_repo(request: web.Request) -> web.Response:
+    """Inspect a repo (size is that of its master head)."""
+    return web.json_response(
+        (await _svc(request).inspect_repo(request.match_info["repo"])).to_json()
+    )
+
+
+@routes.delete("/v1/repos/{repo}")
+async def delete_repo(request: web.Request) -> web.Response:
+    """Delete a repo; refused while other branches have provenance on it unless ?force=true."""
+    await _svc(request).delete_repo(request.match_info["repo"], force=query_bool(request, "force"))
+    return web.json_response({})
+
+
+# Branches
+
+
+@routes.post("/v1/repos/{repo}/branches")
+async def create_branch(request: web.Request) -> web.Response:
+    """Create (or move/re-provenance) a branch. Body: {name, head?, provenance?: ["repo@branch"]}."""
+    body = await read_json(request)
+    provenance = field(body, "provenance", list, default=None)
+    if provenance is not None and not all(isinstance(p, str) for p in provenance):
+        raise InvalidArgument("field provenance: expected a list of 'repo@branch' strings")
+    info = await _svc(request).create_branch(
+        request.match_info["repo"],
+        field(body, "name", str),
+        head=field(body, "head", str, default=None),
+        provenance=provenance,
+    )
+    return web.json_response(info.to_json(), status=201)
+
+
+@routes.get("/v1/repos/{repo}/branches")
+async def list_branches(request: web.Request) -> web.Response:
+    """List a repo's branches."""
+    branches = await _svc(request).list_branches(request.match_info["repo"])
+    return web.json_response({"branches": [b.to_json() for b in branches]})
+
+
+@routes.get("/v1/repos/{repo}/branches/{branch}")
+async def inspect_branch(request: web.Request) -> web.Response:
+    """Inspect a branch: head, provenance, subvenance."""
+    info = await _svc(request).inspect_branch(
+        request.match_info["repo"], request.match_info["branch"]
+    )
+    return web.json_response(info.to_json())
+
+
+@routes.delete("/v1/repos/{repo}/branches/{branch}")
+async def delete_branch(request: web.Request) -> web.Response:
+    """Delete a branch (its commits stay reachable by id)."""
+    await _svc(request).delete_branch(
+        request.match_info["repo"], request.match_info["branch"], force=query_bool(request, "force")
+    )
+    return web.json_response({})
+
+
+# Commits
+
+
+@routes.post("/v1/repos/{repo}/commits")
+async def start_commit(request: web.Request) -> web.Response:
+    """Start a commit on a branch. Body: {branch, description?, provenance?: [{repo, branch, id}]}."""
+    body = await read_json(request)
+    raw_prov = field(body, "provenance", list, default=None)
+    provenance = None
+    if raw_prov is not None:
+        try:
+            provenance = [
+                CommitRef(str(p["repo"]), p.get("branch"), str(p["id"])) for p in raw_prov
+            ]
+        except (TypeError, KeyError):
+            raise InvalidArgument("field provenance: expected [{repo, branch, id}]") from None
+    info = await _svc(request).start_commit(
+        request.match_info["repo"],
+        field(body, "branch", str, default="master"),
+        description=field(body, "description", str, default=""),
+        provenance=provenance,
+    )
+    return web.json_response(info.to_json(), status=201)
+
+
+@routes.get("/v1/repos/{repo}/commits")
+async def list_commits(request: web.Request) -> web.Response:
+    """List commits newest first, one page (?branch=&limit=&before=<cursor>)."""
+    commits, cursor = await _svc(request).list_commits(
+        request.match_info["repo"],
+        request.query.get("branch") or None,
+        query_int(request, "limit", 100, low=1, high=10000),
+        request.query.get("before") or None,
+    )
+    return web.json_response({"commits": [c.to_json() for c in commits], "next": cursor})
+
+
+@routes.get("/v1/repos/{repo}/commits/{ref}")
+async def inspect_commit(request: web.Request) -> web.Response:
+    """Inspect a commit named by a ref (branch, id, master^, master~2)."""
+    info = await _svc(request).inspect_commit(request.match_info["repo"], request.match_info["ref"])
+    return web.json_response(info.to_json())
+
+
+@routes.get("/v1/repos/{repo}/commits/{ref}/subvenance")
+async def commit_subvenance(request: web.Request) -> web.Response:
+    """Commits whose provenance includes this commit."""
+    infos = await _svc(request).commits_from(request.match_info["repo"], request.match_info["ref"])
+    return web.json_response({"commits": [c.to_json() for c in infos]})
+
+
+@routes.post("/v1/repos/{repo}/commits/{ref}/finish")
+async def finish_commit(request: web.Request) -> web.Response:
+    """Finish an open commit. Body: {description?, error?}."""
+    body = await read_json(request)
+    info = await _svc(request).finish_commit(
+        request.match_info["repo"],
+        request.match_info["ref"],
+        description=field(body, "description", str, default=None),
+        error=field(body, "error", str, default=None),
+    )
+    return web.json_response(info.to_json())
+
+
+@routes.get("/v1/repos/{repo}/commits/{ref}/wait")
+async def wait_commit(request: web.Request) -> web.Response:
+    """Block until the commit is finished (?timeout=seconds)."""
+    raw = request.query.get("timeout")
+    try:
+        timeout = float(raw) if raw else None
+    except ValueError:
+        raise InvalidArgument("query parameter timeout: expected seconds") from None
+    info = await _svc(request).wait_commit(
+        request.match_info["repo"], request.match_info["ref"], timeout
+    )
+    return web.json_response(info.to_json())
+
+
+@routes.delete("/v1/repos/{repo}/commits/{ref}")
+async def delete_commit(request: web.Request) -> web.Response:
+    """Delete an open commit (the branch head goes back to its parent)."""
+    await _svc(request).delete_commit(request.match_info["repo"], request.match_info["ref"])
+    return web.json_response({})
+
+
+@routes.post("/v1/repos/{repo}/commits/{ref}/squash")
+async def squash_commit(request: web.Request) -> web.Response:
+    """Remove a finished commit from history; its children keep their content."""
+    await _svc(request).squash_commit(request.match_info["repo"], request.match_info["ref"])
+    return web.json_response({})
+
+
+@routes.get("/v1/repos/{repo}/branches/{branch}/subscribe")
+async def subscribe_commits(request: web.Request) -> web.StreamResponse:
+    """Stream finished commits of a branch as NDJSON, as they happen (?all=true: existing first)."""
+    svc = _svc(request)
+    repo, branch = request.match_info["repo"], request.match_info["branch"]
+    await svc.inspect_branch(repo, branch)
+    bus = request.app[BUS]
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    seen: set[str] = set()
+
+    async def send(info: CommitInfo) -> None:
+        if info.id not in seen and info.state == "finished":
+            seen.add(info.id)
+            await response.write(json.dumps(info.to_json()).encode() + b"\n")
+
+    async with bus.subscribe_events(
+        subject_filter(svc.config.nats_prefix, "commit.finished", repo), deliver="new"
+    ) as events:
+        if query_bool(request, "all"):
+            commits: list[CommitInfo] = []
+            cursor = None
+            while True:
+                page, cursor = await svc.list_commits(repo, branch, 1000, cursor)
+                commits.extend(page)
+                if cursor is None:
+                    break
+            for info in reversed(commits):
+                await send(info)
+        async for event in events:
+            payload = event.payload
+            if isinstance(payload, CommitFinished) and payload.branch == branch:
+                await send(await svc.inspect_commit(repo, payload.commit))
+    return response
+
+
+# Files
+
+
+@routes.post("/v1/repos/{repo}/branches/{branch}/files")
+async def put_files(request: web.Request) -> web.Response:
+    """Upload files (body: application/x-tusk-files stream) into one commit on the branch."""
+    if request.content_type != CONTENT_TYPE:
+        raise InvalidArgument(f"put expects Content-Type {CONTENT_TYPE}")
+    result = await _svc(request).put_files(
+        request.match_info["repo"],
+        request.match_info["branch"],
+        FileStreamReader(request.content),
+        append=query_bool(request, "append"),
+        description=request.query.get("description", ""),
+    )
+    return web.json_response(result.to_json(), status=201)
+
+
+@routes.delete("/v1/repos/{repo}/branches/{branch}/files/{path:.*}")
+async def delete_file(request: web.Request) -> web.Response:
+    """Delete a file or a directory (recursively) from the branch."""
+    result = await _svc(request).delete_file(
+        request.match_info["repo"], request.match_info["branch"], _path(request)
+    )
+    return web.json_response(result.to_json())
+
+
+@routes.post("/v1/repos/{repo}/branches/{branch}/copy")
+async def copy_file(request: web.Request) -> web.Response:
+    """Copy files between commits without copying bytes. Body: {src_repo, src_ref, src_path, path, append?}."""
+    body = await read_json(request)
+    result = await _svc(request).copy_file(
+        field(body, "src_repo", str),
+        field(body, "src_ref", str),
+        field(body, "src_path", str),
+        request.match_info["repo"],
+        request.match_info["branch"],
+        field(body, "path", str),
+        append=field(body, "append", bool, default=False),
+    )
+    return web.json_response(result.to_json(), status=201)
+
+
+@routes.get("/v1/repos/{repo}/commits/{ref}/files/{path:.*}")
+async def get_file(request: web.Request) -> web.StreamResponse:
+    """Read a file (raw bytes; ?offset=&length=) or, with ?recursive=true, a tree as x-tusk-files."""
+    svc = _svc(request)
+    repo, ref, path = request.match_info["repo"], request.match_info["ref"], _path(request)
+    if query_bool(request, "recursive"):
+        return await _get_tree(request, svc, repo, ref, path)
+    offset = query_int(request, "offset", 0, low=0, high=1 << 62)
+    length_raw = request.query.get("length")
+    length = query_int(request, "length", 0, low=0, high=1 << 62) if length_raw else None
+    size, reader = await svc.open_file(repo, ref, path, offset, length)
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = size
+    await response.prepare(request)
+    async for data in reader():
+        await response.write(data)
+    await response.write_eof()
+    return response
+
+
+async def _get_tree(
+    request: web.Request, svc: PfsService, repo: str, ref: str, path: str
+) -> web.StreamResponse:
+    files = svc.walk_files(repo, ref, path)
+    first = await anext(files, None)  # errors (not found, open commit) before the 200
+    response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE})
+    await response.prepare(request)
+
+    async def send(key: str, entry: Any) -> None:
+        await response.write(encode_header({"path": key, "size": entry.size}))
+        async for data in svc.read_entry(entry):
+            await response.write(encode_block(data))
+        await response.write(encode_block(b""))
+
+    if first is not None:
+        await send(*first)
+        async for key, entry in files:
+            await send(key, entry)
+    await response.write(encode_header({"end": True}))
+    await response.write_eof()
+    return response
+
+
+@routes.get("/v1/repos/{repo}/commits/{ref}/inspect/{path:.*}")
+async def inspect_file(request: web.Request) -> web.Response:
+    """Inspect a file or directory."""
+    info = await _svc(request).inspect_file(
+        request.match_info["repo"], request.match_info["ref"], _path(request)
+    )
+    return web.json_response(info.to_json())
+
+
+@routes.get("/v1/repos/{repo}/commits/{ref}/list/{path:.*}")
+async def list_files(request: web.Request) -> web.Response:
+    """List a directory's children, one page (?limit=&after=<name>)."""
+    files, cursor = await _svc(request).list_files(
+        request.match_info["repo"],
+        request.match_info["ref"],
+        _path(request),
+        after=request.query.get("after") or None,
+        limit=query_int(request, "limit", 1000, low=1, high=100000),
+    )
+    return web.json_response({"files": [f.to_json() for f in files], "next": cursor})
+
+
+@routes.get("/v1/repos/{repo}/commits/{ref}/glob")
+async def glob_files(request: web.Request) -> web.Response:
+    """Files and directories matching a Pachyderm glob (?pattern=)."""
+    pattern = request.query.get("pattern")
+    if not pattern:
+        raise InvalidArgument("query parameter pattern is required")
+    files = await _svc(request).glob_files(
+        request.match_info["repo"], request.match_info["ref"], pattern
+    )
+    return web.json_response({"files": [f.to_json() for f in files]})
+
+
+@routes.get("/v1/repos/{repo}/commits/{ref}/diff")
+async def diff_files(request: web.Request) -> web.Response:
+    """Changes from old (default: the parent) to this commit (?path=&old_repo=&old_ref=&old_path=)."""
+    changes = await _svc(request).diff_files(
+        request.match_info["repo"],
+        request.match_info["ref"],
+        request.query.get("path", "/"),
+        request.query.get("old_repo") or None,
+        request.query.get("old_ref") or None,
+        request.query.get("old_path") or None,
+    )
+    return web.json_response({"changes": [c.to_json() for c in changes]})

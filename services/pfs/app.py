@@ -1,0 +1,57 @@
+"""Builds the PFS ``web.Application`` from a ``Config``: resources open and close in cleanup contexts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from importlib.resources import files
+
+from aiohttp import web
+
+from services.pfs.api import BUS, SERVICE, routes
+from services.pfs.committed import CommittedFiles
+from services.pfs.service import PfsService
+from shared import bus as bus_module
+from shared.config import Config
+from shared.db import create_pool, migrate, migrate_shared
+from shared.file_index import FileIndex
+from shared.http import add_health_routes, error_middleware
+from shared.objstore import open_object_store
+from shared.outbox import OutboxRelay
+
+log = logging.getLogger("tusk.pfs")
+VERSION = "0.1.0"
+# Largest request body a put accepts is governed by Config.max_file_bytes; aiohttp's own cap is lifted.
+CLIENT_MAX_SIZE = 1 << 62
+
+
+def build_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
+    app.add_routes(routes)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(config)
+        try:
+            await migrate_shared(pool)
+            await migrate(pool, "pfs", files("services.pfs.migrations"))
+            bus = await bus_module.connect(config, name="tusk-pfs")
+            try:
+                await bus.ensure_streams()
+                async with open_object_store(config) as store, OutboxRelay(pool, bus):
+                    service = PfsService(config, pool, store, CommittedFiles(FileIndex(store)))
+                    await service.recover_finishing()
+                    app[SERVICE] = service
+                    app[BUS] = bus
+                    yield
+            finally:
+                await bus.close()
+        finally:
+            await pool.close()
+
+    app.cleanup_ctx.append(resources)
+
+    async def ready() -> bool:
+        return SERVICE in app and await app[SERVICE].ready() and not app[BUS].nc.is_closed
+
+    add_health_routes(app, ready, "Tusk PFS", VERSION)
+    return app

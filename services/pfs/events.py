@@ -1,0 +1,38 @@
+"""PFS's side of the event bus: record an event in the outbox of the caller's transaction."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from shared.config import Config
+from shared.events import CommitFinished, CommitRef, CommitStarted, Event, Payload
+from shared.outbox import enqueue
+from shared.pfs_models import CommitInfo
+
+
+async def emit(conn: asyncpg.Connection, config: Config, payload: Payload) -> None:
+    """Enqueue ``payload`` as an event; it is published iff the transaction commits."""
+    event = Event(payload)
+    await enqueue(conn, event, event.subject(config.nats_prefix))
+
+
+def commit_payload(kind: str, info: CommitInfo) -> Payload:
+    """The commit.started / commit.finished payload of a commit."""
+    provenance = [CommitRef(p.repo, p.branch, p.id) for p in info.provenance]
+    if kind == "commit.started":
+        return CommitStarted(
+            repo=info.repo,
+            branch=info.branch,
+            commit=info.id,
+            parent=info.parent,
+            provenance=provenance,
+        )
+    return CommitFinished(
+        repo=info.repo,
+        branch=info.branch,
+        commit=info.id,
+        parent=info.parent,
+        provenance=provenance,
+        size_bytes=info.size_bytes,
+        error=info.error,
+    )

@@ -1,0 +1,456 @@
+"""Refs: where names point — repos, branches, commits and ref resolution, in PostgreSQL.
+
+Every function takes an open asyncpg connection so the caller decides the
+transaction; nothing here touches the object store. Rows come back as the
+records of ``shared.pfs_models``. Branch heads move only under a row lock taken
+by ``lock_branch`` (compare-and-set), so several PFS replicas are safe.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from shared.names import COMMIT_ID_RE, check_name, parse_ref
+from shared.pfs_models import BranchInfo, CommitInfo, CommitRef, RepoInfo
+
+Conn = asyncpg.Connection
+
+
+def new_commit_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+@dataclass(frozen=True)
+class CommitRow:
+    """A commit as stored, with the index root the API does not show."""
+
+    info: CommitInfo
+    root: str | None
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def finished(self) -> bool:
+        return self.info.state == "finished"
+
+
+_COMMIT_COLUMNS = (
+    "id, repo, branch, parent, state, root, size_bytes, file_count, description, error, "
+    "provenance, started, finishing, finished"
+)
+
+
+def commit_from_record(rec: asyncpg.Record) -> CommitRow:
+    prov = rec["provenance"]
+    prov_list = json.loads(prov) if isinstance(prov, str) else (prov or [])
+    info = CommitInfo(
+        id=rec["id"],
+        repo=rec["repo"],
+        branch=rec["branch"],
+        parent=rec["parent"],
+        state=rec["state"],
+        started=_time(rec["started"]) or "",
+        finishing=_time(rec["finishing"]),
+        finished=_time(rec["finished"]),
+        size_bytes=rec["size_bytes"],
+        file_count=rec["file_count"],
+        description=rec["description"],
+        error=rec["error"],
+        provenance=[CommitRef.from_json(p) for p in prov_list],
+    )
+    return CommitRow(info, rec["root"])
+
+
+# Repos
+
+
+async def create_repo(conn: Conn, name: str, description: str) -> None:
+    check_name("repo", name)
+    try:
+        await conn.execute(
+            "INSERT INTO pfs_repos (name, description) VALUES ($1, $2)", name, description
+        )
+    except asyncpg.UniqueViolationError:
+        raise AlreadyExists(f"repo {name} already exists") from None
+
+
+async def repo_exists(conn: Conn, name: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM pfs_repos WHERE name = $1", name))
+
+
+async def require_repo(conn: Conn, name: str) -> None:
+    check_name("repo", name)
+    if not await repo_exists(conn, name):
+        raise NotFound(f"repo {name} not found (tusk list repo shows the repos)")
+
+
+async def get_repo(conn: Conn, name: str) -> RepoInfo:
+    await require_repo(conn, name)
+    rows = await conn.fetch(
+        """
+        SELECT r.name, r.description, r.created,
+               coalesce(array_agg(b.name ORDER BY b.name) FILTER (WHERE b.name IS NOT NULL), '{}')
+                   AS branches,
+               coalesce((SELECT c.size_bytes FROM pfs_branches mb
+                         JOIN pfs_commits c ON c.id = mb.head
+                         WHERE mb.repo = r.name AND mb.name = 'master'), 0) AS size_bytes
+        FROM pfs_repos r LEFT JOIN pfs_branches b ON b.repo = r.name
+        WHERE r.name = $1 GROUP BY r.name
+        """,
+        name,
+    )
+    return _repo_info(rows[0])
+
+
+async def list_repos(conn: Conn) -> list[RepoInfo]:
+    rows = await conn.fetch(
+        """
+        SELECT r.name, r.description, r.created,
+               coalesce(array_agg(b.name ORDER BY b.name) FILTER (WHERE b.name IS NOT NULL), '{}')
+                   AS branches,
+               coalesce((SELECT c.size_bytes FROM pfs_branches mb
+                         JOIN pfs_commits c ON c.id = mb.head
+                         WHERE mb.repo = r.name AND mb.name = 'master'), 0) AS size_bytes
+        FROM pfs_repos r LEFT JOIN pfs_branches b ON b.repo = r.name
+        GROUP BY r.name ORDER BY r.created DESC, r.name
+        """
+    )
+    return [_repo_info(r) for r in rows]
+
+
+def _repo_info(rec: asyncpg.Record) -> RepoInfo:
+    return RepoInfo(
+        name=rec["name"],
+        created=_time(rec["created"]) or "",
+        description=rec["description"],
+        size_bytes=rec["size_bytes"],
+        branches=list(rec["branches"]),
+    )
+
+
+async def downstream_of_repo(conn: Conn, name: str) -> list[str]:
+    """Branches in other repos whose provenance includes a branch of ``name``."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT repo || '@' || branch AS b FROM pfs_branch_provenance "
+        "WHERE prov_repo = $1 AND repo <> $1 ORDER BY 1",
+        name,
+    )
+    return [r["b"] for r in rows]
+
+
+async def delete_repo(conn: Conn, name: str) -> None:
+    # Provenance rows pointing into this repo from elsewhere go first (force delete).
+    await conn.execute("DELETE FROM pfs_branch_provenance WHERE prov_repo = $1", name)
+    await conn.execute("UPDATE pfs_branches SET head = NULL WHERE repo = $1", name)
+    await conn.execute("UPDATE pfs_commits SET parent = NULL WHERE repo = $1", name)
+    await conn.execute("DELETE FROM pfs_repos WHERE name = $1", name)
+
+
+# Branches
+
+
+async def get_branch_head(
+    conn: Conn, repo: str, branch: str, *, lock: bool = False
+) -> tuple[bool, str | None]:
+    """(exists, head) of a branch; ``lock`` takes the row lock that serializes head moves."""
+    row = await conn.fetchrow(
+        "SELECT head FROM pfs_branches WHERE repo = $1 AND name = $2"
+        + (" FOR UPDATE" if lock else ""),
+        repo,
+        branch,
+    )
+    return (row is not None, row["head"] if row else None)
+
+
+async def insert_branch(conn: Conn, repo: str, name: str, head: str | None) -> None:
+    check_name("branch", name)
+    if COMMIT_ID_RE.match(name):
+        raise InvalidArgument(f"invalid branch name {name!r}: it looks like a commit id")
+    try:
+        await conn.execute(
+            "INSERT INTO pfs_branches (repo, name, head) VALUES ($1, $2, $3)", repo, name, head
+        )
+    except asyncpg.UniqueViolationError:
+        raise AlreadyExists(f"branch {repo}@{name} already exists") from None
+
+
+async def set_branch_head(conn: Conn, repo: str, name: str, head: str | None) -> None:
+    await conn.execute(
+        "UPDATE pfs_branches SET head = $3 WHERE repo = $1 AND name = $2", repo, name, head
+    )
+
+
+async def set_branch_provenance(
+    conn: Conn, repo: str, name: str, provenance: list[tuple[str, str]]
+) -> None:
+    await conn.execute(
+        "DELETE FROM pfs_branch_provenance WHERE repo = $1 AND branch = $2", repo, name
+    )
+    for prov_repo, prov_branch in provenance:
+        exists, _ = await get_branch_head(conn, prov_repo, prov_branch)
+        if not exists:
+            raise NotFound(f"provenance branch {prov_repo}@{prov_branch} not found")
+        if (prov_repo, prov_branch) == (repo, name):
+            raise InvalidArgument(f"branch {repo}@{name} cannot have itself as provenance")
+        await conn.execute(
+            "INSERT INTO pfs_branch_provenance VALUES ($1, $2, $3, $4)",
+            repo,
+            name,
+            prov_repo,
+            prov_branch,
+        )
+    # A cycle would make a pipeline DAG that never settles.
+    cycle = await conn.fetchval(
+        """
+        WITH RECURSIVE up(repo, branch) AS (
+            SELECT prov_repo, prov_branch FROM pfs_branch_provenance WHERE repo = $1 AND branch = $2
+            UNION
+            SELECT p.prov_repo, p.prov_branch FROM pfs_branch_provenance p
+            JOIN up ON p.repo = up.repo AND p.branch = up.branch
+        )
+        SELECT 1 FROM up WHERE repo = $1 AND branch = $2 LIMIT 1
+        """,
+        repo,
+        name,
+    )
+    if cycle:
+        raise InvalidArgument(f"provenance of {repo}@{name} would form a cycle")
+
+
+async def branch_provenance(conn: Conn, repo: str, name: str) -> list[tuple[str, str]]:
+    rows = await conn.fetch(
+        "SELECT prov_repo, prov_branch FROM pfs_branch_provenance WHERE repo = $1 AND branch = $2 "
+        "ORDER BY 1, 2",
+        repo,
+        name,
+    )
+    return [(r["prov_repo"], r["prov_branch"]) for r in rows]
+
+
+async def get_branch(conn: Conn, repo: str, name: str) -> BranchInfo:
+    exists, head = await get_branch_head(conn, repo, name)
+    if not exists:
+        raise NotFound(f"branch {repo}@{name} not found (tusk list branch {repo})")
+    return await _branch_info(conn, repo, name, head)
+
+
+async def _branch_info(conn: Conn, repo: str, name: str, head: str | None) -> BranchInfo:
+    prov = await branch_provenance(conn, repo, name)
+    sub = await conn.fetch(
+        "SELECT repo, branch FROM pfs_branch_provenance WHERE prov_repo = $1 AND prov_branch = $2 "
+        "ORDER BY 1, 2",
+        repo,
+        name,
+    )
+    return BranchInfo(
+        repo=repo,
+        name=name,
+        head=head,
+        provenance=[f"{r}@{b}" for r, b in prov],
+        subvenance=[f"{r['repo']}@{r['branch']}" for r in sub],
+    )
+
+
+async def list_branches(conn: Conn, repo: str) -> list[BranchInfo]:
+    rows = await conn.fetch(
+        "SELECT name, head FROM pfs_branches WHERE repo = $1 ORDER BY created DESC, name", repo
+    )
+    return [await _branch_info(conn, repo, r["name"], r["head"]) for r in rows]
+
+
+async def delete_branch(conn: Conn, repo: str, name: str) -> None:
+    await conn.execute("DELETE FROM pfs_branches WHERE repo = $1 AND name = $2", repo, name)
+
+
+async def branch_subvenance(conn: Conn, repo: str, name: str) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT repo || '@' || branch AS b FROM pfs_branch_provenance "
+        "WHERE prov_repo = $1 AND prov_branch = $2 ORDER BY 1",
+        repo,
+        name,
+    )
+    return [r["b"] for r in rows]
+
+
+# Commits
+
+
+async def insert_commit(
+    conn: Conn,
+    *,
+    commit_id: str,
+    repo: str,
+    branch: str | None,
+    parent: str | None,
+    state: str,
+    root: str | None = None,
+    size_bytes: int = 0,
+    file_count: int = 0,
+    description: str = "",
+    provenance: list[CommitRef] | None = None,
+) -> CommitRow:
+    prov = json.dumps([{"repo": p.repo, "branch": p.branch, "id": p.id} for p in provenance or []])
+    finished_now = state == "finished"
+    rec = await conn.fetchrow(
+        f"""
+        INSERT INTO pfs_commits (id, repo, branch, parent, state, root, size_bytes, file_count,
+                                 description, provenance, finishing, finished)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb,
+                CASE WHEN $11 THEN now() END, CASE WHEN $11 THEN now() END)
+        RETURNING {_COMMIT_COLUMNS}
+        """,
+        commit_id,
+        repo,
+        branch,
+        parent,
+        state,
+        root,
+        size_bytes,
+        file_count,
+        description,
+        prov,
+        finished_now,
+    )
+    return commit_from_record(rec)
+
+
+async def get_commit(conn: Conn, commit_id: str, *, lock: bool = False) -> CommitRow | None:
+    rec = await conn.fetchrow(
+        f"SELECT {_COMMIT_COLUMNS} FROM pfs_commits WHERE id = $1"
+        + (" FOR UPDATE" if lock else ""),
+        commit_id,
+    )
+    return commit_from_record(rec) if rec else None
+
+
+async def resolve_ref(conn: Conn, repo: str, ref: str) -> CommitRow:
+    """The commit a ref names: a branch head or a commit id, then N parents back."""
+    await require_repo(conn, repo)
+    parsed = parse_ref(ref)
+    exists, head = await get_branch_head(conn, repo, parsed.base)
+    if exists:
+        if head is None:
+            raise NotFound(f"branch {repo}@{parsed.base} has no commits yet")
+        commit_id = head
+    elif COMMIT_ID_RE.match(parsed.base):
+        commit_id = parsed.base
+    else:
+        raise NotFound(f"branch or commit {parsed.base!r} not found in repo {repo}")
+    row = await get_commit(conn, commit_id)
+    if row is None or row.info.repo != repo:
+        raise NotFound(f"commit {commit_id} not found in repo {repo}")
+    for step in range(parsed.ancestors):
+        if row.info.parent is None:
+            raise NotFound(f"{repo}@{ref}: the history has only {step + 1} commit(s)")
+        parent = await get_commit(conn, row.info.parent)
+        if parent is None:
+            raise NotFound(f"{repo}@{ref}: parent commit {row.info.parent} is gone")
+        row = parent
+    return row
+
+
+async def resolve_readable(conn: Conn, repo: str, ref: str) -> CommitRow:
+    """The commit whose files a read of ``ref`` shows.
+
+    A plain branch name whose head is still open reads its newest finished
+    ancestor (readers never see a half-made commit); an explicit open commit id
+    is refused with a hint.
+    """
+    row = await resolve_ref(conn, repo, ref)
+    parsed = parse_ref(ref)
+    is_branch = (await get_branch_head(conn, repo, parsed.base))[0]
+    while not row.finished:
+        if not is_branch:
+            raise FailedPrecondition(
+                f"commit {row.id} is still open; its files are readable once it is finished "
+                f"(tusk finish commit {repo}@{row.id})"
+            )
+        if row.info.parent is None:
+            raise NotFound(f"branch {repo}@{parsed.base} has no finished commits yet")
+        parent = await get_commit(conn, row.info.parent)
+        if parent is None:
+            raise NotFound(f"branch {repo}@{parsed.base} has no finished commits yet")
+        row = parent
+    return row
+
+
+async def finish_commit_row(
+    conn: Conn,
+    commit_id: str,
+    *,
+    root: str | None,
+    size_bytes: int,
+    file_count: int,
+    description: str | None,
+    error: str | None,
+) -> CommitRow:
+    rec = await conn.fetchrow(
+        f"""
+        UPDATE pfs_commits SET state = 'finished', root = $2, size_bytes = $3, file_count = $4,
+               description = coalesce($5, description), error = $6, finished = now(),
+               finishing = coalesce(finishing, now())
+        WHERE id = $1 RETURNING {_COMMIT_COLUMNS}
+        """,
+        commit_id,
+        root,
+        size_bytes,
+        file_count,
+        description,
+        error,
+    )
+    return commit_from_record(rec)
+
+
+async def list_commits(
+    conn: Conn, repo: str, branch: str | None, limit: int, before: str | None
+) -> tuple[list[CommitRow], str | None]:
+    before_seq = None
+    if before is not None:
+        before_seq = await conn.fetchval("SELECT seq FROM pfs_commits WHERE id = $1", before)
+        if before_seq is None:
+            raise InvalidArgument(f"paging cursor {before!r} is not a commit of {repo}")
+    rows = await conn.fetch(
+        f"""
+        SELECT {_COMMIT_COLUMNS}, seq FROM pfs_commits
+        WHERE repo = $1 AND ($2::text IS NULL OR branch = $2) AND ($3::bigint IS NULL OR seq < $3)
+        ORDER BY seq DESC LIMIT $4
+        """,
+        repo,
+        branch,
+        before_seq,
+        limit + 1,
+    )
+    page = [commit_from_record(r) for r in rows[:limit]]
+    cursor = page[-1].id if len(rows) > limit else None
+    return page, cursor
+
+
+async def commits_with_provenance(conn: Conn, commit_id: str) -> list[CommitRow]:
+    """Commits whose provenance names ``commit_id`` (its subvenance)."""
+    rows = await conn.fetch(
+        f"SELECT {_COMMIT_COLUMNS} FROM pfs_commits WHERE provenance @> $1::jsonb ORDER BY seq",
+        json.dumps([{"id": commit_id}]),
+    )
+    return [commit_from_record(r) for r in rows]
+
+
+async def unfinished_commits(conn: Conn, state: str) -> list[str]:
+    rows = await conn.fetch("SELECT id FROM pfs_commits WHERE state = $1 ORDER BY seq", state)
+    return [r["id"] for r in rows]
+
+
+def commit_payload(row: CommitRow) -> dict[str, Any]:
+    return row.info.to_json()

@@ -1,0 +1,683 @@
+"""The PFS core: repos, branches, commits and files, composed from refs, staging and the index.
+
+Each write is one PostgreSQL transaction that also records its events in the
+outbox, so an event exists exactly when its change committed. File bytes go to
+the chunk store *before* that transaction; an upload that fails half-way leaves
+only unreferenced chunks behind, never a half-made commit.
+
+Writes to a branch with no open commit make a commit of their own (as pachctl
+does): the new index is computed from the head, then the head moves by
+compare-and-set under the branch row lock; if another writer moved it first,
+the change is re-applied on the new head, so concurrent puts all land.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import asyncpg
+from shared.chunking import ChunkCache, FileEntry, PackWriter, concat_entries, read_range
+
+from services.pfs import refs, staging
+from services.pfs.committed import Change, CommittedFiles
+from services.pfs.events import commit_payload, emit
+from shared.config import Config
+from shared.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from shared.events import (
+    BranchCreated,
+    BranchDeleted,
+    BranchMoved,
+    CommitDeleted,
+    RepoCreated,
+    RepoDeleted,
+)
+from shared.filestream import FileStreamReader
+from shared.names import COMMIT_ID_RE, check_name, file_path, normalize_path, parse_ref
+from shared.objstore import ObjectStore
+from shared.pfs_models import (
+    BranchInfo,
+    CommitInfo,
+    CommitRef,
+    FileChange,
+    FileInfo,
+    PutResult,
+    RepoInfo,
+)
+
+log = logging.getLogger("tusk.pfs")
+
+# How often a write re-applies its change after losing a head race before giving up.
+MAX_HEAD_RETRIES = 100
+
+
+@dataclass
+class PendingWrite:
+    """A write waiting to land: explicit changes plus directory deletions and appends."""
+
+    puts: dict[str, FileEntry]
+    appends: set[str]
+    delete_dirs: list[str]
+
+    @classmethod
+    def empty(cls) -> PendingWrite:
+        return cls({}, set(), [])
+
+
+class PfsService:
+    def __init__(
+        self, config: Config, pool: asyncpg.Pool, store: ObjectStore, files: CommittedFiles
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.store = store
+        self.files = files
+        self.chunk_cache = ChunkCache(max_bytes=256 << 20)
+
+    # Repos
+
+    async def create_repo(self, name: str, description: str = "") -> RepoInfo:
+        check_name("repo", name)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await refs.create_repo(conn, name, description)
+            await emit(conn, self.config, RepoCreated(repo=name, description=description))
+            return await refs.get_repo(conn, name)
+
+    async def list_repos(self) -> list[RepoInfo]:
+        async with self.pool.acquire() as conn:
+            return await refs.list_repos(conn)
+
+    async def inspect_repo(self, name: str) -> RepoInfo:
+        async with self.pool.acquire() as conn:
+            return await refs.get_repo(conn, name)
+
+    async def delete_repo(self, name: str, *, force: bool = False) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await refs.require_repo(conn, name)
+            downstream = await refs.downstream_of_repo(conn, name)
+            if downstream and not force:
+                raise FailedPrecondition(
+                    f"repo {name} is provenance of {', '.join(downstream)}; "
+                    "delete those first or use --force"
+                )
+            await refs.delete_repo(conn, name)
+            await emit(conn, self.config, RepoDeleted(repo=name))
+
+    # Branches
+
+    async def create_branch(
+        self, repo: str, name: str, *, head: str | None = None, provenance: list[str] | None = None
+    ) -> BranchInfo:
+        check_name("branch", name)
+        prov = [_parse_branch(p) for p in provenance or []]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await refs.require_repo(conn, repo)
+            head_id = (await refs.resolve_ref(conn, repo, head)).id if head else None
+            exists, old_head = await refs.get_branch_head(conn, repo, name, lock=True)
+            if exists:
+                # pachctl create branch on an existing branch moves its head / sets provenance.
+                await refs.set_branch_head(conn, repo, name, head_id if head else old_head)
+            else:
+                await refs.insert_branch(conn, repo, name, head_id)
+                await emit(conn, self.config, BranchCreated(repo=repo, branch=name, head=head_id))
+            if provenance is not None or not exists:
+                await refs.set_branch_provenance(conn, repo, name, prov)
+            if exists and head and head_id != old_head:
+                await self._emit_moved(conn, repo, name, old_head, head_id)
+            return await refs.get_branch(conn, repo, name)
+
+    async def list_branches(self, repo: str) -> list[BranchInfo]:
+        async with self.pool.acquire() as conn:
+            await refs.require_repo(conn, repo)
+            return await refs.list_branches(conn, repo)
+
+    async def inspect_branch(self, repo: str, name: str) -> BranchInfo:
+        async with self.pool.acquire() as conn:
+            await refs.require_repo(conn, repo)
+            return await refs.get_branch(conn, repo, name)
+
+    async def delete_branch(self, repo: str, name: str, *, force: bool = False) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await refs.require_repo(conn, repo)
+            await refs.get_branch(conn, repo, name)
+            sub = await refs.branch_subvenance(conn, repo, name)
+            if sub and not force:
+                raise FailedPrecondition(
+                    f"branch {repo}@{name} is provenance of {', '.join(sub)}; use --force to delete it"
+                )
+            await conn.execute(
+                "DELETE FROM pfs_branch_provenance WHERE prov_repo = $1 AND prov_branch = $2",
+                repo,
+                name,
+            )
+            await refs.delete_branch(conn, repo, name)
+            await emit(conn, self.config, BranchDeleted(repo=repo, branch=name))
+
+    # Commits
+
+    async def start_commit(
+        self,
+        repo: str,
+        branch: str,
+        *,
+        description: str = "",
+        provenance: list[CommitRef] | None = None,
+    ) -> CommitInfo:
+        check_name("branch", branch)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await refs.require_repo(conn, repo)
+            head = await self._lock_or_create_branch(conn, repo, branch)
+            if head is not None:
+                head_row = await refs.get_commit(conn, head)
+                if head_row is not None and not head_row.finished:
+                    raise FailedPrecondition(
+                        f"branch {repo}@{branch} already has open commit {head}; "
+                        f"finish it first (tusk finish commit {repo}@{branch})"
+                    )
+            if provenance is None:
+                provenance = await self._current_provenance(conn, repo, branch)
+            row = await refs.insert_commit(
+                conn,
+                commit_id=refs.new_commit_id(),
+                repo=repo,
+                branch=branch,
+                parent=head,
+                state="open",
+                description=description,
+                provenance=provenance,
+            )
+            await refs.set_branch_head(conn, repo, branch, row.id)
+            await self._emit_commit(conn, "commit.started", row)
+            await self._emit_moved(conn, repo, branch, head, row.id)
+            return row.info
+
+    async def finish_commit(
+        self, repo: str, ref: str, *, description: str | None = None, error: str | None = None
+    ) -> CommitInfo:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await refs.resolve_ref(conn, repo, ref)
+            row = await refs.get_commit(conn, row.id, lock=True)
+            assert row is not None
+            if row.info.state != "open":
+                raise FailedPrecondition(f"commit {repo}@{row.id} is already {row.info.state}")
+            await conn.execute(
+                "UPDATE pfs_commits SET state = 'finishing', finishing = now() WHERE id = $1",
+                row.id,
+            )
+        return await self._complete_finish(row.id, description=description, error=error)
+
+    async def _complete_finish(
+        self, commit_id: str, *, description: str | None = None, error: str | None = None
+    ) -> CommitInfo:
+        """Apply a finishing commit's staged changes; idempotent, so recovery can rerun it."""
+        async with self.pool.acquire() as conn:
+            row = await refs.get_commit(conn, commit_id)
+            if row is None or row.info.state == "finished":
+                raise (
+                    NotFound(f"commit {commit_id} not found")
+                    if row is None
+                    else FailedPrecondition(f"commit {commit_id} is already finished")
+                )
+            base_root = await self._parent_root(conn, row)
+            changes = await staging.all_staged(conn, commit_id)
+        root = await self.files.apply(base_root, changes)
+        count, size = await self.files.totals(root)
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await refs.get_commit(conn, commit_id, lock=True)
+            if current is None or current.info.state != "finishing":
+                raise FailedPrecondition(f"commit {commit_id} changed while finishing")
+            done = await refs.finish_commit_row(
+                conn,
+                commit_id,
+                root=root,
+                size_bytes=size,
+                file_count=count,
+                description=description,
+                error=error,
+            )
+            await staging.clear(conn, commit_id)
+            await self._emit_commit(conn, "commit.finished", done)
+            return done.info
+
+    async def recover_finishing(self) -> int:
+        """Finish commits a crash left in 'finishing' (run at start)."""
+        async with self.pool.acquire() as conn:
+            ids = await refs.unfinished_commits(conn, "finishing")
+        for commit_id in ids:
+            log.info("recovering commit %s left finishing", commit_id)
+            await self._complete_finish(commit_id)
+        return len(ids)
+
+    async def _parent_root(self, conn: asyncpg.Connection, row: refs.CommitRow) -> str | None:
+        if row.info.parent is None:
+            return None
+        parent = await refs.get_commit(conn, row.info.parent)
+        if parent is None:
+            return None
+        if not parent.finished:
+            raise FailedPrecondition(f"parent commit {parent.id} of {row.id} is not finished yet")
+        return parent.root
+
+    async def inspect_commit(self, repo: str, ref: str) -> CommitInfo:
+        async with self.pool.acquire() as conn:
+            return (await refs.resolve_ref(conn, repo, ref)).info
+
+    async def list_commits(
+        self, repo: str, branch: str | None, limit: int, before: str | None
+    ) -> tuple[list[CommitInfo], str | None]:
+        async with self.pool.acquire() as conn:
+            await refs.require_repo(conn, repo)
+            if branch is not None:
+                await refs.get_branch(conn, repo, branch)
+            rows, cursor = await refs.list_commits(conn, repo, branch, limit, before)
+            return [r.info for r in rows], cursor
+
+    async def commits_from(self, repo: str, ref: str) -> list[CommitInfo]:
+        """Commits whose provenance includes ``repo@ref`` (its subvenance)."""
+        async with self.pool.acquire() as conn:
+            row = await refs.resolve_ref(conn, repo, ref)
+            return [r.info for r in await refs.commits_with_provenance(conn, row.id)]
+
+    async def wait_commit(self, repo: str, ref: str, timeout: float | None) -> CommitInfo:
+        async with self.pool.acquire() as conn:
+            commit_id = (await refs.resolve_ref(conn, repo, ref)).id
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        delay = 0.02
+        while True:
+            async with self.pool.acquire() as conn:
+                row = await refs.get_commit(conn, commit_id)
+            if row is None:
+                raise NotFound(f"commit {commit_id} was deleted while waiting")
+            if row.finished:
+                return row.info
+            if deadline is not None and loop.time() >= deadline:
+                raise FailedPrecondition(
+                    f"commit {repo}@{commit_id} not finished after {timeout} s"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    async def delete_commit(self, repo: str, ref: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await refs.resolve_ref(conn, repo, ref)
+            row = await refs.get_commit(conn, row.id, lock=True)
+            assert row is not None
+            if row.info.state != "open":
+                raise FailedPrecondition(
+                    f"commit {repo}@{row.id} is {row.info.state}; only open commits can be deleted "
+                    "(tusk squash commit removes a finished one from history)"
+                )
+            if row.info.branch is not None:
+                exists, head = await refs.get_branch_head(conn, repo, row.info.branch, lock=True)
+                if exists and head == row.id:
+                    await refs.set_branch_head(conn, repo, row.info.branch, row.info.parent)
+                    await self._emit_moved(conn, repo, row.info.branch, row.id, row.info.parent)
+            await conn.execute(
+                "UPDATE pfs_commits SET parent = $2 WHERE parent = $1", row.id, row.info.parent
+            )
+            await conn.execute("DELETE FROM pfs_commits WHERE id = $1", row.id)
+            await emit(
+                conn, self.config, CommitDeleted(repo=repo, commit=row.id, branch=row.info.branch)
+            )
+
+    async def squash_commit(self, repo: str, ref: str) -> None:
+        """Remove a finished commit from history; its children keep their (complete) content."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await refs.resolve_ref(conn, repo, ref)
+            row = await refs.get_commit(conn, row.id, lock=True)
+            assert row is not None
+            if not row.finished:
+                raise FailedPrecondition(
+                    f"commit {repo}@{row.id} is open; delete it instead (tusk delete commit)"
+                )
+            heads = await conn.fetch(
+                "SELECT name FROM pfs_branches WHERE repo = $1 AND head = $2", repo, row.id
+            )
+            if heads:
+                raise FailedPrecondition(
+                    f"commit {repo}@{row.id} is the head of branch {heads[0]['name']}; "
+                    "only commits with children can be squashed"
+                )
+            if await conn.fetchval(
+                "SELECT 1 FROM pfs_commits WHERE provenance @> $1::jsonb LIMIT 1",
+                f'[{{"id": "{row.id}"}}]',
+            ):
+                raise FailedPrecondition(
+                    f"commit {repo}@{row.id} is provenance of other commits; it is kept"
+                )
+            await conn.execute(
+                "UPDATE pfs_commits SET parent = $2 WHERE parent = $1", row.id, row.info.parent
+            )
+            await conn.execute("DELETE FROM pfs_commits WHERE id = $1", row.id)
+            await emit(
+                conn, self.config, CommitDeleted(repo=repo, commit=row.id, branch=row.info.branch)
+            )
+
+    # Files: writes
+
+    async def put_files(
+        self,
+        repo: str,
+        branch: str,
+        reader: FileStreamReader,
+        *,
+        append: bool,
+        description: str = "",
+    ) -> PutResult:
+        """Store every file of an upload stream, then land them in one commit (or none)."""
+        await self._check_writable_branch(repo, branch)
+        writer = PackWriter(self.store, max_file_bytes=self.config.max_file_bytes)
+        paths: list[str] = []
+        while (header := await reader.next_header()) is not None:
+            paths.append(file_path(header["path"]))
+            writer.start_file()
+            async for block in reader.blocks():
+                await writer.write(block)
+            writer.end_file()
+        entries = await writer.close()
+        pending = PendingWrite.empty()
+        for path, entry in zip(paths, entries, strict=True):
+            if path in pending.puts and append:
+                entry = await concat_entries(self.store, pending.puts[path], entry)
+            pending.puts[path] = entry
+            if append:
+                pending.appends.add(path)
+        total = sum(e.size for e in entries)
+        commit = await self._land(repo, branch, pending, description)
+        return PutResult(commit, files=len(paths), bytes=total)
+
+    async def delete_file(self, repo: str, branch: str, path: str) -> PutResult:
+        path = normalize_path(path)
+        await self._check_writable_branch(repo, branch)
+        pending = PendingWrite({}, set(), [path])
+        commit = await self._land(repo, branch, pending, "")
+        return PutResult(commit)
+
+    async def copy_file(
+        self,
+        src_repo: str,
+        src_ref: str,
+        src_path: str,
+        repo: str,
+        branch: str,
+        path: str,
+        *,
+        append: bool,
+    ) -> PutResult:
+        src_path = normalize_path(src_path)
+        path = normalize_path(path)
+        await self._check_writable_branch(repo, branch)
+        async with self.pool.acquire() as conn:
+            src = await refs.resolve_readable(conn, src_repo, src_ref)
+        pending = PendingWrite.empty()
+        base = "" if path == "/" else path
+        async for key, entry in self.files.files_under(src.root, src_path):
+            rel = key[len(src_path) :] if src_path != "/" else key
+            dst = path if rel == "" else base + rel
+            pending.puts[file_path(dst)] = entry
+            if append:
+                pending.appends.add(dst)
+        if not pending.puts:
+            raise NotFound(f"{src_repo}@{src_ref}:{src_path} not found")
+        commit = await self._land(repo, branch, pending, "")
+        return PutResult(
+            commit, files=len(pending.puts), bytes=sum(e.size for e in pending.puts.values())
+        )
+
+    async def _check_writable_branch(self, repo: str, branch: str) -> None:
+        """Refuse writes to refs that are not branch names before any byte is stored."""
+        async with self.pool.acquire() as conn:
+            await refs.require_repo(conn, repo)
+            if parse_ref(branch).ancestors or "^" in branch or "~" in branch:
+                raise InvalidArgument(f"cannot write to {repo}@{branch}: writes need a branch name")
+            exists, _ = await refs.get_branch_head(conn, repo, branch)
+            if not exists and COMMIT_ID_RE.match(branch):
+                raise InvalidArgument(
+                    f"cannot write to commit {repo}@{branch}: commits are immutable; "
+                    f"write to a branch (e.g. {repo}@master)"
+                )
+            check_name("branch", branch)
+
+    async def _land(
+        self, repo: str, branch: str, pending: PendingWrite, description: str
+    ) -> CommitInfo:
+        """Put a write into the branch's open commit, or make a commit of its own."""
+        for attempt in range(MAX_HEAD_RETRIES):
+            async with self.pool.acquire() as conn:
+                _exists, head = await refs.get_branch_head(conn, repo, branch)
+                head_row = await refs.get_commit(conn, head) if head else None
+            if head_row is not None and not head_row.finished:
+                landed = await self._stage_into_open(repo, branch, head_row.id, pending)
+                if landed is not None:
+                    return landed
+                continue
+            base_root = head_row.root if head_row else None
+            changes = await self._resolve_changes(base_root, None, pending)
+            root = await self.files.apply(base_root, changes)
+            count, size = await self.files.totals(root)
+            async with self.pool.acquire() as conn, conn.transaction():
+                current = await self._lock_or_create_branch(conn, repo, branch)
+                if current != head:
+                    await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
+                    continue  # another writer won the race; re-apply on its head
+                provenance = await self._current_provenance(conn, repo, branch)
+                row = await refs.insert_commit(
+                    conn,
+                    commit_id=refs.new_commit_id(),
+                    repo=repo,
+                    branch=branch,
+                    parent=head,
+                    state="finished",
+                    root=root,
+                    size_bytes=size,
+                    file_count=count,
+                    description=description,
+                    provenance=provenance,
+                )
+                await refs.set_branch_head(conn, repo, branch, row.id)
+                await self._emit_commit(conn, "commit.started", row)
+                await self._emit_commit(conn, "commit.finished", row)
+                await self._emit_moved(conn, repo, branch, head, row.id)
+                return row.info
+        raise Conflict(f"branch {repo}@{branch} kept moving; the write was not applied, retry it")
+
+    async def _stage_into_open(
+        self, repo: str, branch: str, commit_id: str, pending: PendingWrite
+    ) -> CommitInfo | None:
+        """Stage into the open head commit; None if it stopped being open meanwhile."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await refs.get_commit(conn, commit_id, lock=True)
+            if row is None or row.info.state != "open":
+                return None
+            base_root = await self._parent_root(conn, row)
+            changes = await self._resolve_changes(base_root, (conn, commit_id), pending)
+            await staging.stage(conn, commit_id, changes)
+            return row.info
+
+    async def _resolve_changes(
+        self,
+        base_root: str | None,
+        open_commit: tuple[asyncpg.Connection, str] | None,
+        pending: PendingWrite,
+    ) -> list[Change]:
+        """Turn a pending write into sorted per-path changes against the current content."""
+
+        async def current(path: str) -> FileEntry | None:
+            if open_commit is not None:
+                staged, entry = await staging.staged_entry(open_commit[0], open_commit[1], path)
+                if staged:
+                    return entry
+            return await self.files.get_entry(base_root, path)
+
+        changes: dict[str, FileEntry | None] = {}
+        for directory in pending.delete_dirs:
+            found = False
+            async for key, _ in self.files.files_under(base_root, directory):
+                changes[key] = None
+                found = True
+            if open_commit is not None:
+                for key, entry in await staging.staged_under(
+                    open_commit[0], open_commit[1], directory
+                ):
+                    changes[key] = None
+                    found = found or entry is not None
+            if not found:
+                raise NotFound(f"file {directory} not found")
+        await self._check_file_dir_conflicts(base_root, pending.puts)
+        for path, entry in pending.puts.items():
+            if path in pending.appends:
+                existing = await current(path)
+                if existing is not None:
+                    entry = await concat_entries(self.store, existing, entry)
+            changes[path] = entry
+        return sorted(changes.items())
+
+    async def _check_file_dir_conflicts(
+        self, base_root: str | None, puts: dict[str, FileEntry]
+    ) -> None:
+        """A path cannot be both a file and a directory (pachctl refuses it too)."""
+        dirs: set[str] = set()
+        for path in puts:
+            parts = path.split("/")
+            dirs.update("/".join(parts[:i]) for i in range(2, len(parts)))
+        for d in sorted(dirs):
+            if d in puts:
+                raise InvalidArgument(f"path {d} would be both a file and a directory")
+            if await self.files.get_entry(base_root, d) is not None:
+                raise InvalidArgument(f"cannot put under {d}: {d} is a file")
+        if len(puts) <= 64:
+            for path in puts:
+                count, _ = await self.files.dir_stats(base_root, path)
+                if count:
+                    raise InvalidArgument(f"cannot put file {path}: it is a directory")
+
+    async def _lock_or_create_branch(
+        self, conn: asyncpg.Connection, repo: str, branch: str
+    ) -> str | None:
+        exists, head = await refs.get_branch_head(conn, repo, branch, lock=True)
+        if not exists:
+            # pachctl creates a branch on first write, and so do we.
+            await refs.insert_branch(conn, repo, branch, None)
+            await emit(conn, self.config, BranchCreated(repo=repo, branch=branch))
+        return head
+
+    async def _current_provenance(
+        self, conn: asyncpg.Connection, repo: str, branch: str
+    ) -> list[CommitRef]:
+        out = []
+        for prov_repo, prov_branch in await refs.branch_provenance(conn, repo, branch):
+            _, head = await refs.get_branch_head(conn, prov_repo, prov_branch)
+            if head is not None:
+                out.append(CommitRef(prov_repo, prov_branch, head))
+        return out
+
+    async def _emit_commit(self, conn: asyncpg.Connection, kind: str, row: refs.CommitRow) -> None:
+        await emit(conn, self.config, commit_payload(kind, row.info))
+
+    async def _emit_moved(
+        self, conn: asyncpg.Connection, repo: str, branch: str, old: str | None, new: str | None
+    ) -> None:
+        await emit(
+            conn, self.config, BranchMoved(repo=repo, branch=branch, old_head=old, new_head=new)
+        )
+
+    # Files: reads
+
+    async def _readable(self, repo: str, ref: str) -> refs.CommitRow:
+        async with self.pool.acquire() as conn:
+            return await refs.resolve_readable(conn, repo, ref)
+
+    async def open_file(
+        self, repo: str, ref: str, path: str, offset: int, length: int | None
+    ) -> tuple[int, Callable[[], AsyncIterator[bytes]]]:
+        """(byte count, reader) of one file or a range of it; errors before any byte is sent."""
+        path = normalize_path(path)
+        row = await self._readable(repo, ref)
+        entry = await self.files.require_file(row.root, path, f"{repo}@{ref}")
+        if offset < 0 or offset > entry.size:
+            raise InvalidArgument(f"offset {offset} is outside {path} ({entry.size} bytes)")
+        end = entry.size if length is None else min(entry.size, offset + length)
+
+        def reader() -> AsyncIterator[bytes]:
+            return read_range(self.store, entry, offset, end, self.chunk_cache)
+
+        return end - offset, reader
+
+    async def walk_files(
+        self, repo: str, ref: str, path: str
+    ) -> AsyncIterator[tuple[str, FileEntry]]:
+        path = normalize_path(path)
+        row = await self._readable(repo, ref)
+        found = False
+        async for key, entry in self.files.files_under(row.root, path):
+            found = True
+            yield key, entry
+        if not found and path != "/":
+            raise NotFound(f"file {path} not found in {repo}@{ref}")
+
+    def read_entry(self, entry: FileEntry) -> AsyncIterator[bytes]:
+        return read_range(self.store, entry, 0, entry.size, self.chunk_cache)
+
+    async def inspect_file(self, repo: str, ref: str, path: str) -> FileInfo:
+        row = await self._readable(repo, ref)
+        try:
+            return await self.files.inspect(row.root, normalize_path(path), row.id)
+        except NotFound:
+            raise NotFound(f"file {path} not found in {repo}@{ref}") from None
+
+    async def list_files(
+        self, repo: str, ref: str, path: str, *, after: str | None, limit: int
+    ) -> tuple[list[FileInfo], str | None]:
+        row = await self._readable(repo, ref)
+        try:
+            return await self.files.list(
+                row.root, normalize_path(path), row.id, after=after, limit=limit
+            )
+        except NotFound:
+            raise NotFound(f"file or directory {path} not found in {repo}@{ref}") from None
+
+    async def glob_files(self, repo: str, ref: str, pattern: str) -> list[FileInfo]:
+        row = await self._readable(repo, ref)
+        return await self.files.glob(row.root, pattern, row.id)
+
+    async def diff_files(
+        self,
+        repo: str,
+        ref: str,
+        path: str,
+        old_repo: str | None,
+        old_ref: str | None,
+        old_path: str | None,
+    ) -> list[FileChange]:
+        path = normalize_path(path)
+        async with self.pool.acquire() as conn:
+            new = await refs.resolve_readable(conn, repo, ref)
+            if old_ref is None:
+                old_root = None
+                if new.info.parent is not None:
+                    parent = await refs.get_commit(conn, new.info.parent)
+                    old_root = parent.root if parent else None
+            else:
+                old_root = (await refs.resolve_readable(conn, old_repo or repo, old_ref)).root
+        return await self.files.diff(
+            old_root, new.root, path, normalize_path(old_path) if old_path else None
+        )
+
+    async def ready(self) -> bool:
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+            return True
+        except Exception:  # readiness answers "no", it does not raise
+            return False
+
+
+def _parse_branch(text: str) -> tuple[str, str]:
+    if "@" not in text:
+        raise InvalidArgument(f"provenance {text!r}: expected repo@branch")
+    repo, branch = text.split("@", 1)
+    return check_name("repo", repo), check_name("branch", branch)

@@ -1,0 +1,157 @@
+"""PFS records as they travel between service, client and CLI — one definition each.
+
+Field names follow pachctl's JSON output where it has one (``id``, ``branch``,
+``parent``, ``started``, ``finished``, ``size_bytes``, ``provenance``), so a
+Pachyderm user reading ``-o json`` recognises them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, TypeVar
+
+CommitState = Literal["open", "finishing", "finished"]
+FileType = Literal["file", "dir"]
+ChangeKind = Literal["added", "deleted", "modified"]
+
+T = TypeVar("T")
+
+
+def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class CommitRef:
+    """One commit named with its repo and branch, as provenance lists them."""
+
+    repo: str
+    branch: str | None
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.repo}@{self.id}"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CommitRef:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    name: str
+    created: str
+    description: str = ""
+    size_bytes: int = 0
+    branches: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RepoInfo:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class BranchInfo:
+    repo: str
+    name: str
+    head: str | None
+    # "repo@branch" strings of the branches this branch is computed from.
+    provenance: list[str] = field(default_factory=list)
+    # "repo@branch" strings of the branches computed from this one.
+    subvenance: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BranchInfo:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    id: str
+    repo: str
+    branch: str | None
+    parent: str | None
+    state: CommitState
+    started: str
+    finishing: str | None = None
+    finished: str | None = None
+    size_bytes: int = 0
+    file_count: int = 0
+    description: str = ""
+    error: str | None = None
+    provenance: list[CommitRef] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CommitInfo:
+        values = dict(data)
+        values["provenance"] = [CommitRef.from_json(p) for p in data.get("provenance") or []]
+        return _from_dict(cls, values)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    type: FileType
+    size_bytes: int
+    # BLAKE3 of the content for files; None for directories.
+    hash: str | None = None
+    # Number of files under a directory (1 for a file).
+    file_count: int = 1
+    commit: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileInfo:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One path that differs between two commits."""
+
+    path: str
+    change: ChangeKind
+    old: FileInfo | None
+    new: FileInfo | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileChange:
+        old = data.get("old")
+        new = data.get("new")
+        return cls(
+            path=data["path"],
+            change=data["change"],
+            old=FileInfo.from_json(old) if old else None,
+            new=FileInfo.from_json(new) if new else None,
+        )
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """What a put/delete/copy did: the commit it landed in and how much it wrote."""
+
+    commit: CommitInfo
+    files: int = 0
+    bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"commit": self.commit.to_json(), "files": self.files, "bytes": self.bytes}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PutResult:
+        return cls(CommitInfo.from_json(data["commit"]), data.get("files", 0), data.get("bytes", 0))
