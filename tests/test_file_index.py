@@ -17,7 +17,7 @@ import zstandard
 
 from shared.errors import Internal, InvalidArgument, NotFound
 from shared.file_index import FileIndex, IndexEntry, list_dir
-from shared.file_index.node import InternalNode, LeafNode, node_hash, store_key
+from shared.file_index.node import InternalNode, node_hash, store_key
 from shared.objstore import CountingStore
 from shared.objstore.local import LocalStore
 
@@ -114,7 +114,9 @@ def sorted_entries(model: dict[str, IndexEntry]) -> Iterator[IndexEntry]:
     return (model[k] for k in sorted(model))
 
 
-async def collect(index: FileIndex, root: str | None, start: str = "", end: str | None = None):  # type: ignore[no-untyped-def]
+async def collect(
+    index: FileIndex, root: str | None, start: str = "", end: str | None = None
+) -> list[IndexEntry]:
     return [e async for e in index.scan(root, start, end)]
 
 
@@ -318,6 +320,8 @@ async def test_appending_past_the_last_key_rewrites_only_the_right_spine(big: Bi
     assert index.nodes_read <= 2 * big.height
     assert index.nodes_written <= 2 * big.height
     assert [e.key for e in await collect(index, root, "/zzz/")] == tail
+    model = dict(big.entries) | {k: entry(k) for k in tail}
+    assert root == await FileIndex(big.store).build(sorted_entries(model))
 
 
 # -- history independence --------------------------------------------------------------------
@@ -372,6 +376,33 @@ async def test_history_independence_random_ops(
 
     assert await collect(index, root) == list(sorted_entries(model))
     assert await index.stats(root) == (len(model), sum(e.size for e in model.values()))
+
+
+async def test_a_reused_node_left_alone_at_the_top_is_collapsed(store: CountingStore) -> None:
+    # Find a tree whose root's last child is an internal node with a single child, then
+    # delete everything before it: apply reuses that child unopened, and must still
+    # collapse it, as a build from scratch never makes a one-child root.
+    index = FileIndex(store, fanout=4)
+    for n in range(10, 2000):
+        keys = [f"/k{i:04d}" for i in range(n)]
+        root = await index.build(entry(k) for k in keys)
+        assert root is not None
+        top = await index.node(root)
+        if not isinstance(top, InternalNode) or len(top.children) < 2:
+            continue
+        last = await index.node(top.children[-1].hash)
+        if isinstance(last, InternalNode) and len(last.children) == 1:
+            break
+    else:
+        pytest.fail("no tree with a one-child right spine node found")
+    cut = top.keys[-2]
+    changes: list[tuple[str, IndexEntry | None]] = [(k, None) for k in keys if k <= cut]
+
+    root = await index.apply(root, changes)
+
+    assert root is not None
+    assert root == await index.build(entry(k) for k in keys if k > cut)
+    assert root != top.children[-1].hash  # the one-child node itself is not the root
 
 
 async def test_shape_does_not_depend_on_values(store: CountingStore) -> None:
@@ -489,7 +520,7 @@ async def test_scan_bounds_are_half_open(store: CountingStore) -> None:
 async def test_stats_matches_scan(big: Big) -> None:
     rng = random.Random(5)
     index = big.cold()
-    bounds = sorted(rng.sample(big.keys, 16)) + ["", "/dir05/", "/dir05/sub9/file"]
+    bounds = [*sorted(rng.sample(big.keys, 16)), "", "/dir05/", "/dir05/sub9/file"]
     for _ in range(12):
         start, end = sorted(rng.sample(bounds, 2))
         reads_before = index.nodes_read
@@ -538,6 +569,16 @@ async def test_list_dir_skips_subdirectories(store: CountingStore) -> None:
     nested = [c async for c in list_dir(cold, root, "/data/part07/nested/")]
     assert [(c.name, c.kind) for c in nested] == [("deep.bin", "file")]
     assert [c async for c in list_dir(cold, root, "/nothing")] == []
+
+
+async def test_list_dir_resumes_from_a_start_key(store: CountingStore) -> None:
+    index = FileIndex(store, fanout=4)
+    keys = sorted([f"/d/sub{i}/f{j}" for i in range(5) for j in range(20)] + ["/d/a.txt"])
+    root = await index.build(entry(k) for k in keys)
+    resumed = [(c.name, c.kind) async for c in list_dir(index, root, "/d", start="/d/sub20")]
+    assert resumed == [("sub3", "dir"), ("sub4", "dir")]
+    everything = [c.name async for c in list_dir(index, root, "/d", start="/a")]
+    assert everything == ["a.txt", "sub0", "sub1", "sub2", "sub3", "sub4"]
 
 
 async def test_list_dir_can_be_stopped_early(store: CountingStore) -> None:

@@ -40,11 +40,15 @@ def dir_prefix(dir_path: str) -> tuple[str, str]:
 
 
 async def list_dir(
-    index: FileIndex, root: str | None, dir_path: str
+    index: FileIndex, root: str | None, dir_path: str, *, start: str | None = None
 ) -> AsyncGenerator[DirChild, None]:
-    """Yield the direct children of ``dir_path`` ("/" is the top) in tree ``root``."""
+    """Yield the direct children of ``dir_path`` ("/" is the top) in tree ``root``.
+
+    ``start`` resumes a paged listing at that key (a child's key, or the end of a
+    child directory's range).
+    """
     prefix, end = dir_prefix(dir_path)
-    cursor = prefix
+    cursor = max(prefix, start) if start else prefix
     while True:
         entries = index.scan(root, cursor, end)
         try:
