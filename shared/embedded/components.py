@@ -65,7 +65,10 @@ class Launch:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True if nothing listens on ``port`` (connections lingering in TIME_WAIT do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers themselves do; without it a just-stopped server's port looks busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
