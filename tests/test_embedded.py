@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -16,6 +17,7 @@ import pytest
 from shared.config import load_config
 from shared.embedded import ClusterStatus, down, status, up
 from shared.embedded.components import pick_port
+from tests.fixtures.servers import server_scratch_dir
 
 
 def alive(pid: int) -> bool:
@@ -71,8 +73,15 @@ def test_pick_port_avoids_a_busy_default() -> None:
         assert pick_port(chosen, {chosen}) != chosen
 
 
-async def test_up_restart_down_and_up_again_keeps_data(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """$TUSK_HOME outside pytest's basetemp, which PostgreSQL's own user could lose access to."""
+    scratch = server_scratch_dir("tusk-test-home-")
+    yield scratch / "home"
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def test_up_restart_down_and_up_again_keeps_data(home: Path) -> None:
     lines: list[str] = []
     await asyncio.to_thread(up, home, detach=True, echo=lines.append)
     try:
