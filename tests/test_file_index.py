@@ -7,6 +7,7 @@ against the ``CountingStore`` underneath), never by timing. A "cold" index is a 
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import zstandard
 
 from shared.errors import Internal, InvalidArgument, NotFound
 from shared.file_index import FileIndex, IndexEntry, list_dir
-from shared.file_index.node import InternalNode, node_hash, store_key
+from shared.file_index.node import InternalNode, LeafNode, node_hash, store_key
 from shared.objstore import CountingStore
 from shared.objstore.local import LocalStore
 
@@ -505,6 +506,41 @@ async def test_scan_range_reads_only_overlapping_nodes(big: Big) -> None:
     ]
     assert index.nodes_read == len(overlapping)
     assert index.nodes_read < big.total_nodes // 10
+
+
+async def test_a_scan_stopped_early_leaves_no_read_ahead_running(big: Big) -> None:
+    index = big.cold()
+    scan = index.scan(big.root, "/dir03/", read_ahead=8)
+    first = await anext(scan)
+    await scan.aclose()
+    assert first.key.startswith("/dir03/")
+    assert index.nodes_read <= big.height + 8
+    pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    assert pending == []
+
+
+class SlowStore(CountingStore):
+    """Reads take 50 ms, so tests can act while a read is in flight."""
+
+    async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        await asyncio.sleep(0.05)
+        return await super().get(key, start, end)
+
+
+async def test_a_read_shared_with_a_cancelled_reader_still_completes(tmp_path: Path) -> None:
+    slow = SlowStore(LocalStore(tmp_path / "objects"))
+    root = await FileIndex(slow).build([entry("/a"), entry("/b")])
+    assert root is not None
+    index = FileIndex(slow)
+    first = asyncio.create_task(index.node(root))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(index.node(root))  # joins the read in flight
+    await asyncio.sleep(0.01)
+    first.cancel()
+    node = await second
+    assert isinstance(node, LeafNode) and node.keys == ["/a", "/b"]
+    assert first.cancelled()
+    await slow.close()
 
 
 async def test_scan_bounds_are_half_open(store: CountingStore) -> None:

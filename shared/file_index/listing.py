@@ -50,7 +50,7 @@ async def list_dir(
     prefix, end = dir_prefix(dir_path)
     cursor = max(prefix, start) if start else prefix
     while True:
-        entries = index.scan(root, cursor, end)
+        entries = index.scan(root, cursor, end, read_ahead=0)
         try:
             async for entry in entries:
                 rest = entry.key[len(prefix) :]

@@ -96,9 +96,24 @@ class FileIndex:
         if hit is not None:
             self._cache.move_to_end(digest)
             return hit[0]
-        loading = self._loading.get(digest)
-        if loading is not None:
-            return await asyncio.shield(loading)
+        return await self._load(digest)
+
+    async def _load(self, digest: str) -> Node:
+        """Fetch a node once even when several tasks (or a read-ahead) want it at once."""
+        while True:
+            hit = self._cache.get(digest)
+            if hit is not None:
+                return hit[0]
+            loading = self._loading.get(digest)
+            if loading is None:
+                break
+            try:
+                return await asyncio.shield(loading)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if loading.cancelled() and task is not None and not task.cancelling():
+                    continue  # the task fetching it was cancelled, not this one: fetch again
+                raise
         future: asyncio.Future[Node] = asyncio.get_running_loop().create_future()
         self._loading[digest] = future
         try:
@@ -115,6 +130,21 @@ class FileIndex:
             return node
         finally:
             del self._loading[digest]
+
+    def _read_ahead(self, digests: list[str], ahead: dict[str, asyncio.Task[Node]]) -> None:
+        """Start fetching nodes a scan will visit next, so store latencies overlap."""
+        for digest in digests:
+            if digest in ahead or digest in self._cache or digest in self._loading:
+                continue
+            ahead[digest] = asyncio.create_task(self._load(digest))
+
+    async def _visit_ahead(self, digest: str, ahead: dict[str, asyncio.Task[Node]]) -> Node:
+        """``node(digest)``, taking a read-ahead's result even if the cache dropped it since."""
+        task = ahead.pop(digest, None)
+        if task is None:
+            return await self.node(digest)
+        self.node_visits += 1
+        return await task
 
     async def _fetch(self, digest: str) -> Node:
         try:
@@ -297,26 +327,38 @@ class FileIndex:
         return None
 
     async def scan(
-        self, root: str | None, start: str = "", end: str | None = None
+        self, root: str | None, start: str = "", end: str | None = None, *, read_ahead: int = 8
     ) -> AsyncGenerator[IndexEntry, None]:
         """Yield the entries with ``start <= key < end`` in key order.
 
-        Only nodes whose key range overlaps the range are read.
+        Only nodes whose key range overlaps the range are read. Up to ``read_ahead``
+        of the next nodes in range are fetched concurrently; pass 0 when the caller
+        will stop after a few entries (a seek).
         """
         if root is None or (end is not None and end <= start):
             return
         stack = [root]
-        while stack:
-            node = await self.node(stack.pop())
-            i = bisect_left(node.keys, start)
-            if isinstance(node, LeafNode):
-                j = len(node.keys) if end is None else bisect_left(node.keys, end, i)
-                for entry in node.entries[i:j]:
-                    yield entry
-            else:
-                # Child j covers (keys[j-1], keys[j]]: it overlaps while keys[j-1] < end.
-                j = len(node.keys) if end is None else bisect_left(node.keys, end, i) + 1
-                stack.extend(c.hash for c in reversed(node.children[i:j]))
+        ahead: dict[str, asyncio.Task[Node]] = {}
+        try:
+            while stack:
+                digest = stack.pop()
+                if read_ahead and stack:
+                    self._read_ahead(stack[-1 : -read_ahead - 1 : -1], ahead)
+                node = await self._visit_ahead(digest, ahead)
+                i = bisect_left(node.keys, start)
+                if isinstance(node, LeafNode):
+                    j = len(node.keys) if end is None else bisect_left(node.keys, end, i)
+                    for entry in node.entries[i:j]:
+                        yield entry
+                else:
+                    # Child j covers (keys[j-1], keys[j]]: it overlaps while keys[j-1] < end.
+                    j = len(node.keys) if end is None else bisect_left(node.keys, end, i) + 1
+                    stack.extend(c.hash for c in reversed(node.children[i:j]))
+        finally:
+            for task in ahead.values():
+                task.cancel()
+            if ahead:
+                await asyncio.gather(*ahead.values(), return_exceptions=True)
 
     async def stats(
         self, root: str | None, start: str = "", end: str | None = None
