@@ -70,7 +70,8 @@ def compile_glob(pattern: str) -> Glob:
     segmentable = True
     if text != "/":
         for seg in _split_segments(text[1:]):
-            if seg is None:
+            if seg is None or ("**" in seg and seg != "**"):
+                # A group spanning '/' or a '**' inside a name: match whole paths instead.
                 segmentable = False
                 segments = []
                 break

@@ -101,7 +101,7 @@ def parse_repo_ref(text: str, *, need_path: bool = False) -> RepoRef:
     if ":" in text:
         head, path = text.split(":", 1)
         path = normalize_path(path or "/")
-    repo, ref = (head.split("@", 1) + [None])[:2] if "@" in head else (head, None)
+    repo, ref = ([*head.split("@", 1), None])[:2] if "@" in head else (head, None)
     assert repo is not None
     check_name("repo", repo)
     if ref is not None:

@@ -153,8 +153,12 @@ class OutboxRelay:
 
     async def _listen(self) -> None:
         """Hold a connection LISTENing on the outbox channel (re-made if it was lost)."""
-        if self._listener is not None and not self._listener.is_closed():
-            return
+        if self._listener is not None:
+            try:
+                if not self._listener.is_closed():
+                    return
+            except asyncpg.InterfaceError:
+                self._listener = None  # the pool took it back (e.g. on close): take another
         await self._stop_listening()
         try:
             conn = await self._pool.acquire()
@@ -162,9 +166,13 @@ class OutboxRelay:
             raise Unavailable(f"outbox relay cannot reach PostgreSQL: {exc}") from exc
         try:
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        except _DB_ERRORS as exc:
-            await self._pool.release(conn)
-            raise Unavailable(f"outbox relay cannot LISTEN: {exc}") from exc
+        except BaseException as exc:
+            # Give the connection back even when cancelled here, or Pool.close() waits forever.
+            with contextlib.suppress(*_DB_ERRORS):
+                await self._pool.release(conn)
+            if isinstance(exc, _DB_ERRORS):
+                raise Unavailable(f"outbox relay cannot LISTEN: {exc}") from exc
+            raise
         self._listener = conn
 
     async def _stop_listening(self) -> None:

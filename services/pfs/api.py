@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -17,6 +18,9 @@ from shared.pfs_models import CommitInfo, CommitRef
 
 SERVICE: web.AppKey[PfsService] = web.AppKey("pfs_service", PfsService)
 BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
+# Set when the app shuts down, so long-lived streams end instead of holding shutdown up.
+STOPPING: web.AppKey[asyncio.Event] = web.AppKey("stopping", asyncio.Event)
+HEARTBEAT_S = 1.0
 routes = web.RouteTableDef()
 
 
@@ -227,7 +231,16 @@ async def subscribe_commits(request: web.Request) -> web.StreamResponse:
                     break
             for info in reversed(commits):
                 await send(info)
-        async for event in events:
+        stream = aiter(events)
+        while not request.app[STOPPING].is_set():
+            try:
+                event = await asyncio.wait_for(anext(stream), HEARTBEAT_S)
+            except TimeoutError:
+                # A blank line keeps proxies from timing out and notices a reader that left.
+                if request.transport is None or request.transport.is_closing():
+                    break
+                await response.write(b"\n")
+                continue
             payload = event.payload
             if isinstance(payload, CommitFinished) and payload.branch == branch:
                 await send(await svc.inspect_commit(repo, payload.commit))

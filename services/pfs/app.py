@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from importlib.resources import files
 
 from aiohttp import web
 
-from services.pfs.api import BUS, SERVICE, routes
+from services.pfs.api import BUS, SERVICE, STOPPING, routes
 from services.pfs.committed import CommittedFiles
 from services.pfs.service import PfsService
 from shared import bus as bus_module
@@ -49,6 +50,12 @@ def build_app(config: Config) -> web.Application:
             await pool.close()
 
     app.cleanup_ctx.append(resources)
+    app[STOPPING] = asyncio.Event()
+
+    async def stopping(app: web.Application) -> None:
+        app[STOPPING].set()
+
+    app.on_shutdown.append(stopping)
 
     async def ready() -> bool:
         return SERVICE in app and await app[SERVICE].ready() and not app[BUS].nc.is_closed

@@ -187,6 +187,17 @@ async def insert_branch(conn: Conn, repo: str, name: str, head: str | None) -> N
         raise AlreadyExists(f"branch {repo}@{name} already exists") from None
 
 
+async def insert_branch_if_missing(conn: Conn, repo: str, name: str) -> bool:
+    """Create an empty branch unless a concurrent writer just did; True if this call made it."""
+    check_name("branch", name)
+    created = await conn.fetchval(
+        "INSERT INTO pfs_branches (repo, name) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
+        repo,
+        name,
+    )
+    return bool(created)
+
+
 async def set_branch_head(conn: Conn, repo: str, name: str, head: str | None) -> None:
     await conn.execute(
         "UPDATE pfs_branches SET head = $3 WHERE repo = $1 AND name = $2", repo, name, head

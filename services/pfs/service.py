@@ -20,11 +20,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import asyncpg
-from shared.chunking import ChunkCache, FileEntry, PackWriter, concat_entries, read_range
 
 from services.pfs import refs, staging
 from services.pfs.committed import Change, CommittedFiles
 from services.pfs.events import commit_payload, emit
+from shared.chunking import ChunkCache, FileEntry, PackWriter, concat_entries, read_range
 from shared.config import Config
 from shared.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from shared.events import (
@@ -370,19 +370,21 @@ class PfsService:
     ) -> PutResult:
         """Store every file of an upload stream, then land them in one commit (or none)."""
         await self._check_writable_branch(repo, branch)
-        writer = PackWriter(self.store, max_file_bytes=self.config.max_file_bytes)
         paths: list[str] = []
-        while (header := await reader.next_header()) is not None:
-            paths.append(file_path(header["path"]))
-            writer.start_file()
-            async for block in reader.blocks():
-                await writer.write(block)
-            writer.end_file()
-        entries = await writer.close()
+        async with PackWriter(self.store, max_file_bytes=self.config.max_file_bytes) as writer:
+            while (header := await reader.next_header()) is not None:
+                paths.append(file_path(header["path"]))
+                writer.start_file()
+                async for block in reader.blocks():
+                    await writer.write(block)
+                writer.end_file()
+            entries = await writer.close()
         pending = PendingWrite.empty()
         for path, entry in zip(paths, entries, strict=True):
             if path in pending.puts and append:
-                entry = await concat_entries(self.store, pending.puts[path], entry)
+                entry = await concat_entries(
+                    self.store, pending.puts[path], entry, self.chunk_cache
+                )
             pending.puts[path] = entry
             if append:
                 pending.appends.add(path)
@@ -532,7 +534,7 @@ class PfsService:
             if path in pending.appends:
                 existing = await current(path)
                 if existing is not None:
-                    entry = await concat_entries(self.store, existing, entry)
+                    entry = await concat_entries(self.store, existing, entry, self.chunk_cache)
             changes[path] = entry
         return sorted(changes.items())
 
@@ -558,11 +560,13 @@ class PfsService:
     async def _lock_or_create_branch(
         self, conn: asyncpg.Connection, repo: str, branch: str
     ) -> str | None:
+        """Lock the branch row (creating the branch on first write, as pachctl does); its head."""
         exists, head = await refs.get_branch_head(conn, repo, branch, lock=True)
-        if not exists:
-            # pachctl creates a branch on first write, and so do we.
-            await refs.insert_branch(conn, repo, branch, None)
+        if exists:
+            return head
+        if await refs.insert_branch_if_missing(conn, repo, branch):
             await emit(conn, self.config, BranchCreated(repo=repo, branch=branch))
+        _, head = await refs.get_branch_head(conn, repo, branch, lock=True)
         return head
 
     async def _current_provenance(
