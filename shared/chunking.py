@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -45,9 +45,10 @@ MIN_CHUNK_SIZE = 256 << 10
 MAX_CHUNK_SIZE = 4 << 20
 # Level 1 compresses incompressible data at ~7 GB/s and text nearly as well as level 3.
 ZSTD_LEVEL = 1
-# Chunks hashed, compressed or uploading at once per writer: enough to keep 2 cores and
-# the store busy, few enough that memory stays at tens of MiB.
-MAX_CHUNKS_IN_FLIGHT = 4
+# Plain bytes of chunks being hashed, compressed or stored at once per writer: enough to
+# keep 2 cores and a disk busy while fsyncs wait (~20 average chunks), little enough
+# that memory stays at tens of MiB.
+MAX_BYTES_IN_FLIGHT = 24 << 20
 # Chunks fetched ahead of the one being yielded by ``read_range``.
 READ_AHEAD_CHUNKS = 2
 # Writes at least this big are hashed in a worker thread, beside the cutting.
@@ -186,6 +187,41 @@ class StreamCutter:
         return chunks
 
 
+class _ByteBudget:
+    """A semaphore counted in bytes: ``acquire(n)`` waits (first come, first served) until
+    ``n`` more bytes fit. A request bigger than the whole budget goes through alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, size: int) -> bool:
+        return self.used == 0 or self.used + size <= self.limit
+
+    async def acquire(self, size: int) -> None:
+        if not self._waiters and self._fits(size):
+            self.used += size
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((size, granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release(size)  # granted just as we were cancelled: hand it back
+            else:
+                self._waiters.remove((size, granted))
+            raise
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        while self._waiters and self._fits(self._waiters[0][0]):
+            wanted, granted = self._waiters.popleft()
+            self.used += wanted
+            granted.set_result(None)
+
+
 class PackWriter:
     """Writes many files as one stream, cut by FastCDC; memory stays bounded for any file size.
 
@@ -208,12 +244,12 @@ class PackWriter:
         min_size: int = MIN_CHUNK_SIZE,
         max_size: int = MAX_CHUNK_SIZE,
         max_file_bytes: int | None = None,
-        max_in_flight: int = MAX_CHUNKS_IN_FLIGHT,
+        max_bytes_in_flight: int = MAX_BYTES_IN_FLIGHT,
     ) -> None:
         self._store = store
         self._cutter = StreamCutter(avg_size, min_size, max_size)
         self._max_file_bytes = max_file_bytes
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._budget = _ByteBudget(max_bytes_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
         self._closed = False
@@ -319,7 +355,10 @@ class PackWriter:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _submit(self, chunks: list[bytes]) -> None:
-        for data in chunks:
+        chunks.reverse()
+        while chunks:
+            # Popped, so a chunk's bytes live only as long as its task needs them.
+            data = chunks.pop()
             if self._failure is not None:
                 raise self._failure
             index = len(self._chunk_starts)
@@ -327,8 +366,8 @@ class PackWriter:
             self._chunk_lengths.append(len(data))
             self._chunk_hashes.append("")
             self._cut_size += len(data)
-            # Waiting for a slot is the back-pressure that keeps memory flat.
-            await self._slots.acquire()
+            # Waiting for budget is the back-pressure that keeps memory flat.
+            await self._budget.acquire(len(data))
             task = asyncio.create_task(self._store_chunk(index, data))
             self._tasks.add(task)
             task.add_done_callback(self._chunk_done)
@@ -339,6 +378,7 @@ class PackWriter:
             self._failure = task.exception()
 
     async def _store_chunk(self, index: int, data: bytes) -> None:
+        size = len(data)
         try:
             # Compressing before asking the store wastes a little CPU on duplicates but
             # saves a thread hop per chunk; zstd level 1 runs at several GB/s.
@@ -357,7 +397,7 @@ class PackWriter:
             self.chunks_written += 1
             self.bytes_written += len(blob)
         finally:
-            self._slots.release()
+            self._budget.release(size)
 
     def _entry(self, start: int, end: int, file_hash: str) -> FileEntry:
         if start == end:

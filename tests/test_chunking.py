@@ -276,7 +276,8 @@ async def test_memory_stays_bounded_for_a_big_file_of_small_writes(store: Counti
     finally:
         tracemalloc.stop()
     assert entry.size == 256 * MiB
-    assert peak < 48 * MiB, f"peak {peak / MiB:.1f} MiB"
+    # Bounded by the cut buffer (8 MiB) and the bytes in flight (24 MiB + their zstd copies).
+    assert peak < 64 * MiB, f"peak {peak / MiB:.1f} MiB"
 
 
 def test_file_entry_json_round_trip() -> None:

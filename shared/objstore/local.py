@@ -1,7 +1,7 @@
 """Object store in a local directory: one file per key, written by temp file + fsync + rename.
 
 A key ``a/b/c`` is the file ``<root>/a/b/c``. A put writes ``.tmp-*`` beside the target,
-fsyncs it, renames it over the target and fsyncs the directory, so a crash at any point
+fdatasyncs it, renames it over the target and fsyncs the directory, so a crash at any point
 leaves either the old object or the new one, plus at worst a stray ``.tmp-*`` file
 that is never visible as a key (keys may not have a segment starting with ``.tmp-``).
 Blocking file I/O runs in the store's own small thread pool, never on the event loop.
@@ -123,7 +123,8 @@ def _put_file(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
             file.flush()
-            os.fsync(file.fileno())
+            # fdatasync flushes the bytes and the size; the rest of the inode can wait.
+            os.fdatasync(file.fileno())
         os.replace(temp_name, path)
     except BaseException:
         _unlink_if_present(Path(temp_name))
