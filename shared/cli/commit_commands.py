@@ -104,9 +104,9 @@ async def collect_commits(
     found: list[CommitInfo] = []
     async with closing(pfs.iter_commits(repo, branch, page=page)) as commits:
         async for commit in commits:
+            found.append(commit)
             if limit is not None and len(found) >= limit:
                 break
-            found.append(commit)
     return found
 
 

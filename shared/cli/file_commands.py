@@ -192,9 +192,9 @@ async def collect_files(
     found: list[FileInfo] = []
     async with closing(pfs.iter_files(repo, ref, path, page=page)) as files:
         async for info in files:
+            found.append(info)
             if limit is not None and len(found) >= limit:
                 break
-            found.append(info)
     return found
 
 

@@ -95,7 +95,7 @@ def _silence_stdout() -> None:
         pass
 
 
-@click.group(cls=TuskCli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("tusk", cls=TuskCli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show the full traceback when something fails.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
