@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
 
 from shared.cli import session
@@ -24,6 +25,7 @@ from shared.cli.errors import error_line
 from shared.cli.file_commands import local_path_for
 from shared.cli.main import cli
 from shared.cli.output import format_table, human_duration, human_size, relative_time
+from shared.cli.progress import Progress
 from shared.cli.sources import plan_uploads
 from shared.errors import InvalidArgument, NotFound
 from shared.pfs_models import CommitInfo, PutResult
@@ -214,6 +216,33 @@ def test_debug_flag_shows_the_traceback(runner: CliRunner) -> None:
     assert result.exit_code == 1
     assert "Traceback" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_status_of_a_home_with_no_cluster(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["status", "-o", "json"])
+    assert result.exit_code == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["running"] is False and body["home"].endswith("home")
+    text = runner.invoke(cli, ["status"])
+    assert "not running" in text.stdout
+
+
+def test_progress_counts_bytes_and_stays_silent_when_disabled(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async def blocks() -> AsyncIterator[bytes]:
+        for size in (3, 4):
+            yield b"x" * size
+
+    async def drain(progress: Progress) -> int:
+        return sum([len(b) async for b in progress.count(blocks())])
+
+    with Progress("put", 7, enabled=False) as quiet:
+        assert asyncio.run(drain(quiet)) == 7 and quiet.bytes == 7 and not quiet.visible
+    assert capsys.readouterr().err == ""
+    with Progress("put", 7, enabled=True) as shown:
+        asyncio.run(drain(shown))
+    assert "put" in capsys.readouterr().err
 
 
 def test_version_prints_the_package_version(runner: CliRunner) -> None:
@@ -531,6 +560,40 @@ async def test_errors_are_one_line_without_traceback(tusk: Tusk) -> None:
     assert "commit id" in await tusk.fails("put", "file", f"data@{head}:/y", "-f", "-")
     assert "not found" in await tusk.fails("get", "file", "data@master:/nope")
     assert "no such file" in await tusk.fails("put", "file", "data@master", "-f", "/nonexistent")
+
+
+@pytest.fixture
+async def web_files() -> AsyncIterator[str]:
+    """A tiny HTTP server on loopback serving /data.csv (and 404 for anything else)."""
+    app = web.Application()
+
+    async def data(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for i in range(3):
+            await response.write(f"row {i}\n".encode() * 50_000)
+        return response
+
+    app.router.add_get("/files/data.csv", data)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_put_file_from_a_url_streams_the_download(tusk: Tusk, web_files: str) -> None:
+    await tusk.ok("create", "repo", "web")
+    await tusk.ok("put", "file", "web@master", "-f", f"{web_files}/files/data.csv")
+    got = await tusk.ok("get", "file", "web@master:/data.csv")
+    assert got.stdout == b"".join(f"row {i}\n".encode() * 50_000 for i in range(3))
+    missing = await tusk.fails("put", "file", "web@master:/x.csv", "-f", f"{web_files}/nope.csv")
+    assert "cannot download" in missing and "404" in missing
+    names = [f["path"] for f in (await tusk.ok("list", "file", "web@master", "-o", "json")).json()]
+    assert names == ["/data.csv"]  # the failed upload left nothing behind
 
 
 async def test_unreachable_cluster_is_one_line_suggesting_tusk_up(tmp_path: Path) -> None:

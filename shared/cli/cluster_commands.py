@@ -2,67 +2,41 @@
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
-from types import ModuleType
-from typing import Any
 
 import click
 
-from shared.cli.output import echo, echo_json, format_fields, output_option
-from shared.errors import FailedPrecondition
-
-
-def _embedded() -> ModuleType:
-    """``shared.embedded``, imported only by the commands that need it (it is heavy)."""
-    try:
-        return importlib.import_module("shared.embedded")
-    except ModuleNotFoundError as exc:
-        if exc.name != "shared.embedded":
-            raise
-        raise FailedPrecondition("embedded mode is not available in this installation") from None
-
-
-def _call(name: str, *args: Any, **kwargs: Any) -> Any:
-    function = getattr(_embedded(), name, None)
-    if function is None:
-        raise FailedPrecondition(f"embedded mode has no {name}() in this installation")
-    return function(*args, **kwargs)
+from shared.cli.output import echo, echo_json, output_option
 
 
 @click.command("up")
 @click.option("-d", "--detach", is_flag=True, help="Start in the background and return.")
 def up(detach: bool) -> None:
-    """Start a local cluster under $TUSK_HOME (databases, services, workers)."""
-    _call("up", detach=detach)
+    """Start a local cluster under $TUSK_HOME (runs until Ctrl-C unless --detach)."""
+    from shared import embedded  # imported here: only these commands need it
+
+    embedded.up(detach=detach, echo=click.echo)
 
 
 @click.command("down")
 def down() -> None:
-    """Stop the local cluster started by tusk up."""
-    _call("down")
+    """Stop the local cluster started by tusk up (its data stays)."""
+    from shared import embedded
+
+    embedded.down(echo=click.echo)
 
 
 @click.command("status")
 @output_option
 def status(output: str) -> None:
-    """Show whether the local cluster runs, and where."""
-    result = _call("status")
-    data = result.to_json() if hasattr(result, "to_json") else result
+    """Show whether the local cluster runs, and each component's state and address."""
+    from shared import embedded
+
+    result = embedded.status()
     if output == "json":
-        echo_json(data)
-    elif isinstance(data, dict):
-        echo(format_fields([(str(k), _plain(v)) for k, v in data.items()]))
+        echo_json(result.to_json())
     else:
-        echo(str(data))
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return ", ".join(_plain(v) for v in value)
-    return "-" if value is None else str(value)
+        echo(result.to_text())
 
 
 def tusk_version() -> str:
