@@ -102,7 +102,7 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def format_fields(pairs: Sequence[tuple[str, str]]) -> str:
     """``Key: value`` lines, as ``inspect`` prints one record."""
-    return "\n".join(f"{key}: {value}" for key, value in pairs)
+    return "\n".join(f"{key}: {value}".rstrip() for key, value in pairs)
 
 
 def to_json_text(value: Any, *, compact: bool = False) -> str:
