@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib.abc import Traversable
 from importlib.resources import files
 from pathlib import Path
+from typing import TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -25,6 +26,11 @@ from shared.config import Config
 from shared.errors import FailedPrecondition, Internal, InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
+
+# A connection as handlers hold it: a plain one or a pool's proxy (same methods).
+Conn: TypeAlias = (
+    "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+)
 
 MIGRATION_FILE_RE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 _DATABASE_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

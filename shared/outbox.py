@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from shared.bus import Bus
+from shared.db import Conn
 from shared.errors import Internal, TuskError, Unavailable
 from shared.events import Event
 
@@ -36,7 +37,7 @@ PAUSE_AFTER_PUBLISH_ENV = "TUSK_TEST_OUTBOX_PAUSE_AFTER_PUBLISH"
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
-async def enqueue(conn: asyncpg.Connection, event: Event, subject: str) -> None:
+async def enqueue(conn: Conn, event: Event, subject: str) -> None:
     """Add ``event`` to the outbox inside the caller's open transaction on ``conn``."""
     if not conn.is_in_transaction():
         raise Internal("outbox.enqueue must run inside the caller's transaction")

@@ -10,7 +10,6 @@ import json
 from collections.abc import AsyncIterator, Sequence
 
 from shared.chunking import FileEntry
-
 from shared.errors import InvalidArgument, NotFound
 from shared.file_index import FileIndex, IndexEntry, list_dir
 from shared.glob import Glob, compile_glob
@@ -97,7 +96,7 @@ class CommittedFiles:
         async for item in self.index.scan(root, start, end):
             yield item.key, from_index_entry(item)
 
-    async def list(
+    async def list_page(
         self, root: str | None, path: str, commit: str | None, *, after: str | None, limit: int
     ) -> tuple[list[FileInfo], str | None]:
         """One page of a directory's children (files and implicit dirs), or the file itself.

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncpg
-
 from shared.config import Config
+from shared.db import Conn
 from shared.events import CommitFinished, CommitRef, CommitStarted, Event, Payload
 from shared.outbox import enqueue
 from shared.pfs_models import CommitInfo
 
 
-async def emit(conn: asyncpg.Connection, config: Config, payload: Payload) -> None:
+async def emit(conn: Conn, config: Config, payload: Payload) -> None:
     """Enqueue ``payload`` as an event; it is published iff the transaction commits."""
     event = Event(payload)
     await enqueue(conn, event, event.subject(config.nats_prefix))

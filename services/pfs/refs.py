@@ -16,11 +16,10 @@ from typing import Any
 
 import asyncpg
 
+from shared.db import Conn
 from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from shared.names import COMMIT_ID_RE, check_name, parse_ref
 from shared.pfs_models import BranchInfo, CommitInfo, CommitRef, RepoInfo
-
-Conn = asyncpg.Connection
 
 
 def new_commit_id() -> str:
@@ -335,6 +334,7 @@ async def insert_commit(
         prov,
         finished_now,
     )
+    assert rec is not None
     return commit_from_record(rec)
 
 
@@ -422,6 +422,8 @@ async def finish_commit_row(
         description,
         error,
     )
+    if rec is None:
+        raise NotFound(f"commit {commit_id} not found")
     return commit_from_record(rec)
 
 

@@ -26,6 +26,7 @@ from services.pfs.committed import Change, CommittedFiles
 from services.pfs.events import commit_payload, emit
 from shared.chunking import ChunkCache, FileEntry, PackWriter, concat_entries, read_range
 from shared.config import Config
+from shared.db import Conn
 from shared.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from shared.events import (
     BranchCreated,
@@ -198,9 +199,7 @@ class PfsService:
         self, repo: str, ref: str, *, description: str | None = None, error: str | None = None
     ) -> CommitInfo:
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await refs.resolve_ref(conn, repo, ref)
-            row = await refs.get_commit(conn, row.id, lock=True)
-            assert row is not None
+            row = await self._lock_commit(conn, repo, ref)
             if row.info.state != "open":
                 raise FailedPrecondition(f"commit {repo}@{row.id} is already {row.info.state}")
             await conn.execute(
@@ -251,7 +250,15 @@ class PfsService:
             await self._complete_finish(commit_id)
         return len(ids)
 
-    async def _parent_root(self, conn: asyncpg.Connection, row: refs.CommitRow) -> str | None:
+    async def _lock_commit(self, conn: Conn, repo: str, ref: str) -> refs.CommitRow:
+        """Resolve ``ref`` and lock its commit row for the rest of the transaction."""
+        resolved = await refs.resolve_ref(conn, repo, ref)
+        row = await refs.get_commit(conn, resolved.id, lock=True)
+        if row is None:
+            raise NotFound(f"commit {repo}@{resolved.id} was deleted meanwhile")
+        return row
+
+    async def _parent_root(self, conn: Conn, row: refs.CommitRow) -> str | None:
         if row.info.parent is None:
             return None
         parent = await refs.get_commit(conn, row.info.parent)
@@ -303,9 +310,7 @@ class PfsService:
 
     async def delete_commit(self, repo: str, ref: str) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await refs.resolve_ref(conn, repo, ref)
-            row = await refs.get_commit(conn, row.id, lock=True)
-            assert row is not None
+            row = await self._lock_commit(conn, repo, ref)
             if row.info.state != "open":
                 raise FailedPrecondition(
                     f"commit {repo}@{row.id} is {row.info.state}; only open commits can be deleted "
@@ -327,9 +332,7 @@ class PfsService:
     async def squash_commit(self, repo: str, ref: str) -> None:
         """Remove a finished commit from history; its children keep their (complete) content."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await refs.resolve_ref(conn, repo, ref)
-            row = await refs.get_commit(conn, row.id, lock=True)
-            assert row is not None
+            row = await self._lock_commit(conn, repo, ref)
             if not row.finished:
                 raise FailedPrecondition(
                     f"commit {repo}@{row.id} is open; delete it instead (tusk delete commit)"
@@ -503,7 +506,7 @@ class PfsService:
     async def _resolve_changes(
         self,
         base_root: str | None,
-        open_commit: tuple[asyncpg.Connection, str] | None,
+        open_commit: tuple[Conn, str] | None,
         pending: PendingWrite,
     ) -> list[Change]:
         """Turn a pending write into sorted per-path changes against the current content."""
@@ -557,9 +560,7 @@ class PfsService:
                 if count:
                     raise InvalidArgument(f"cannot put file {path}: it is a directory")
 
-    async def _lock_or_create_branch(
-        self, conn: asyncpg.Connection, repo: str, branch: str
-    ) -> str | None:
+    async def _lock_or_create_branch(self, conn: Conn, repo: str, branch: str) -> str | None:
         """Lock the branch row (creating the branch on first write, as pachctl does); its head."""
         exists, head = await refs.get_branch_head(conn, repo, branch, lock=True)
         if exists:
@@ -569,9 +570,7 @@ class PfsService:
         _, head = await refs.get_branch_head(conn, repo, branch, lock=True)
         return head
 
-    async def _current_provenance(
-        self, conn: asyncpg.Connection, repo: str, branch: str
-    ) -> list[CommitRef]:
+    async def _current_provenance(self, conn: Conn, repo: str, branch: str) -> list[CommitRef]:
         out = []
         for prov_repo, prov_branch in await refs.branch_provenance(conn, repo, branch):
             _, head = await refs.get_branch_head(conn, prov_repo, prov_branch)
@@ -579,11 +578,11 @@ class PfsService:
                 out.append(CommitRef(prov_repo, prov_branch, head))
         return out
 
-    async def _emit_commit(self, conn: asyncpg.Connection, kind: str, row: refs.CommitRow) -> None:
+    async def _emit_commit(self, conn: Conn, kind: str, row: refs.CommitRow) -> None:
         await emit(conn, self.config, commit_payload(kind, row.info))
 
     async def _emit_moved(
-        self, conn: asyncpg.Connection, repo: str, branch: str, old: str | None, new: str | None
+        self, conn: Conn, repo: str, branch: str, old: str | None, new: str | None
     ) -> None:
         await emit(
             conn, self.config, BranchMoved(repo=repo, branch=branch, old_head=old, new_head=new)
@@ -638,7 +637,7 @@ class PfsService:
     ) -> tuple[list[FileInfo], str | None]:
         row = await self._readable(repo, ref)
         try:
-            return await self.files.list(
+            return await self.files.list_page(
                 row.root, normalize_path(path), row.id, after=after, limit=limit
             )
         except NotFound:

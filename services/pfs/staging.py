@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-import asyncpg
 from shared.chunking import FileEntry
+from shared.db import Conn
 
 Change = tuple[str, FileEntry | None]
 
 
-async def stage(conn: asyncpg.Connection, commit_id: str, changes: Sequence[Change]) -> None:
+async def stage(conn: Conn, commit_id: str, changes: Sequence[Change]) -> None:
     """Record changes in one statement (an unnest upsert, not one INSERT per file)."""
     if not changes:
         return
@@ -35,9 +35,7 @@ async def stage(conn: asyncpg.Connection, commit_id: str, changes: Sequence[Chan
     )
 
 
-async def staged_entry(
-    conn: asyncpg.Connection, commit_id: str, path: str
-) -> tuple[bool, FileEntry | None]:
+async def staged_entry(conn: Conn, commit_id: str, path: str) -> tuple[bool, FileEntry | None]:
     """(is staged, entry) for one path; a staged deletion is (True, None)."""
     row = await conn.fetchrow(
         "SELECT entry FROM pfs_staged WHERE commit_id = $1 AND path = $2", commit_id, path
@@ -47,7 +45,7 @@ async def staged_entry(
     return True, _entry(row["entry"])
 
 
-async def staged_under(conn: asyncpg.Connection, commit_id: str, directory: str) -> list[Change]:
+async def staged_under(conn: Conn, commit_id: str, directory: str) -> list[Change]:
     """Staged changes at or under ``directory``, sorted by path."""
     prefix = directory.rstrip("/") + "/"
     rows = await conn.fetch(
@@ -60,7 +58,7 @@ async def staged_under(conn: asyncpg.Connection, commit_id: str, directory: str)
     return [(r["path"], _entry(r["entry"])) for r in rows]
 
 
-async def all_staged(conn: asyncpg.Connection, commit_id: str) -> list[Change]:
+async def all_staged(conn: Conn, commit_id: str) -> list[Change]:
     rows = await conn.fetch(
         'SELECT path, entry FROM pfs_staged WHERE commit_id = $1 ORDER BY path COLLATE "C"',
         commit_id,
@@ -68,7 +66,7 @@ async def all_staged(conn: asyncpg.Connection, commit_id: str) -> list[Change]:
     return [(r["path"], _entry(r["entry"])) for r in rows]
 
 
-async def clear(conn: asyncpg.Connection, commit_id: str) -> None:
+async def clear(conn: Conn, commit_id: str) -> None:
     await conn.execute("DELETE FROM pfs_staged WHERE commit_id = $1", commit_id)
 
 
