@@ -198,12 +198,18 @@ def nats_server_binary() -> str:
 def nats_launch(layout: Layout, port: int) -> Launch:
     """nats-server with JetStream, its store under ``$TUSK_HOME/nats``."""
 
+    async def quiet(exc: Exception) -> None:
+        """nats-py prints a traceback per refused probe by default; not yet up is expected."""
+
     async def ready() -> bool:
         import nats
 
         with contextlib.suppress(Exception):
             nc = await nats.connect(
-                f"nats://127.0.0.1:{port}", allow_reconnect=False, connect_timeout=1
+                f"nats://127.0.0.1:{port}",
+                allow_reconnect=False,
+                connect_timeout=1,
+                error_cb=quiet,
             )
             try:
                 await nc.jetstream().account_info()
