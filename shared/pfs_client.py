@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from shared.chunking import FileEntry
 from shared.errors import InvalidArgument, TuskError, Unavailable, error_from_json
 from shared.filestream import CONTENT_TYPE, FileStreamReader, encode_files
 from shared.pfs_models import (
@@ -365,6 +366,32 @@ class PfsClient(ServiceClient):
             params={"path": path, "old_repo": old_repo, "old_ref": old_ref, "old_path": old_path},
         )
         return [FileChange.from_json(c) for c in body["changes"]]
+
+    async def put_entries(
+        self,
+        repo: str,
+        branch: str,
+        changes: list[tuple[str, FileEntry | None]],
+        *,
+        commit: str | None = None,
+    ) -> PutResult:
+        """Land files already in the chunk store by reference (None deletes the path)."""
+        body = await self.request(
+            "POST",
+            f"/v1/repos/{_q(repo)}/branches/{_q(branch)}/entries",
+            json_body={
+                "commit": commit,
+                "changes": [
+                    {"path": p, "entry": e.to_json() if e is not None else None} for p, e in changes
+                ],
+            },
+        )
+        return PutResult.from_json(body)
+
+    async def commit_subvenance(self, repo: str, ref: str) -> list[CommitInfo]:
+        """Commits whose provenance includes ``repo@ref`` (e.g. a pipeline's outputs of it)."""
+        body = await self.request("GET", f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/subvenance")
+        return [CommitInfo.from_json(c) for c in body["commits"]]
 
     async def delete_file(self, repo: str, branch: str, path: str) -> PutResult:
         body = await self.request(

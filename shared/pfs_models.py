@@ -87,6 +87,8 @@ class CommitInfo:
     description: str = ""
     error: str | None = None
     provenance: list[CommitRef] = field(default_factory=list)
+    # Root of the commit's file index in the object store (data-plane readers use it).
+    index_root: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from shared.chunking import PackWriter
 from shared.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -120,11 +121,14 @@ async def test_cut_off_upload_leaves_no_commit(pfs: RunningPfs, pfs_client: PfsC
         yield encode_block(b"y" * 1000)
         # no end-of-file block and no end record: the client went away
 
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{pfs.url}/v1/repos/data/branches/master/files",
-        data=truncated(),
-        headers={"Content-Type": CONTENT_TYPE},
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{pfs.url}/v1/repos/data/branches/master/files",
+            data=truncated(),
+            headers={"Content-Type": CONTENT_TYPE},
+        ) as resp,
+    ):
         assert resp.status == 400
         body = await resp.json()
         assert "cut off" in body["error"]["message"]
@@ -300,3 +304,37 @@ async def test_openapi_and_health(pfs: RunningPfs) -> None:
         assert "/v1/repos/{repo}/commits/{ref}/files/{path}" in doc["paths"]
         async with session.get(f"{pfs.url}/readyz") as resp:
             assert resp.status == 200
+
+
+async def test_put_entries_lands_stored_files_by_reference(
+    pfs: RunningPfs, pfs_client: PfsClient
+) -> None:
+    # A worker writes chunks straight into the object store, then hands PFS the entries.
+    async with PackWriter(pfs.service.store) as writer:
+        writer.start_file()
+        await writer.write(b"computed output")
+        writer.end_file()
+        (entry,) = await writer.close()
+    await pfs_client.create_repo("out")
+    commit = await pfs_client.start_commit("out", "master")
+    with pytest.raises(FailedPrecondition):
+        await pfs_client.put_entries("out", "master", [("/x", entry)], commit="0" * 32)
+    await pfs_client.put_entries("out", "master", [("/x", entry)], commit=commit.id)
+    await pfs_client.finish_commit("out", commit.id)
+    assert await read_all(pfs_client.get_file("out", "master", "/x")) == b"computed output"
+    # None deletes; a missing path is no error (outputs of a vanished datum).
+    await pfs_client.put_entries("out", "master", [("/x", None), ("/never", None)])
+    assert (await pfs_client.inspect_commit("out", "master")).file_count == 0
+
+
+async def test_finish_with_error_keeps_the_branch_on_its_last_good_commit(
+    pfs_client: PfsClient,
+) -> None:
+    await pfs_client.create_repo("data")
+    good = await pfs_client.put_files("data", "master", files({"/a": b"1"}))
+    bad = await pfs_client.start_commit("data", "master")
+    await pfs_client.put_files("data", "master", files({"/b": b"2"}))
+    done = await pfs_client.finish_commit("data", bad.id, error="datum d1 failed")
+    assert done.error == "datum d1 failed" and done.state == "finished"
+    assert (await pfs_client.inspect_branch("data", "master")).head == good.commit.id
+    assert (await pfs_client.inspect_commit("data", bad.id)).error == "datum d1 failed"

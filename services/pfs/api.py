@@ -10,6 +10,7 @@ from aiohttp import web
 
 from services.pfs.service import PfsService
 from shared.bus import Bus
+from shared.chunking import FileEntry
 from shared.errors import InvalidArgument
 from shared.events import CommitFinished, subject_filter
 from shared.filestream import CONTENT_TYPE, FileStreamReader, encode_block, encode_header
@@ -261,6 +262,30 @@ async def put_files(request: web.Request) -> web.Response:
         FileStreamReader(request.content),
         append=query_bool(request, "append"),
         description=request.query.get("description", ""),
+    )
+    return web.json_response(result.to_json(), status=201)
+
+
+@routes.post("/v1/repos/{repo}/branches/{branch}/entries")
+async def put_entries(request: web.Request) -> web.Response:
+    """Land already-stored files by reference. Body: {commit?, changes: [{path, entry|null}]}."""
+    body = await read_json(request)
+    raw = field(body, "changes", list)
+    try:
+        changes = [
+            (
+                str(c["path"]),
+                FileEntry.from_json(c["entry"]) if c.get("entry") is not None else None,
+            )
+            for c in raw
+        ]
+    except (TypeError, KeyError):
+        raise InvalidArgument("field changes: expected [{path, entry}]") from None
+    result = await _svc(request).put_entries(
+        request.match_info["repo"],
+        request.match_info["branch"],
+        changes,
+        commit=field(body, "commit", str, default=None),
     )
     return web.json_response(result.to_json(), status=201)
 

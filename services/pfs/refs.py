@@ -69,6 +69,7 @@ def commit_from_record(rec: asyncpg.Record) -> CommitRow:
         description=rec["description"],
         error=rec["error"],
         provenance=[CommitRef.from_json(p) for p in prov_list],
+        index_root=rec["root"],
     )
     return CommitRow(info, rec["root"])
 

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -62,6 +62,8 @@ class PendingWrite:
     puts: dict[str, FileEntry]
     appends: set[str]
     delete_dirs: list[str]
+    # Exact files to delete if present (no error when missing): pipeline output replacement.
+    delete_files: set[str] = field(default_factory=set)
 
     @classmethod
     def empty(cls) -> PendingWrite:
@@ -239,6 +241,18 @@ class PfsService:
             )
             await staging.clear(conn, commit_id)
             await self._emit_commit(conn, "commit.finished", done)
+            if error is not None and done.info.branch is not None:
+                # A failed commit stays readable by id, but its branch keeps its last good head.
+                _, head = await refs.get_branch_head(
+                    conn, done.info.repo, done.info.branch, lock=True
+                )
+                if head == done.id:
+                    await refs.set_branch_head(
+                        conn, done.info.repo, done.info.branch, done.info.parent
+                    )
+                    await self._emit_moved(
+                        conn, done.info.repo, done.info.branch, done.id, done.info.parent
+                    )
             return done.info
 
     async def recover_finishing(self) -> int:
@@ -395,6 +409,40 @@ class PfsService:
         commit = await self._land(repo, branch, pending, description)
         return PutResult(commit, files=len(paths), bytes=total)
 
+    async def put_entries(
+        self,
+        repo: str,
+        branch: str,
+        changes: list[tuple[str, FileEntry | None]],
+        *,
+        commit: str | None = None,
+    ) -> PutResult:
+        """Land files whose chunks are already stored (pipeline outputs), by reference.
+
+        ``None`` deletes a path. With ``commit``, the branch's open head must be that commit.
+        """
+        await self._check_writable_branch(repo, branch)
+        pending = PendingWrite.empty()
+        for path, entry in changes:
+            norm = file_path(path)
+            if entry is None:
+                pending.delete_files.add(norm)
+            else:
+                pending.puts[norm] = entry
+        if commit is not None:
+            async with self.pool.acquire() as conn:
+                _, head = await refs.get_branch_head(conn, repo, branch)
+            if head != commit:
+                raise FailedPrecondition(
+                    f"commit {repo}@{commit} is not the open head of branch {branch}"
+                )
+        info = await self._land(repo, branch, pending, "")
+        if commit is not None and info.id != commit:
+            raise FailedPrecondition(f"commit {repo}@{commit} was finished meanwhile")
+        return PutResult(
+            info, files=len(pending.puts), bytes=sum(e.size for e in pending.puts.values())
+        )
+
     async def delete_file(self, repo: str, branch: str, path: str) -> PutResult:
         path = normalize_path(path)
         await self._check_writable_branch(repo, branch)
@@ -518,7 +566,7 @@ class PfsService:
                     return entry
             return await self.files.get_entry(base_root, path)
 
-        changes: dict[str, FileEntry | None] = {}
+        changes: dict[str, FileEntry | None] = dict.fromkeys(pending.delete_files)
         for directory in pending.delete_dirs:
             found = False
             async for key, _ in self.files.files_under(base_root, directory):
