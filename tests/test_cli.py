@@ -449,6 +449,19 @@ async def test_put_files_then_read_them_back(tusk: Tusk, tmp_path: Path) -> None
     assert (await tusk.ok("get", "file", "images@master:/hello.txt")).stdout == b"hello\n"
     assert (await tusk.ok("get", "file", "images@master^:/log.txt")).stdout == b"one\n"
 
+    # A reader that stops early (``| head``) ends the download quietly.
+    big = tusk.cwd / "big.bin"
+    big.write_bytes(os.urandom(8 << 20))
+    await tusk.ok("put", "file", "images@master:/big.bin", "-f", str(big))
+    shell = await asyncio.create_subprocess_shell(
+        f"'{TUSK}' get file images@master:/big.bin | head -c 5 >/dev/null",
+        stderr=asyncio.subprocess.PIPE,
+        env=tusk.env,
+    )
+    _, piped_err = await asyncio.wait_for(shell.communicate(), 30)
+    assert piped_err == b""
+    await tusk.ok("delete", "file", "images@master:/big.bin")
+
     out_file = tusk.cwd / "copy.txt"
     await tusk.ok("get", "file", "images@master:/batch/d1/f001.txt", "-o", str(out_file))
     assert out_file.read_text() == "file 1\n"
@@ -473,12 +486,14 @@ async def test_put_files_then_read_them_back(tusk: Tusk, tmp_path: Path) -> None
     )
 
     diff = (await tusk.ok("diff", "file", "images@master", "-o", "json")).json()
+    assert [(c["path"], c["change"]) for c in diff] == [("/big.bin", "deleted")]
+    diff = (await tusk.ok("diff", "file", "images@master", "images@master~3", "-o", "json")).json()
     assert [(c["path"], c["change"]) for c in diff] == [("/log.txt", "modified")]
-    diff_text = (await tusk.ok("diff", "file", "images@master", "images@master~3")).text
+    diff_text = (await tusk.ok("diff", "file", "images@master", "images@master~5")).text
     assert "/log.txt" in diff_text and "added" in diff_text
 
     commits = (await tusk.ok("list", "commit", "images@master", "-o", "json")).json()
-    assert len(commits) == 4
+    assert len(commits) == 6
     newest = commits[0]
     assert {"id", "branch", "parent", "started", "finished", "size_bytes", "provenance"} <= set(
         newest
