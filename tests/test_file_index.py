@@ -348,14 +348,26 @@ def random_changes(
 
 
 @pytest.mark.parametrize(
-    ("seed", "fanout", "max_items"),
-    [(0, 4, None), (1, 4, None), (2, 8, None), (3, 3, 4), (4, 16, 20), (5, 6, 7)],
+    ("seed", "fanout", "max_items", "max_bytes"),
+    [
+        (0, 4, None, 1 << 20),
+        (1, 4, None, 1 << 20),
+        (2, 8, None, 1 << 20),
+        (3, 3, 4, 1 << 20),  # item caps cut often
+        (4, 16, 20, 1 << 20),
+        (5, 6, 7, 1 << 20),
+        (6, 16, None, 700),  # byte caps cut most leaves
+    ],
 )
 async def test_history_independence_random_ops(
-    store: CountingStore, seed: int, fanout: int, max_items: int | None
+    store: CountingStore, seed: int, fanout: int, max_items: int | None, max_bytes: int
 ) -> None:
     rng = random.Random(seed)
-    index = FileIndex(store, fanout=fanout, max_node_items=max_items)
+
+    def new_index() -> FileIndex:
+        return FileIndex(store, fanout=fanout, max_node_items=max_items, max_node_bytes=max_bytes)
+
+    index = new_index()
     universe = sorted({f"/{rng.choice('abc')}/{rng.randrange(3000):04d}" for _ in range(2500)})
     model = {k: entry(k) for k in rng.sample(universe, 600)}
     root = await index.build(sorted_entries(model))
@@ -368,9 +380,7 @@ async def test_history_independence_random_ops(
             changes = random_changes(rng, model, universe, size)
         root = await index.apply(root, changes)
         model = apply_to_model(model, changes)
-        fresh = await FileIndex(store, fanout=fanout, max_node_items=max_items).build(
-            sorted_entries(model)
-        )
+        fresh = await new_index().build(sorted_entries(model))
         assert root == fresh, f"step {step}: applying changes gave another shape"
         if step == 20:
             assert root is None

@@ -75,6 +75,32 @@ class TreeBuilder:
         ):
             self._close_leaf()
 
+    def add_leaf_run(self, entries: list[IndexEntry]) -> None:
+        """Append consecutive entries of one old leaf, excluding its last.
+
+        Those keys cannot be natural cuts (the leaf would have closed there), so only
+        the item and byte caps need checking, and a run is appended in one step.
+        """
+        if not entries:
+            return
+        first = entries[0].key
+        if self._last_key is not None and first <= self._last_key:
+            raise InvalidArgument(
+                f"index keys must be sorted and unique: {first!r} after {self._last_key!r}"
+            )
+        run_bytes = sum([len(e.key) + len(e.value) for e in entries])
+        leaf = self._leaf
+        if (
+            len(leaf) + len(entries) < self._max_items
+            and self._leaf_bytes + run_bytes < self._max_bytes
+        ):
+            leaf.extend(entries)
+            self._leaf_bytes += run_bytes
+            self._last_key = entries[-1].key
+        else:
+            for entry in entries:
+                self.add_entry(entry)
+
     def add_child(self, level: int, ref: ChildRef) -> None:
         """Append a finished subtree (a node of ``level - 1``) to the open node of ``level``."""
         if self._last_key is not None and ref.last_key <= self._last_key:
@@ -83,6 +109,29 @@ class TreeBuilder:
             )
         self._last_key = ref.last_key
         self._push(level, ref)
+
+    def add_siblings(self, level: int, refs: list[ChildRef]) -> None:
+        """Append consecutive children of one old node of ``level``, excluding its last.
+
+        Those children cannot be natural cuts (the node would have closed there), so
+        only the item cap needs checking, and a run is appended in one step.
+        """
+        if not refs:
+            return
+        if self._last_key is not None and refs[0].last_key <= self._last_key:
+            raise InvalidArgument(
+                f"index keys must be sorted and unique: {refs[0].last_key!r} after "
+                f"{self._last_key!r}"
+            )
+        while len(self._levels) <= level:
+            self._levels.append([])
+        items = self._levels[level]
+        if len(items) + len(refs) < self._max_items:
+            items.extend(refs)
+            self._last_key = refs[-1].last_key
+        else:
+            for ref in refs:
+                self.add_child(level, ref)
 
     def empty_below(self, level: int) -> bool:
         """True when every level under ``level`` is at a cut (no open items)."""

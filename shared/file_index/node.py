@@ -93,7 +93,7 @@ def encode_leaf(entries: list[IndexEntry]) -> bytes:
             _HEADER.pack(FORMAT_VERSION, 0, n),
             struct.pack(f"<{n}I", *map(len, keys)),
             struct.pack(f"<{n}I", *map(len, values)),
-            struct.pack(f"<{n}Q", *(e.size for e in entries)),
+            struct.pack(f"<{n}Q", *[e.size for e in entries]),
             *keys,
             *values,
         )
@@ -108,9 +108,9 @@ def encode_internal(level: int, children: list[ChildRef]) -> bytes:
         (
             _HEADER.pack(FORMAT_VERSION, level, n),
             struct.pack(f"<{n}I", *map(len, keys)),
-            struct.pack(f"<{n}Q", *(c.count for c in children)),
-            struct.pack(f"<{n}Q", *(c.size for c in children)),
-            *(bytes.fromhex(c.hash) for c in children),
+            struct.pack(f"<{n}Q", *[c.count for c in children]),
+            struct.pack(f"<{n}Q", *[c.size for c in children]),
+            bytes.fromhex("".join([c.hash for c in children])),
             *keys,
         )
     )

@@ -278,35 +278,51 @@ class FileIndex:
         """
         n = len(changes)
         if isinstance(node, LeafNode):
-            for entry in node.entries:
-                while ci < n and changes[ci][0] < entry.key:
-                    new = changes[ci][1]
-                    if new is not None:
-                        builder.add_entry(new)
-                    ci += 1
-                if ci < n and changes[ci][0] == entry.key:
-                    new = changes[ci][1]
-                    if new is not None:
-                        builder.add_entry(new)
-                    ci += 1
-                else:
-                    builder.add_entry(entry)
-            if len(builder.pending) >= _DRAIN_EVERY:
+            entries = node.entries
+            last = len(entries) - 1
+            i = 0
+            while ci < n and changes[ci][0] <= node.keys[-1]:
+                # Old entries before the change go in as one run; none of them is the
+                # leaf's last entry, the only one that may be a natural cut.
+                key, new = changes[ci]
+                j = bisect_left(node.keys, key, i)
+                builder.add_leaf_run(entries[i:j])
+                if new is not None:
+                    builder.add_entry(new)
+                i = j + 1 if node.keys[j] == key else j
+                ci += 1
+            builder.add_leaf_run(entries[i:last])
+            if i <= last:
+                builder.add_entry(entries[last])
+            if builder.pending:
+                # Start the writes now: they run in the store's threads while the
+                # upper levels are rebuilt, instead of all waiting for the end.
                 await self._drain(builder, tasks)
             return ci
         level = node.level
-        for child in node.children:
+        children = node.children
+        last = len(children) - 1
+        i = 0
+        while i <= last:
+            child = children[i]
             # Reuse the child when no change falls in it, the levels below are at a cut
             # and the child ended at a real cut. A child that ended at the end of the old
             # data (the right spine) is only reusable once no change is left to append.
             if builder.empty_below(level) and (
                 ci == n or (changes[ci][0] > child.last_key and child.last_key != old_last)
             ):
+                if i < last:
+                    # The whole run of siblings before the next change goes in at once.
+                    j = last if ci == n else bisect_left(node.keys, changes[ci][0], i, last)
+                    builder.add_siblings(level, children[i:j])
+                    i = j
+                    continue
                 builder.add_child(level, child)
             else:
                 ci = await self._rebuild(
                     await self.node(child.hash), changes, ci, old_last, builder, tasks
                 )
+            i += 1
         return ci
 
     # -- reading ---------------------------------------------------------------------------
@@ -331,19 +347,24 @@ class FileIndex:
     ) -> AsyncGenerator[IndexEntry, None]:
         """Yield the entries with ``start <= key < end`` in key order.
 
-        Only nodes whose key range overlaps the range are read. Up to ``read_ahead``
-        of the next nodes in range are fetched concurrently; pass 0 when the caller
-        will stop after a few entries (a seek).
+        Only nodes whose key range overlaps the range are read. While in a leaf, up
+        to ``read_ahead`` of the next leaves in range are fetched concurrently; pass 0
+        when the caller will stop after a few entries (a seek).
         """
         if root is None or (end is not None and end <= start):
             return
-        stack = [root]
+        stack = [(root, -1)]  # (node hash, its level if known); the top is visited next
         ahead: dict[str, asyncio.Task[Node]] = {}
         try:
             while stack:
-                digest = stack.pop()
-                if read_ahead and stack:
-                    self._read_ahead(stack[-1 : -read_ahead - 1 : -1], ahead)
+                digest, _ = stack.pop()
+                if read_ahead and stack and stack[-1][1] == 0:
+                    next_leaves = []
+                    for queued, level in reversed(stack[-read_ahead:]):
+                        if level != 0:
+                            break
+                        next_leaves.append(queued)
+                    self._read_ahead(next_leaves, ahead)
                 node = await self._visit_ahead(digest, ahead)
                 i = bisect_left(node.keys, start)
                 if isinstance(node, LeafNode):
@@ -353,7 +374,8 @@ class FileIndex:
                 else:
                     # Child j covers (keys[j-1], keys[j]]: it overlaps while keys[j-1] < end.
                     j = len(node.keys) if end is None else bisect_left(node.keys, end, i) + 1
-                    stack.extend(c.hash for c in reversed(node.children[i:j]))
+                    level = node.level - 1
+                    stack.extend((c.hash, level) for c in reversed(node.children[i:j]))
         finally:
             for task in ahead.values():
                 task.cancel()
