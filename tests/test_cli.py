@@ -478,6 +478,12 @@ async def test_put_files_then_read_them_back(tusk: Tusk, tmp_path: Path) -> None
     in_dir = (await tusk.ok("list", "file", "images@master:/batch/d0", "-o", "json")).json()
     assert len(in_dir) == 25 and all(f["type"] == "file" for f in in_dir)
 
+    inspected_file = (
+        await tusk.ok("inspect", "file", "images@master:/log.txt", "-o", "json")
+    ).json()
+    assert (inspected_file["type"], inspected_file["size_bytes"]) == ("file", 8)
+    assert "Size: 8 B" in (await tusk.ok("inspect", "file", "images@master:/log.txt")).text
+
     globbed = (
         await tusk.ok("glob", "file", "images@master:/batch/*/f00?.txt", "-o", "json")
     ).json()

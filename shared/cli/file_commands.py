@@ -14,7 +14,14 @@ import aiohttp
 import click
 
 from shared.cli.args import REPO_ANY, REPO_FILE, Target, writable_branch
-from shared.cli.output import echo, echo_json, format_table, human_size, output_option
+from shared.cli.output import (
+    echo,
+    echo_json,
+    format_fields,
+    format_table,
+    human_size,
+    output_option,
+)
 from shared.cli.progress import Progress
 from shared.cli.session import closing, run_pfs
 from shared.cli.sources import UploadStream, is_url, plan_uploads
@@ -210,6 +217,27 @@ def list_file(target: Target, limit: int | None, output: str) -> None:
 
 
 @click.command("file")
+@click.argument("target", metavar="REPO@REF:/PATH", type=REPO_FILE)
+@output_option
+def inspect_file(target: Target, output: str) -> None:
+    """Show one file or directory: type, size, content hash."""
+    ref = target.ref_or_default
+    info = run_pfs(lambda pfs: pfs.inspect_file(target.repo, ref, target.path_or_root))
+    if output == "json":
+        echo_json(info.to_json())
+        return
+    fields = [
+        ("Path", _display_path(info)),
+        ("Type", info.type),
+        ("Size", human_size(info.size_bytes)),
+        ("Files", str(info.file_count)),
+        ("Hash", info.hash or "-"),
+        ("Commit", info.commit or "-"),
+    ]
+    echo(format_fields(fields))
+
+
+@click.command("file")
 @click.argument("target", metavar="REPO@REF:/PATTERN", type=REPO_FILE)
 @output_option
 def glob_file(target: Target, output: str) -> None:
@@ -294,6 +322,7 @@ COMMANDS: list[tuple[str, click.Command]] = [
     ("put", put_file),
     ("get", get_file),
     ("list", list_file),
+    ("inspect", inspect_file),
     ("glob", glob_file),
     ("diff", diff_file),
     ("delete", delete_file),

@@ -10,6 +10,7 @@ reported in exactly one place (``shared.cli.errors``).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from shared.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, report
 VERBS: dict[str, str] = {
     "create": "Create a repo or a branch.",
     "list": "List repos, branches, commits or files.",
-    "inspect": "Show one repo, branch or commit.",
+    "inspect": "Show one repo, branch, commit or file.",
     "delete": "Delete a repo, branch, commit or file.",
     "start": "Start a commit.",
     "finish": "Finish a commit.",
@@ -86,8 +87,6 @@ def _debug_requested(args: Sequence[str] | None) -> bool:
 
 
 def _silence_stdout() -> None:
-    import os
-
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
