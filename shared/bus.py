@@ -1,12 +1,14 @@
 """The event bus: NATS JetStream streams for events and for datum tasks.
 
-Two streams per prefix (a deployment's prefix is ``tusk``; tests use fresh ones):
+Three streams per prefix (a deployment's prefix is ``tusk``; tests use fresh ones):
 
 - ``<PREFIX>_EVENTS`` holds ``<prefix>.pfs.>`` and ``<prefix>.pps.>``: the events of
   ``shared.events``, published with ``Nats-Msg-Id`` = event id so a re-sent event
   (an outbox relay that crashed before deleting its row) is stored once.
 - ``<PREFIX>_TASKS`` holds ``<prefix>.tasks.>`` with WorkQueue retention: each datum
   task is removed once a worker acks it.
+- ``<PREFIX>_RESULTS`` holds ``<prefix>.results.>``: datum results from workers to the
+  scheduler, published with ``Nats-Msg-Id`` = job and datum id so a datum's result counts once.
 
 nats-py's errors are translated here into ``shared.errors``.
 """
@@ -84,6 +86,31 @@ def tasks_stream_config(config: Config) -> StreamConfig:
     )
 
 
+def results_stream_name(config: Config) -> str:
+    return f"{config.nats_prefix.upper()}_RESULTS"
+
+
+def results_subject(config: Config, pipeline: str) -> str:
+    """Subject of datum results of one pipeline: ``<prefix>.results.<pipeline>``."""
+    return f"{config.nats_prefix}.results.{pipeline}"
+
+
+def results_stream_config(config: Config) -> StreamConfig:
+    """Datum results, from workers to the scheduler; deduplicated by job and datum id."""
+    return StreamConfig(
+        name=results_stream_name(config),
+        subjects=[f"{config.nats_prefix}.results.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=EVENTS_MAX_AGE_S,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
+def all_stream_names(config: Config) -> list[str]:
+    return [config.stream_name, tasks_stream_name(config), results_stream_name(config)]
+
+
 @dataclass(frozen=True)
 class PublishResult:
     """Where JetStream stored a message; ``duplicate`` if it had seen the id already."""
@@ -102,7 +129,11 @@ class Bus:
 
     async def ensure_streams(self) -> None:
         """Create the events and tasks streams, or bring their configuration up to date."""
-        for stream in (events_stream_config(self.config), tasks_stream_config(self.config)):
+        for stream in (
+            events_stream_config(self.config),
+            tasks_stream_config(self.config),
+            results_stream_config(self.config),
+        ):
             await self._ensure_stream(stream)
 
     async def _ensure_stream(self, stream: StreamConfig) -> None:

@@ -150,6 +150,39 @@ class CommitDeleted(PfsPayload, type="commit.deleted"):
     branch: str | None = None
 
 
+# ---------------------------------------------------------------------------------- PPS
+
+
+@dataclass(frozen=True, kw_only=True)
+class PpsPayload(Payload):
+    """Base of PPS events; their subject key is the pipeline."""
+
+    DOMAIN: ClassVar[str] = "pps"
+    pipeline: str
+
+    def subject_key(self) -> str:
+        return self.pipeline
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineUpdated(PpsPayload, type="pipeline.updated"):
+    """A pipeline was created, updated, stopped, started or deleted (``deleted``)."""
+
+    version: int
+    state: str
+    deleted: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobStateChanged(PpsPayload, type="job.state"):
+    """A job moved to ``state`` (Pachyderm's JOB_* names)."""
+
+    job: str
+    state: str
+    reason: str | None = None
+    output_commit: str | None = None
+
+
 # ------------------------------------------------------------------------------- events
 
 

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
-from aiohttp import web
-
 from services.pfs.app import build_app
-from shared.config import load_config
+from shared.service_main import serve
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = load_config()
-    web.run_app(
-        build_app(config),
-        host=config.listen_host,
-        port=config.listen_port or 7651,
-        print=None,
-        access_log=None,
-    )
+    serve(build_app, default_port=7651)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,14 @@
+"""``python -m services.pps``: serve PPS on ``listen_host:listen_port`` from the loaded config."""
+
+from __future__ import annotations
+
+from services.pps.app import build_app
+from shared.service_main import serve
+
+
+def main() -> None:
+    serve(build_app, default_port=7652)
+
+
+if __name__ == "__main__":
+    main()

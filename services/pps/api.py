@@ -1,0 +1,155 @@
+"""PPS HTTP API: pipelines, jobs, datums and logs (documented at /openapi.json)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.pps.service import PpsService
+from services.pps.spec import load_spec_documents
+from shared.errors import InvalidArgument
+from shared.http import field, query_bool, query_int, read_json
+
+SERVICE: web.AppKey[PpsService] = web.AppKey("pps_service", PpsService)
+routes = web.RouteTableDef()
+
+
+def _svc(request: web.Request) -> PpsService:
+    return request.app[SERVICE]
+
+
+async def _spec_body(request: web.Request) -> dict[str, object]:
+    """A spec sent as JSON {spec: {...}} or as the raw JSON/YAML text of one pipeline."""
+    if request.content_type == "application/json":
+        body = await read_json(request)
+        return field(body, "spec", dict)
+    docs = load_spec_documents(await request.text())
+    if len(docs) != 1:
+        raise InvalidArgument(f"expected one pipeline spec in the body, got {len(docs)}")
+    return docs[0]
+
+
+@routes.post("/v1/pipelines")
+async def create_pipeline(request: web.Request) -> web.Response:
+    """Create a pipeline from a Pachyderm spec (?update=true replaces it; ?reprocess=true)."""
+    info = await _svc(request).create_pipeline(
+        await _spec_body(request),
+        update=query_bool(request, "update"),
+        reprocess=query_bool(request, "reprocess"),
+    )
+    return web.json_response(info.to_json(), status=201)
+
+
+@routes.get("/v1/pipelines")
+async def list_pipelines(request: web.Request) -> web.Response:
+    """List pipelines."""
+    infos = await _svc(request).list_pipelines()
+    return web.json_response({"pipelines": [p.to_json() for p in infos]})
+
+
+@routes.get("/v1/pipelines/{name}")
+async def inspect_pipeline(request: web.Request) -> web.Response:
+    """Inspect a pipeline: state, spec version, spec."""
+    return web.json_response(
+        (await _svc(request).inspect_pipeline(request.match_info["name"])).to_json()
+    )
+
+
+@routes.get("/v1/pipelines/{name}/history")
+async def pipeline_history(request: web.Request) -> web.Response:
+    """Every spec version of a pipeline."""
+    return web.json_response(
+        {"versions": await _svc(request).pipeline_history(request.match_info["name"])}
+    )
+
+
+@routes.post("/v1/pipelines/{name}/stop")
+async def stop_pipeline(request: web.Request) -> web.Response:
+    """Pause a pipeline: no new jobs, workers stop."""
+    return web.json_response(
+        (await _svc(request).set_running(request.match_info["name"], False)).to_json()
+    )
+
+
+@routes.post("/v1/pipelines/{name}/start")
+async def start_pipeline(request: web.Request) -> web.Response:
+    """Resume a paused pipeline (a job runs if its inputs moved meanwhile)."""
+    return web.json_response(
+        (await _svc(request).set_running(request.match_info["name"], True)).to_json()
+    )
+
+
+@routes.delete("/v1/pipelines/{name}")
+async def delete_pipeline(request: web.Request) -> web.Response:
+    """Delete a pipeline and its output repo (?keep_repo=true keeps the repo)."""
+    await _svc(request).delete_pipeline(
+        request.match_info["name"], keep_repo=query_bool(request, "keep_repo")
+    )
+    return web.json_response({})
+
+
+@routes.get("/v1/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    """List jobs, newest first (?pipeline=&limit=)."""
+    jobs = await _svc(request).list_jobs(
+        request.query.get("pipeline") or None, query_int(request, "limit", 100, low=1, high=10000)
+    )
+    return web.json_response({"jobs": [j.to_json() for j in jobs]})
+
+
+@routes.get("/v1/pipelines/{name}/jobs/{job}")
+async def inspect_job(request: web.Request) -> web.Response:
+    """Inspect a job (a unique prefix of its id is enough)."""
+    job = await _svc(request).inspect_job(request.match_info["name"], request.match_info["job"])
+    return web.json_response(job.to_json())
+
+
+@routes.get("/v1/pipelines/{name}/jobs/{job}/wait")
+async def wait_job(request: web.Request) -> web.Response:
+    """Block until the job is done (?timeout=seconds)."""
+    raw = request.query.get("timeout")
+    try:
+        timeout = float(raw) if raw else None
+    except ValueError:
+        raise InvalidArgument("query parameter timeout: expected seconds") from None
+    job = await _svc(request).wait_job(
+        request.match_info["name"], request.match_info["job"], timeout
+    )
+    return web.json_response(job.to_json())
+
+
+@routes.get("/v1/pipelines/{name}/jobs/{job}/datums")
+async def list_datums(request: web.Request) -> web.Response:
+    """The datums a job processed (skipped ones are counted on the job)."""
+    datums = await _svc(request).list_datums(request.match_info["name"], request.match_info["job"])
+    return web.json_response({"datums": [d.to_json() for d in datums]})
+
+
+@routes.get("/v1/pipelines/{name}/jobs/{job}/datums/{datum}")
+async def inspect_datum(request: web.Request) -> web.Response:
+    """Inspect one datum of a job (a unique prefix of its id is enough)."""
+    datum = await _svc(request).inspect_datum(
+        request.match_info["name"], request.match_info["job"], request.match_info["datum"]
+    )
+    return web.json_response(datum.to_json())
+
+
+@routes.post("/v1/pipelines/{name}/jobs/{job}/datums/{datum}/restart")
+async def restart_datum(request: web.Request) -> web.Response:
+    """Run a datum again in a new job over the latest inputs."""
+    job = await _svc(request).restart_datum(
+        request.match_info["name"], request.match_info["job"], request.match_info["datum"]
+    )
+    return web.json_response({"job": job.to_json() if job else None})
+
+
+@routes.get("/v1/pipelines/{name}/logs")
+async def logs(request: web.Request) -> web.Response:
+    """Log lines of a pipeline's datums (?job=&datum=&after=<id>&limit=)."""
+    lines = await _svc(request).logs(
+        request.match_info["name"],
+        request.query.get("job") or None,
+        request.query.get("datum") or None,
+        query_int(request, "after", 0, low=0, high=1 << 62),
+        query_int(request, "limit", 1000, low=1, high=100000),
+    )
+    return web.json_response({"logs": [line.to_json() for line in lines]})

@@ -1,0 +1,286 @@
+"""The PPS core: pipeline specs (validated, versioned), and reads of jobs, datums and logs.
+
+Creating a pipeline makes its output repo (named after the pipeline) with
+branch provenance on its inputs, records spec version 1, and queues a first job
+over what the inputs already hold. The scheduler runs jobs; PPS only records
+what users ask for, in one transaction with the event that tells the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+import asyncpg
+
+from services.pps.spec import PipelineSpec, input_branches, parse_pipeline_spec, spec_to_json
+from shared.config import Config
+from shared.db import Conn
+from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from shared.events import Event, JobStateChanged, PipelineUpdated
+from shared.outbox import enqueue
+from shared.pfs_client import PfsClient
+from shared.pps import store
+from shared.pps.jobs import create_job_if_new, job_inputs
+from shared.pps.models import (
+    JOB_CREATED,
+    JOB_DONE,
+    PIPELINE_PAUSED,
+    PIPELINE_RUNNING,
+    DatumInfo,
+    JobInfo,
+    LogLine,
+    PipelineInfo,
+)
+
+log = logging.getLogger("tusk.pps")
+
+
+async def emit(conn: Conn, config: Config, payload: PipelineUpdated | JobStateChanged) -> None:
+    event = Event(payload)
+    await enqueue(conn, event, event.subject(config.nats_prefix))
+
+
+class PpsService:
+    def __init__(self, config: Config, pool: asyncpg.Pool, pfs: PfsClient) -> None:
+        self.config = config
+        self.pool = pool
+        self.pfs = pfs
+
+    # Pipelines
+
+    async def create_pipeline(
+        self, raw: dict[str, Any], *, update: bool, reprocess: bool
+    ) -> PipelineInfo:
+        """Create (or with ``update`` replace) a pipeline; a bad spec changes nothing."""
+        spec = parse_pipeline_spec(raw)
+        async with self.pool.acquire() as conn:
+            existing = await _maybe_pipeline(conn, spec.name)
+        if existing is not None and not update:
+            raise AlreadyExists(
+                f"pipeline {spec.name} already exists; use tusk update pipeline to change it"
+            )
+        if existing is None and update:
+            raise NotFound(f"pipeline {spec.name} not found; use tusk create pipeline")
+        await self._check_inputs(spec)
+        created_repo = await self._ensure_output_repo(spec, new=existing is None)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                if existing is None:
+                    info = await store.insert_pipeline(conn, spec.name, spec.raw, PIPELINE_RUNNING)
+                    trigger = "create:1"
+                else:
+                    await store.get_pipeline(conn, spec.name, lock=True)
+                    info = await store.update_pipeline_spec(conn, spec.name, spec.raw)
+                    trigger = f"update:{info.version}"
+                inputs = await job_inputs(self.pfs, spec)
+                if inputs is not None and info.state == PIPELINE_RUNNING:
+                    await create_job_if_new(
+                        conn, spec, info.version, trigger, inputs, reprocess=reprocess
+                    )
+                await emit(
+                    conn,
+                    self.config,
+                    PipelineUpdated(pipeline=spec.name, version=info.version, state=info.state),
+                )
+                return await store.get_pipeline(conn, spec.name)
+        except BaseException:
+            if created_repo:
+                await self.pfs.delete_repo(spec.name, force=True)
+            raise
+
+    async def _check_inputs(self, spec: PipelineSpec) -> None:
+        for repo, _branch in input_branches(spec):
+            if repo == spec.name:
+                raise InvalidArgument(
+                    f"pipeline spec: input repo {repo} is the pipeline's own output repo (a cycle)"
+                )
+            try:
+                await self.pfs.inspect_repo(repo)
+            except NotFound:
+                raise InvalidArgument(
+                    f"pipeline spec: input repo {repo} not found (tusk create repo {repo})"
+                ) from None
+
+    async def _ensure_output_repo(self, spec: PipelineSpec, *, new: bool) -> bool:
+        """Make the output repo and branch with provenance on the inputs; True if made now."""
+        provenance = [f"{repo}@{branch}" for repo, branch in input_branches(spec)]
+        made = False
+        if new:
+            try:
+                await self.pfs.create_repo(spec.name, f"output of pipeline {spec.name}")
+                made = True
+            except AlreadyExists:
+                raise AlreadyExists(
+                    f"a repo named {spec.name} already exists; a pipeline's output repo takes "
+                    "its name, so pick another pipeline name or delete that repo"
+                ) from None
+        try:
+            for repo, branch in input_branches(spec):
+                branches = {b.name for b in await self.pfs.list_branches(repo)}
+                if branch not in branches:
+                    await self.pfs.create_branch(repo, branch)
+            await self.pfs.create_branch(spec.name, spec.output_branch, provenance=provenance)
+        except InvalidArgument as exc:
+            if made:
+                await self.pfs.delete_repo(spec.name, force=True)
+            raise InvalidArgument(f"pipeline spec: input: {exc.message}") from None
+        except BaseException:
+            if made:
+                await self.pfs.delete_repo(spec.name, force=True)
+            raise
+        return made
+
+    async def list_pipelines(self) -> list[PipelineInfo]:
+        async with self.pool.acquire() as conn:
+            return await store.list_pipelines(conn)
+
+    async def inspect_pipeline(self, name: str) -> PipelineInfo:
+        async with self.pool.acquire() as conn:
+            return await store.get_pipeline(conn, name)
+
+    async def pipeline_history(self, name: str) -> list[dict[str, Any]]:
+        async with self.pool.acquire() as conn:
+            await store.get_pipeline(conn, name)
+            return [
+                {"version": v, "spec": spec, "created": created}
+                for v, spec, created in await store.pipeline_versions(conn, name)
+            ]
+
+    async def set_running(self, name: str, running: bool) -> PipelineInfo:
+        """Stop (pause) or start a pipeline; starting runs a job if inputs moved meanwhile."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            info = await store.get_pipeline(conn, name, lock=True)
+            state = PIPELINE_RUNNING if running else PIPELINE_PAUSED
+            await store.set_pipeline_state(conn, name, state)
+            if running and info.state != PIPELINE_RUNNING:
+                spec = parse_pipeline_spec(info.spec)
+                inputs = await job_inputs(self.pfs, spec)
+                if inputs is not None and not await self._inputs_already_processed(
+                    conn, name, inputs
+                ):
+                    await create_job_if_new(
+                        conn, spec, info.version, f"start:{uuid.uuid4().hex}", inputs
+                    )
+            await emit(
+                conn, self.config, PipelineUpdated(pipeline=name, version=info.version, state=state)
+            )
+            return await store.get_pipeline(conn, name)
+
+    async def _inputs_already_processed(self, conn: Conn, name: str, inputs: list[Any]) -> bool:
+        jobs = await store.list_jobs(conn, name, 1)
+        return bool(jobs) and jobs[0].input_commits == inputs
+
+    async def delete_pipeline(self, name: str, *, keep_repo: bool) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            info = await store.get_pipeline(conn, name, lock=True)
+            await store.delete_pipeline(conn, name)
+            await emit(
+                conn,
+                self.config,
+                PipelineUpdated(
+                    pipeline=name, version=info.version, state=info.state, deleted=True
+                ),
+            )
+        if not keep_repo:
+            with contextlib.suppress(NotFound):
+                await self.pfs.delete_repo(name, force=True)
+
+    async def restart_datum(self, pipeline: str, job_id: str, datum_id: str) -> JobInfo | None:
+        """Run a datum again: forget its result and queue a job over the latest inputs."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            info = await store.get_pipeline(conn, pipeline, lock=True)
+            job = await self._job(conn, pipeline, job_id)
+            datum = await store.get_job_datum(conn, job.id, datum_id)
+            await conn.execute(
+                "UPDATE pps_current_datums SET hash = 'restart' WHERE pipeline = $1 AND datum_id = $2",
+                pipeline,
+                datum.id,
+            )
+            spec = parse_pipeline_spec(info.spec)
+            inputs = await job_inputs(self.pfs, spec)
+            if inputs is None:
+                return None
+            return await create_job_if_new(
+                conn, spec, info.version, f"restart:{uuid.uuid4().hex}", inputs
+            )
+
+    # Jobs, datums, logs
+
+    async def _job(self, conn: Conn, pipeline: str, job_id: str) -> JobInfo:
+        await store.get_pipeline(conn, pipeline)
+        row = await conn.fetchrow(
+            "SELECT id FROM pps_jobs WHERE pipeline = $1 AND (id = $2 OR id LIKE $2 || '%') LIMIT 2",
+            pipeline,
+            job_id,
+        )
+        if row is None:
+            raise NotFound(f"job {pipeline}@{job_id} not found (tusk list job -p {pipeline})")
+        return await store.get_job(conn, row["id"])
+
+    async def list_jobs(self, pipeline: str | None, limit: int) -> list[JobInfo]:
+        async with self.pool.acquire() as conn:
+            if pipeline is not None:
+                await store.get_pipeline(conn, pipeline)
+            return await store.list_jobs(conn, pipeline, limit)
+
+    async def inspect_job(self, pipeline: str, job_id: str) -> JobInfo:
+        async with self.pool.acquire() as conn:
+            return await self._job(conn, pipeline, job_id)
+
+    async def wait_job(self, pipeline: str, job_id: str, timeout: float | None) -> JobInfo:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        delay = 0.02
+        while True:
+            job = await self.inspect_job(pipeline, job_id)
+            if job.state in JOB_DONE:
+                return job
+            if deadline is not None and loop.time() >= deadline:
+                raise FailedPrecondition(f"job {pipeline}@{job.id} is still {job.state}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    async def list_datums(self, pipeline: str, job_id: str) -> list[DatumInfo]:
+        async with self.pool.acquire() as conn:
+            job = await self._job(conn, pipeline, job_id)
+            return await store.list_job_datums(conn, job.id)
+
+    async def inspect_datum(self, pipeline: str, job_id: str, datum_id: str) -> DatumInfo:
+        async with self.pool.acquire() as conn:
+            job = await self._job(conn, pipeline, job_id)
+            return await store.get_job_datum(conn, job.id, datum_id)
+
+    async def logs(
+        self,
+        pipeline: str,
+        job_id: str | None,
+        datum_id: str | None,
+        after: int,
+        limit: int,
+    ) -> list[LogLine]:
+        async with self.pool.acquire() as conn:
+            await store.get_pipeline(conn, pipeline)
+            full_job = (await self._job(conn, pipeline, job_id)).id if job_id else None
+            return await store.read_logs(conn, pipeline, full_job, datum_id, after, limit)
+
+    async def ready(self) -> bool:
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+            return True
+        except Exception:  # readiness answers "no", it does not raise
+            return False
+
+
+async def _maybe_pipeline(conn: Conn, name: str) -> PipelineInfo | None:
+    try:
+        return await store.get_pipeline(conn, name)
+    except NotFound:
+        return None
+
+
+__all__ = ["JOB_CREATED", "PpsService", "spec_to_json"]

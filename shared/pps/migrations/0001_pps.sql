@@ -1,0 +1,89 @@
+-- PPS metadata: pipelines (with their spec history), jobs, datums, outputs and logs.
+CREATE TABLE pps_pipelines (
+    name        text PRIMARY KEY,
+    version     integer NOT NULL,
+    spec        jsonb NOT NULL,
+    state       text NOT NULL,        -- PIPELINE_RUNNING | PIPELINE_PAUSED | PIPELINE_FAILURE
+    reason      text,
+    created     timestamptz NOT NULL DEFAULT now(),
+    updated     timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE pps_pipeline_versions (
+    name        text NOT NULL REFERENCES pps_pipelines(name) ON DELETE CASCADE,
+    version     integer NOT NULL,
+    spec        jsonb NOT NULL,
+    created     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, version)
+);
+
+CREATE TABLE pps_jobs (
+    id               text PRIMARY KEY,
+    seq              bigserial UNIQUE,
+    pipeline         text NOT NULL REFERENCES pps_pipelines(name) ON DELETE CASCADE,
+    pipeline_version integer NOT NULL,
+    -- What made the job: an input commit id, or "create:N" / "update:N" / "start:…".
+    trigger          text NOT NULL,
+    state            text NOT NULL,
+    reason           text,
+    reprocess        boolean NOT NULL DEFAULT false,
+    input_commits    jsonb NOT NULL DEFAULT '[]',   -- [{name, repo, branch, id}]
+    output_commit    text,
+    data_total       integer NOT NULL DEFAULT 0,
+    data_processed   integer NOT NULL DEFAULT 0,
+    data_skipped     integer NOT NULL DEFAULT 0,
+    data_failed      integer NOT NULL DEFAULT 0,
+    data_recovered   integer NOT NULL DEFAULT 0,
+    remaining        integer NOT NULL DEFAULT 0,
+    created          timestamptz NOT NULL DEFAULT now(),
+    started          timestamptz,
+    finished         timestamptz,
+    UNIQUE (pipeline, trigger)
+);
+CREATE INDEX pps_jobs_pipeline_state ON pps_jobs (pipeline, state, seq);
+
+-- Datums a job processed (skipped ones are counted on the job, not listed one by one).
+CREATE TABLE pps_job_datums (
+    job_id       text NOT NULL REFERENCES pps_jobs(id) ON DELETE CASCADE,
+    datum_id     text NOT NULL,
+    hash         text NOT NULL,
+    state        text NOT NULL,         -- STARTING | SUCCESS | FAILED | RECOVERED
+    inputs       jsonb NOT NULL,        -- [{input, repo, commit, match, files}]
+    output_root  text,
+    output_files integer NOT NULL DEFAULT 0,
+    output_bytes bigint NOT NULL DEFAULT 0,
+    attempts     integer NOT NULL DEFAULT 0,
+    error        text,
+    seconds      double precision,
+    started      timestamptz NOT NULL DEFAULT now(),
+    finished     timestamptz,
+    PRIMARY KEY (job_id, datum_id)
+);
+
+-- The pipeline's datums as of its last successful job: what the next job compares against.
+CREATE TABLE pps_current_datums (
+    pipeline     text NOT NULL REFERENCES pps_pipelines(name) ON DELETE CASCADE,
+    datum_id     text NOT NULL,
+    hash         text NOT NULL,
+    output_root  text,
+    job_id       text NOT NULL,
+    PRIMARY KEY (pipeline, datum_id)
+);
+
+-- Which datum wrote each output path: detects two datums writing one path in O(change).
+CREATE TABLE pps_output_paths (
+    pipeline     text NOT NULL REFERENCES pps_pipelines(name) ON DELETE CASCADE,
+    path         text NOT NULL,
+    datum_id     text NOT NULL,
+    PRIMARY KEY (pipeline, path)
+);
+
+CREATE TABLE pps_logs (
+    id           bigserial PRIMARY KEY,
+    pipeline     text NOT NULL,
+    job_id       text NOT NULL,
+    datum_id     text,
+    ts           timestamptz NOT NULL DEFAULT now(),
+    message      text NOT NULL
+);
+CREATE INDEX pps_logs_pipeline_job ON pps_logs (pipeline, job_id, id);

@@ -1,0 +1,147 @@
+"""PPS records shared by the PPS service, the scheduler, the client SDK and the CLI.
+
+State names and counters are Pachyderm's (``JOB_SUCCESS``, ``data_processed``,
+``data_skipped`` …) so Pachyderm users read them at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+PIPELINE_RUNNING = "PIPELINE_RUNNING"
+PIPELINE_PAUSED = "PIPELINE_PAUSED"
+PIPELINE_FAILURE = "PIPELINE_FAILURE"
+
+JOB_CREATED = "JOB_CREATED"
+JOB_STARTING = "JOB_STARTING"
+JOB_RUNNING = "JOB_RUNNING"
+JOB_FINISHING = "JOB_FINISHING"
+JOB_SUCCESS = "JOB_SUCCESS"
+JOB_FAILURE = "JOB_FAILURE"
+JOB_KILLED = "JOB_KILLED"
+JOB_UNRUNNABLE = "JOB_UNRUNNABLE"
+JOB_ACTIVE = (JOB_CREATED, JOB_STARTING, JOB_RUNNING, JOB_FINISHING)
+JOB_DONE = (JOB_SUCCESS, JOB_FAILURE, JOB_KILLED, JOB_UNRUNNABLE)
+
+DATUM_STARTING = "STARTING"
+DATUM_SUCCESS = "SUCCESS"
+DATUM_FAILED = "FAILED"
+DATUM_RECOVERED = "RECOVERED"
+DATUM_SKIPPED = "SKIPPED"
+
+
+def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class InputCommit:
+    """One input commit of a job: the input's name and the commit it read."""
+
+    name: str
+    repo: str
+    branch: str
+    id: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InputCommit:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    name: str
+    version: int
+    state: str
+    spec: dict[str, Any]
+    created: str
+    updated: str
+    reason: str | None = None
+    last_job_state: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PipelineInfo:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: str
+    pipeline: str
+    pipeline_version: int
+    state: str
+    created: str
+    trigger: str = ""
+    reason: str | None = None
+    input_commits: list[InputCommit] = field(default_factory=list)
+    output_commit: str | None = None
+    data_total: int = 0
+    data_processed: int = 0
+    data_skipped: int = 0
+    data_failed: int = 0
+    data_recovered: int = 0
+    started: str | None = None
+    finished: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in JOB_DONE
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobInfo:
+        values = dict(data)
+        values["input_commits"] = [
+            InputCommit.from_json(c) for c in data.get("input_commits") or []
+        ]
+        return _from_dict(cls, values)
+
+
+@dataclass(frozen=True)
+class DatumInfo:
+    id: str
+    job_id: str
+    state: str
+    hash: str
+    # [{input, repo, commit, match, files: [path, …]}]
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    output_files: int = 0
+    output_bytes: int = 0
+    attempts: int = 0
+    error: str | None = None
+    seconds: float | None = None
+    started: str | None = None
+    finished: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DatumInfo:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class LogLine:
+    pipeline: str
+    job_id: str
+    datum_id: str | None
+    ts: str
+    message: str
+    id: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LogLine:
+        return _from_dict(cls, data)

@@ -1,0 +1,511 @@
+"""PPS metadata in PostgreSQL: pipelines, jobs, datums, outputs, logs.
+
+Used by the PPS service (the user's API) and the scheduler (the engine), hence
+in shared/. Functions take a connection so callers own their transactions; bulk
+rows go in with unnest arrays, never one INSERT per datum.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib.resources import files
+from typing import Any
+
+import asyncpg
+
+from shared.db import Conn, migrate
+from shared.errors import AlreadyExists, NotFound
+from shared.pps.models import (
+    DATUM_STARTING,
+    JOB_ACTIVE,
+    JOB_CREATED,
+    DatumInfo,
+    InputCommit,
+    JobInfo,
+    LogLine,
+    PipelineInfo,
+)
+
+
+async def migrate_pps(pool: asyncpg.Pool) -> list[int]:
+    """Apply the PPS schema (both PPS and the scheduler call this; it runs once)."""
+    return await migrate(pool, "pps", files("shared.pps.migrations"))
+
+
+def _t(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+# Pipelines
+
+
+def _pipeline(rec: asyncpg.Record) -> PipelineInfo:
+    return PipelineInfo(
+        name=rec["name"],
+        version=rec["version"],
+        state=rec["state"],
+        spec=_json(rec["spec"]),
+        created=_t(rec["created"]) or "",
+        updated=_t(rec["updated"]) or "",
+        reason=rec["reason"],
+        last_job_state=rec["last_job_state"],
+    )
+
+
+_PIPELINE_SELECT = """
+    SELECT p.*, (SELECT j.state FROM pps_jobs j WHERE j.pipeline = p.name
+                 ORDER BY j.seq DESC LIMIT 1) AS last_job_state
+    FROM pps_pipelines p
+"""
+
+
+async def insert_pipeline(conn: Conn, name: str, spec: dict[str, Any], state: str) -> PipelineInfo:
+    try:
+        await conn.execute(
+            "INSERT INTO pps_pipelines (name, version, spec, state) VALUES ($1, 1, $2::jsonb, $3)",
+            name,
+            json.dumps(spec),
+            state,
+        )
+    except asyncpg.UniqueViolationError:
+        raise AlreadyExists(
+            f"pipeline {name} already exists (tusk update pipeline changes it)"
+        ) from None
+    await conn.execute(
+        "INSERT INTO pps_pipeline_versions (name, version, spec) VALUES ($1, 1, $2::jsonb)",
+        name,
+        json.dumps(spec),
+    )
+    return await get_pipeline(conn, name)
+
+
+async def update_pipeline_spec(conn: Conn, name: str, spec: dict[str, Any]) -> PipelineInfo:
+    version = await conn.fetchval(
+        "UPDATE pps_pipelines SET version = version + 1, spec = $2::jsonb, updated = now() "
+        "WHERE name = $1 RETURNING version",
+        name,
+        json.dumps(spec),
+    )
+    if version is None:
+        raise NotFound(f"pipeline {name} not found")
+    await conn.execute(
+        "INSERT INTO pps_pipeline_versions (name, version, spec) VALUES ($1, $2, $3::jsonb)",
+        name,
+        version,
+        json.dumps(spec),
+    )
+    return await get_pipeline(conn, name)
+
+
+async def get_pipeline(conn: Conn, name: str, *, lock: bool = False) -> PipelineInfo:
+    if lock:
+        await conn.execute("SELECT 1 FROM pps_pipelines WHERE name = $1 FOR UPDATE", name)
+    rec = await conn.fetchrow(_PIPELINE_SELECT + " WHERE p.name = $1", name)
+    if rec is None:
+        raise NotFound(f"pipeline {name} not found (tusk list pipeline shows them)")
+    return _pipeline(rec)
+
+
+async def list_pipelines(conn: Conn) -> list[PipelineInfo]:
+    return [
+        _pipeline(r) for r in await conn.fetch(_PIPELINE_SELECT + " ORDER BY p.created, p.name")
+    ]
+
+
+async def pipeline_versions(conn: Conn, name: str) -> list[tuple[int, dict[str, Any], str]]:
+    rows = await conn.fetch(
+        "SELECT version, spec, created FROM pps_pipeline_versions WHERE name = $1 ORDER BY version",
+        name,
+    )
+    return [(r["version"], _json(r["spec"]), _t(r["created"]) or "") for r in rows]
+
+
+async def set_pipeline_state(conn: Conn, name: str, state: str, reason: str | None = None) -> None:
+    done = await conn.execute(
+        "UPDATE pps_pipelines SET state = $2, reason = $3, updated = now() WHERE name = $1",
+        name,
+        state,
+        reason,
+    )
+    if done.endswith(" 0"):
+        raise NotFound(f"pipeline {name} not found")
+
+
+async def delete_pipeline(conn: Conn, name: str) -> None:
+    await conn.execute("DELETE FROM pps_logs WHERE pipeline = $1", name)
+    await conn.execute("DELETE FROM pps_pipelines WHERE name = $1", name)
+
+
+# Jobs
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _job(rec: asyncpg.Record) -> JobInfo:
+    return JobInfo(
+        id=rec["id"],
+        pipeline=rec["pipeline"],
+        pipeline_version=rec["pipeline_version"],
+        state=rec["state"],
+        created=_t(rec["created"]) or "",
+        trigger=rec["trigger"],
+        reason=rec["reason"],
+        input_commits=[InputCommit.from_json(c) for c in _json(rec["input_commits"])],
+        output_commit=rec["output_commit"],
+        data_total=rec["data_total"],
+        data_processed=rec["data_processed"],
+        data_skipped=rec["data_skipped"],
+        data_failed=rec["data_failed"],
+        data_recovered=rec["data_recovered"],
+        started=_t(rec["started"]),
+        finished=_t(rec["finished"]),
+    )
+
+
+async def create_job(
+    conn: Conn,
+    pipeline: str,
+    version: int,
+    trigger: str,
+    inputs: Sequence[InputCommit],
+    *,
+    reprocess: bool = False,
+) -> JobInfo | None:
+    """A new JOB_CREATED job, or None if this trigger already made one (redelivered events)."""
+    rec = await conn.fetchrow(
+        """
+        INSERT INTO pps_jobs (id, pipeline, pipeline_version, trigger, state, input_commits, reprocess)
+        VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)
+        ON CONFLICT (pipeline, trigger) DO NOTHING
+        RETURNING *
+        """,
+        new_job_id(),
+        pipeline,
+        version,
+        trigger,
+        JOB_CREATED,
+        json.dumps([c.__dict__ for c in inputs]),
+        reprocess,
+    )
+    return _job(rec) if rec else None
+
+
+async def get_job(conn: Conn, job_id: str, *, lock: bool = False) -> JobInfo:
+    rec = await conn.fetchrow(
+        "SELECT * FROM pps_jobs WHERE id = $1" + (" FOR UPDATE" if lock else ""), job_id
+    )
+    if rec is None:
+        raise NotFound(f"job {job_id} not found")
+    return _job(rec)
+
+
+async def job_reprocess(conn: Conn, job_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT reprocess FROM pps_jobs WHERE id = $1", job_id))
+
+
+async def list_jobs(conn: Conn, pipeline: str | None, limit: int) -> list[JobInfo]:
+    rows = await conn.fetch(
+        "SELECT * FROM pps_jobs WHERE ($1::text IS NULL OR pipeline = $1) ORDER BY seq DESC LIMIT $2",
+        pipeline,
+        limit,
+    )
+    return [_job(r) for r in rows]
+
+
+async def jobs_to_drive(conn: Conn) -> list[JobInfo]:
+    """Per pipeline, its oldest unfinished job (jobs of one pipeline run one at a time)."""
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT ON (j.pipeline) j.* FROM pps_jobs j
+        JOIN pps_pipelines p ON p.name = j.pipeline
+        WHERE j.state = ANY($1::text[]) AND p.state = 'PIPELINE_RUNNING'
+        ORDER BY j.pipeline, j.seq
+        """,
+        list(JOB_ACTIVE),
+    )
+    return [_job(r) for r in rows]
+
+
+async def last_job_with_state(conn: Conn, pipeline: str, state: str) -> JobInfo | None:
+    rec = await conn.fetchrow(
+        "SELECT * FROM pps_jobs WHERE pipeline = $1 AND state = $2 ORDER BY seq DESC LIMIT 1",
+        pipeline,
+        state,
+    )
+    return _job(rec) if rec else None
+
+
+async def update_job(conn: Conn, job_id: str, **values: Any) -> None:
+    """Set job columns; ``state`` moving to done also stamps ``finished``."""
+    allowed = {
+        "state", "reason", "output_commit", "data_total", "data_processed", "data_skipped",
+        "data_failed", "data_recovered", "remaining",
+    }  # fmt: skip
+    assert set(values) <= allowed, set(values) - allowed
+    sets = [f"{k} = ${i + 2}" for i, k in enumerate(values)]
+    if values.get("state") in ("JOB_STARTING",):
+        sets.append("started = coalesce(started, now())")
+    if values.get("state") in ("JOB_SUCCESS", "JOB_FAILURE", "JOB_KILLED", "JOB_UNRUNNABLE"):
+        sets.append("finished = now()")
+    await conn.execute(
+        f"UPDATE pps_jobs SET {', '.join(sets)} WHERE id = $1", job_id, *values.values()
+    )
+
+
+async def job_remaining(conn: Conn, job_id: str) -> int:
+    return int(await conn.fetchval("SELECT remaining FROM pps_jobs WHERE id = $1", job_id) or 0)
+
+
+# Datums
+
+
+@dataclass(frozen=True)
+class PlannedDatum:
+    """A datum a job will run: its id, hash and a summary of its inputs for listings."""
+
+    id: str
+    hash: str
+    inputs: list[dict[str, Any]]
+
+
+async def insert_job_datums(conn: Conn, job_id: str, datums: Sequence[PlannedDatum]) -> None:
+    if not datums:
+        return
+    await conn.execute(
+        """
+        INSERT INTO pps_job_datums (job_id, datum_id, hash, state, inputs)
+        SELECT $1, d, h, $5, i::jsonb FROM unnest($2::text[], $3::text[], $4::text[]) AS t(d, h, i)
+        ON CONFLICT DO NOTHING
+        """,
+        job_id,
+        [d.id for d in datums],
+        [d.hash for d in datums],
+        [json.dumps(d.inputs) for d in datums],
+        DATUM_STARTING,
+    )
+
+
+async def record_datum_result(
+    conn: Conn,
+    job_id: str,
+    datum_id: str,
+    *,
+    state: str,
+    output_root: str | None,
+    output_files: int,
+    output_bytes: int,
+    attempts: int,
+    error: str | None,
+    seconds: float | None,
+) -> bool:
+    """Store a datum's result once; a duplicate (redelivered) result changes nothing."""
+    applied = await conn.fetchval(
+        """
+        UPDATE pps_job_datums SET state = $3, output_root = $4, output_files = $5, output_bytes = $6,
+               attempts = $7, error = $8, seconds = $9, finished = now()
+        WHERE job_id = $1 AND datum_id = $2 AND state = 'STARTING'
+        RETURNING 1
+        """,
+        job_id,
+        datum_id,
+        state,
+        output_root,
+        output_files,
+        output_bytes,
+        attempts,
+        error,
+        seconds,
+    )
+    if not applied:
+        return False
+    counter = {"SUCCESS": "data_processed", "FAILED": "data_failed", "RECOVERED": "data_recovered"}[
+        state
+    ]
+    await conn.execute(
+        f"UPDATE pps_jobs SET {counter} = {counter} + 1, remaining = remaining - 1 WHERE id = $1",
+        job_id,
+    )
+    return True
+
+
+def _datum(rec: asyncpg.Record) -> DatumInfo:
+    return DatumInfo(
+        id=rec["datum_id"],
+        job_id=rec["job_id"],
+        state=rec["state"],
+        hash=rec["hash"],
+        inputs=_json(rec["inputs"]),
+        output_files=rec["output_files"],
+        output_bytes=rec["output_bytes"],
+        attempts=rec["attempts"],
+        error=rec["error"],
+        seconds=rec["seconds"],
+        started=_t(rec["started"]),
+        finished=_t(rec["finished"]),
+    )
+
+
+async def list_job_datums(conn: Conn, job_id: str, limit: int = 100000) -> list[DatumInfo]:
+    rows = await conn.fetch(
+        "SELECT * FROM pps_job_datums WHERE job_id = $1 ORDER BY datum_id LIMIT $2", job_id, limit
+    )
+    return [_datum(r) for r in rows]
+
+
+async def get_job_datum(conn: Conn, job_id: str, datum_id: str) -> DatumInfo:
+    rec = await conn.fetchrow(
+        "SELECT * FROM pps_job_datums WHERE job_id = $1 AND (datum_id = $2 OR datum_id LIKE $2 || '%') "
+        "ORDER BY datum_id LIMIT 1",
+        job_id,
+        datum_id,
+    )
+    if rec is None:
+        raise NotFound(f"datum {datum_id} not found in job {job_id}")
+    return _datum(rec)
+
+
+async def job_datum_rows(conn: Conn, job_id: str) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT datum_id, hash, state, output_root, error FROM pps_job_datums WHERE job_id = $1",
+            job_id,
+        )
+    )
+
+
+async def current_datums(
+    conn: Conn, pipeline: str, ids: Sequence[str] | None = None
+) -> dict[str, tuple[str, str | None]]:
+    """datum id → (hash, output root) as of the last successful job (all, or only ``ids``)."""
+    if ids is None:
+        rows = await conn.fetch(
+            "SELECT datum_id, hash, output_root FROM pps_current_datums WHERE pipeline = $1",
+            pipeline,
+        )
+    else:
+        rows = await conn.fetch(
+            "SELECT datum_id, hash, output_root FROM pps_current_datums "
+            "WHERE pipeline = $1 AND datum_id = ANY($2::text[])",
+            pipeline,
+            list(ids),
+        )
+    return {r["datum_id"]: (r["hash"], r["output_root"]) for r in rows}
+
+
+async def count_current_datums(conn: Conn, pipeline: str) -> int:
+    return int(
+        await conn.fetchval("SELECT count(*) FROM pps_current_datums WHERE pipeline = $1", pipeline)
+    )
+
+
+async def output_owners(conn: Conn, pipeline: str, paths: Sequence[str]) -> dict[str, str]:
+    rows = await conn.fetch(
+        "SELECT path, datum_id FROM pps_output_paths WHERE pipeline = $1 AND path = ANY($2::text[])",
+        pipeline,
+        list(paths),
+    )
+    return {r["path"]: r["datum_id"] for r in rows}
+
+
+async def commit_datum_outputs(
+    conn: Conn,
+    pipeline: str,
+    job_id: str,
+    *,
+    replaced: Sequence[str],
+    succeeded: Sequence[tuple[str, str, str | None]],
+    new_paths: Sequence[tuple[str, str]],
+) -> None:
+    """After a successful job: its datums become the pipeline's current ones.
+
+    ``replaced``: datum ids whose old rows and output paths go; ``succeeded``: (id, hash,
+    output root); ``new_paths``: (path, datum id) of the outputs they wrote.
+    """
+    await conn.execute(
+        "DELETE FROM pps_output_paths WHERE pipeline = $1 AND datum_id = ANY($2::text[])",
+        pipeline,
+        list(replaced),
+    )
+    await conn.execute(
+        "DELETE FROM pps_current_datums WHERE pipeline = $1 AND datum_id = ANY($2::text[])",
+        pipeline,
+        list(replaced),
+    )
+    if succeeded:
+        await conn.execute(
+            """
+            INSERT INTO pps_current_datums (pipeline, datum_id, hash, output_root, job_id)
+            SELECT $1, d, h, r, $5 FROM unnest($2::text[], $3::text[], $4::text[]) AS t(d, h, r)
+            """,
+            pipeline,
+            [s[0] for s in succeeded],
+            [s[1] for s in succeeded],
+            [s[2] for s in succeeded],
+            job_id,
+        )
+    if new_paths:
+        await conn.execute(
+            """
+            INSERT INTO pps_output_paths (pipeline, path, datum_id)
+            SELECT $1, p, d FROM unnest($2::text[], $3::text[]) AS t(p, d)
+            """,
+            pipeline,
+            [p for p, _ in new_paths],
+            [d for _, d in new_paths],
+        )
+
+
+# Logs
+
+
+async def insert_logs(
+    conn: Conn, pipeline: str, job_id: str, datum_id: str | None, lines: Sequence[str]
+) -> None:
+    if not lines:
+        return
+    await conn.execute(
+        """
+        INSERT INTO pps_logs (pipeline, job_id, datum_id, message)
+        SELECT $1, $2, $3, m FROM unnest($4::text[]) AS t(m)
+        """,
+        pipeline,
+        job_id,
+        datum_id,
+        list(lines),
+    )
+
+
+async def read_logs(
+    conn: Conn,
+    pipeline: str,
+    job_id: str | None,
+    datum_id: str | None,
+    after: int,
+    limit: int,
+) -> list[LogLine]:
+    rows = await conn.fetch(
+        """
+        SELECT * FROM pps_logs WHERE pipeline = $1 AND ($2::text IS NULL OR job_id = $2)
+          AND ($3::text IS NULL OR datum_id LIKE $3 || '%') AND id > $4
+        ORDER BY id LIMIT $5
+        """,
+        pipeline,
+        job_id,
+        datum_id,
+        after,
+        limit,
+    )
+    return [
+        LogLine(r["pipeline"], r["job_id"], r["datum_id"], _t(r["ts"]) or "", r["message"], r["id"])
+        for r in rows
+    ]
