@@ -228,6 +228,31 @@ async def test_nodes_are_content_addressed_and_written_once(store: CountingStore
     assert store.count_puts("index/") == written
 
 
+class SlowPuts(CountingStore):
+    """Writes take 20 ms, so concurrent operations overlap."""
+
+    async def put(self, key: str, data: bytes) -> None:
+        await asyncio.sleep(0.02)
+        await super().put(key, data)
+
+
+async def test_concurrent_builds_share_writes_and_return_only_stored_trees(
+    tmp_path: Path,
+) -> None:
+    slow = SlowPuts(LocalStore(tmp_path / "objects"))
+    index = FileIndex(slow, fanout=8)
+    entries = [entry(f"/s/{i:04d}") for i in range(400)]
+    builds = [asyncio.create_task(index.build(entries)) for _ in range(2)]
+
+    done, _ = await asyncio.wait(builds, return_when=asyncio.FIRST_COMPLETED)
+    root = next(iter(done)).result()
+    # Whichever returned first, its whole tree is readable from the store already.
+    nodes = await all_nodes(FileIndex(slow, fanout=8), root)
+    assert await asyncio.gather(*builds) == [root, root]
+    assert slow.count_puts("index/") == index.nodes_written == len(nodes)
+    await slow.close()
+
+
 async def test_a_corrupt_node_is_reported_not_returned(store: CountingStore) -> None:
     index = FileIndex(store, fanout=8)
     root = await index.build(entry(f"/c/{i:04d}") for i in range(100))

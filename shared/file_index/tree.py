@@ -63,6 +63,7 @@ class FileIndex:
         self._cache: OrderedDict[str, tuple[Node, int]] = OrderedDict()
         self._cache_used = 0
         self._loading: dict[str, asyncio.Future[Node]] = {}
+        self._writing: dict[str, asyncio.Task[None]] = {}
         self._compressor = zstandard.ZstdCompressor(level=3)
         self._decompressor = zstandard.ZstdDecompressor()
         self._builder()  # refuse bad parameters now rather than at the first build
@@ -164,22 +165,43 @@ class FileIndex:
 
     # -- writing -----------------------------------------------------------------------
 
-    async def _write(self, digest: str, plain: bytes) -> None:
+    async def _write(self, digest: str, plain: bytes, node: Node) -> None:
         key = store_key(digest)
-        if await self.store.exists(key):
-            return
-        await self.store.put(key, self._compressor.compress(plain))
-        self.nodes_written += 1
+        if not await self.store.exists(key):
+            await self.store.put(key, self._compressor.compress(plain))
+            self.nodes_written += 1
+        # Cached only once stored: a cached node is one every reader can fetch.
+        self._remember(digest, node, len(plain))
+
+    def _start_write(self, digest: str, plain: bytes, node: Node) -> asyncio.Task[None]:
+        """The write of a node, shared with any other operation writing it right now."""
+        task = self._writing.get(digest)
+        if task is None:
+            task = asyncio.create_task(self._write(digest, plain, node))
+            self._writing[digest] = task
+            task.add_done_callback(self._write_done)
+        return task
+
+    def _write_done(self, task: asyncio.Task[None]) -> None:
+        for digest, running in list(self._writing.items()):
+            if running is task:
+                del self._writing[digest]
+        if not task.cancelled():
+            task.exception()  # the operations awaiting it raise it; don't warn twice
 
     async def _drain(
         self, builder: TreeBuilder, tasks: set[asyncio.Task[None]], *, final: bool = False
     ) -> None:
-        """Start writes of the builder's closed nodes, keeping at most N in flight."""
+        """Start writes of the builder's closed nodes, keeping at most N in flight.
+
+        A failed operation leaves its started writes to finish on their own rather
+        than cancelling them: another operation may be sharing one, and a stored node
+        nobody references is harmless.
+        """
         for digest, (plain, node) in builder.pending.items():
             if digest in self._cache:
                 continue  # read or written before: it is in the store already
-            self._remember(digest, node, len(plain))
-            tasks.add(asyncio.create_task(self._write(digest, plain)))
+            tasks.add(self._start_write(digest, plain, node))
             if len(tasks) >= self.write_concurrency:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 tasks.difference_update(done)
@@ -191,12 +213,6 @@ class FileIndex:
             tasks.clear()
             for task in done:
                 task.result()
-
-    @staticmethod
-    async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _builder(self) -> TreeBuilder:
         return TreeBuilder(
@@ -221,21 +237,17 @@ class FileIndex:
         """Store a tree of ``entries`` (sorted, unique keys) and return its root hash."""
         builder = self._builder()
         tasks: set[asyncio.Task[None]] = set()
-        try:
-            if isinstance(entries, AsyncIterable):
-                async for entry in entries:
-                    builder.add_entry(entry)
-                    if len(builder.pending) >= _DRAIN_EVERY:
-                        await self._drain(builder, tasks)
-            else:
-                for entry in entries:
-                    builder.add_entry(entry)
-                    if len(builder.pending) >= _DRAIN_EVERY:
-                        await self._drain(builder, tasks)
-            return await self._finish(builder, tasks)
-        except BaseException:
-            await self._cancel(tasks)
-            raise
+        if isinstance(entries, AsyncIterable):
+            async for entry in entries:
+                builder.add_entry(entry)
+                if len(builder.pending) >= _DRAIN_EVERY:
+                    await self._drain(builder, tasks)
+        else:
+            for entry in entries:
+                builder.add_entry(entry)
+                if len(builder.pending) >= _DRAIN_EVERY:
+                    await self._drain(builder, tasks)
+        return await self._finish(builder, tasks)
 
     async def apply(self, root: str | None, changes: Sequence[Change]) -> str | None:
         """Return the root of ``root`` with ``changes`` applied (``None`` value = delete).
@@ -251,17 +263,13 @@ class FileIndex:
             return await self.build(e for _, e in changes if e is not None)
         builder = self._builder()
         tasks: set[asyncio.Task[None]] = set()
-        try:
-            top = await self.node(root)
-            old_last = top.keys[-1]
-            next_change = await self._rebuild(top, changes, 0, old_last, builder, tasks)
-            for _, entry in changes[next_change:]:
-                if entry is not None:
-                    builder.add_entry(entry)
-            return await self._finish(builder, tasks)
-        except BaseException:
-            await self._cancel(tasks)
-            raise
+        top = await self.node(root)
+        old_last = top.keys[-1]
+        next_change = await self._rebuild(top, changes, 0, old_last, builder, tasks)
+        for _, entry in changes[next_change:]:
+            if entry is not None:
+                builder.add_entry(entry)
+        return await self._finish(builder, tasks)
 
     async def _rebuild(
         self,
