@@ -19,11 +19,17 @@ chosen by content (a "prolly tree", as in Dolt; lakeFS' ranges are the same idea
 - **Apply** (``FileIndex.apply``): a streaming rebuild over the old tree that pushes
   an unchanged old subtree by reference whenever the levels below are at a cut and
   the subtree ended at a real cut (not at the end of the old data), so k changes
-  into N entries read and write O(k log N) nodes.
+  into N entries read and write O(k log N) nodes. Runs of unchanged siblings (and
+  of leaf entries) go in as one slice: only a node's last item can be a natural cut.
+  Writes start as soon as a node closes, run concurrently, and are shared between
+  operations writing the same node; a node is cached only once it is stored, so a
+  returned root is always fully readable.
 - **Diff** (``diff``): one sorted walk over both trees dropping subtrees whose
   hashes match: O(k log N) node reads for k differing keys.
-- **Cache**: an LRU of decoded nodes, bounded in bytes; nodes never change, so a
-  cached node is always valid.
+- **Reads**: an LRU cache of decoded nodes, bounded in bytes (nodes never change,
+  so a cached node is always valid); concurrent reads of one node are fetched once;
+  a scan reads ahead the next leaves of its range; every fetched node is checked
+  against its hash.
 - **Listing** (``listing``): directories are implicit; ``list_dir`` seeks past each
   subdirectory and sizes it with ``stats``.
 
