@@ -12,6 +12,8 @@ chosen by content (a "prolly tree", as in Dolt; lakeFS' ranges are the same idea
   leaf keys+values) bound pathological inputs. A root with one child is replaced by
   that child. So the tree's shape is a pure function of its contents (history
   independence): building from scratch and applying changes give the same root.
+  ``fanout`` and the caps are part of the format: modify a tree with the settings
+  it was built with, or the result is correct but no longer canonical.
 - **Nodes** (``node``): a compact binary layout, named by BLAKE3-256 hex of those
   plain bytes, stored zstd-compressed at ``index/<first 2 hex>/<hash>``, written
   only if not already present. Internal nodes keep each child's last key, hash,
