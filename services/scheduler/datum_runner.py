@@ -1,0 +1,299 @@
+"""Running one datum on a worker: materialise its inputs, run the command, store /pfs/out.
+
+1. **Materialise**: each input file is streamed from the chunk store to
+   ``<scratch>/pfs/<input name>/<path>`` (``empty_files`` inputs get empty files, as
+   in Pachyderm). ``lazy`` inputs are materialised too for now: see ``_materialise``.
+2. **Run** the transform's ``cmd`` in the bubblewrap sandbox (``sandbox.Sandbox``)
+   with its stdin lines and the datum environment. If it fails and ``err_cmd`` is
+   set, ``err_cmd`` runs in the same sandbox; its success makes the datum
+   ``RECOVERED`` (its output is discarded, as in Pachyderm).
+3. **Collect** ``/pfs/out`` of a successful run: regular files, sorted by path,
+   written through one ``PackWriter`` (so many small outputs share chunks) and
+   indexed in one ``FileIndex`` tree whose root the result carries. Symlinks and
+   other non-regular files are skipped with a line in the logs: a link's target
+   means something only inside the sandbox, and following it could read the
+   worker's own files. Nothing of a failed, recovered or killed run is stored.
+4. The datum's scratch directory is removed whatever happens, cancellation included.
+
+Errors of the environment rather than of the datum (bwrap missing, the object
+store down, a chunk missing) raise, so the worker can report them without burning
+one of the datum's tries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.pfs.committed import to_index_entry
+from services.scheduler.sandbox import Sandbox, SandboxRun
+from services.scheduler.tasks import DatumResult, DatumState, DatumTask, DatumTaskInput
+from shared.chunking import ChunkCache, FileEntry, PackWriter, read_range
+from shared.errors import InvalidArgument
+from shared.file_index import FileIndex
+from shared.objstore import ObjectStore
+
+# Reads and writes at least this big leave the event loop for a thread.
+_THREAD_IO_MIN = 256 << 10
+_READ_BLOCK = 1 << 20
+# Files of one datum fetched at once: enough to overlap object-store latency.
+_MATERIALISE_CONCURRENCY = 8
+# Scratch trees of at most this many files are removed on the event loop.
+_SMALL_TREE = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    state: DatumState
+    exit_code: int | None
+    error: str | None
+
+
+async def run_datum(
+    store: ObjectStore,
+    task: DatumTask,
+    *,
+    workdir: Path,
+    cache: ChunkCache | None = None,
+    sandbox: Sandbox | None = None,
+    index: FileIndex | None = None,
+) -> DatumResult:
+    """Run one datum and return its result; on success its ``/pfs/out`` is stored.
+
+    ``workdir`` is the worker's scratch directory: the datum works in a fresh
+    directory under it, removed at the end. ``cache`` shares input chunks between
+    datums; ``index`` (a ``FileIndex`` over ``store``) is reused across datums when
+    given, which saves its set-up per datum.
+    """
+    started = time.monotonic()
+    sandbox = sandbox if sandbox is not None else Sandbox()
+    _check_inputs(task.inputs)
+    scratch = Path(tempfile.mkdtemp(prefix="datum-", dir=workdir))
+    small = False
+    try:
+        pfs = scratch / "pfs"
+        out = pfs / "out"
+        out.mkdir(parents=True)
+        download_bytes = await _materialise(store, task.inputs, pfs, cache)
+        inputs = {item.name: pfs / item.name for item in task.inputs}
+        env = sandbox.environment(_datum_env(task))
+        logs: list[str] = []
+        first = await sandbox.run(
+            sandbox.argv(task.cmd, inputs=inputs, out=out), task.stdin, env, task.datum_timeout
+        )
+        logs.append(first.logs)
+        outcome = _outcome(first, task.datum_timeout)
+        if outcome.state == "FAILED" and task.err_cmd:
+            logs.append(f"\n[tusk] {outcome.error}; running err_cmd\n")
+            recovery = await sandbox.run(
+                sandbox.argv(task.err_cmd, inputs=inputs, out=out),
+                task.err_stdin,
+                env,
+                task.datum_timeout,
+            )
+            logs.append(recovery.logs)
+            outcome = _recovery_outcome(outcome, recovery, task.datum_timeout)
+        root, files, size, upload = None, 0, 0, 0
+        if outcome.state == "SUCCESS":
+            root, files, size, upload = await _collect_output(store, out, logs, index)
+            small = files + sum(len(item.files) for item in task.inputs) <= _SMALL_TREE
+        return DatumResult(
+            state=outcome.state,
+            output_root=root,
+            output_files=files,
+            output_bytes=size,
+            exit_code=outcome.exit_code,
+            error=outcome.error,
+            logs="".join(logs),
+            seconds=time.monotonic() - started,
+            download_bytes=download_bytes,
+            upload_bytes=upload,
+        )
+    finally:
+        await _remove_tree(scratch, small=small)
+
+
+async def _remove_tree(path: Path, *, small: bool) -> None:
+    if small:
+        # A few files go faster than a hop to a thread and back, a large share of a tiny datum.
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    # Shielded so a second cancel cannot leave the datum's files behind.
+    await asyncio.shield(asyncio.to_thread(shutil.rmtree, path, ignore_errors=True))
+
+
+# -- materialise ------------------------------------------------------------------------
+
+
+def _check_inputs(inputs: Sequence[DatumTaskInput]) -> None:
+    seen: set[str] = set()
+    for item in inputs:
+        name = item.name
+        if not name or name in (".", "..", "out") or "/" in name or "\0" in name:
+            raise InvalidArgument(f"input name {name!r} cannot be mounted at /pfs/{name}")
+        if name in seen:
+            raise InvalidArgument(f"two inputs of the datum are named {name!r}")
+        seen.add(name)
+
+
+def _relative(path: str) -> str:
+    """A repo path as a relative path that cannot leave its input's directory."""
+    parts = path.strip("/").split("/")
+    if not parts or any(part in ("", ".", "..") or "\0" in part for part in parts):
+        raise InvalidArgument(f"input file path {path!r} is not a clean absolute path")
+    return "/".join(parts)
+
+
+async def _materialise(
+    store: ObjectStore, inputs: Sequence[DatumTaskInput], pfs: Path, cache: ChunkCache | None
+) -> int:
+    """Write every input's files under ``pfs/<name>``; return the bytes downloaded.
+
+    Seam for lazy inputs: a ``lazy`` input could be a FUSE mount of its files instead
+    of a copy (mountd's reader), bound at the same place. Until that is wired, lazy
+    inputs are copied like the others, which is correct, only slower for datums that
+    read a fraction of big files.
+    """
+    jobs: list[tuple[Path, FileEntry | None]] = []
+    for item in inputs:
+        root = pfs / item.name
+        root.mkdir()
+        for file in item.files:
+            target = root / _relative(file.path)
+            jobs.append((target, None if item.empty_files else file.entry))
+    directories = {target.parent for target, _ in jobs}
+    for directory in sorted(directories):
+        directory.mkdir(parents=True, exist_ok=True)
+    if len(jobs) == 1:
+        target, entry = jobs[0]
+        return await _write_file(store, target, entry, cache)
+    limit = asyncio.Semaphore(_MATERIALISE_CONCURRENCY)
+
+    async def bounded(target: Path, entry: FileEntry | None) -> int:
+        async with limit:
+            return await _write_file(store, target, entry, cache)
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(bounded(target, entry)) for target, entry in jobs]
+    return sum(done.result() for done in tasks)
+
+
+async def _write_file(
+    store: ObjectStore, target: Path, entry: FileEntry | None, cache: ChunkCache | None
+) -> int:
+    """Stream one file from the chunk store to ``target`` (empty for ``None``)."""
+    # "x": two entries for one path would be a planner bug; do not let one hide the other.
+    with target.open("xb") as file:
+        if entry is None or entry.size == 0:
+            return 0
+        async for piece in read_range(store, entry, cache=cache):
+            if len(piece) >= _THREAD_IO_MIN:
+                await asyncio.to_thread(file.write, piece)
+            else:
+                file.write(piece)
+    return entry.size
+
+
+def _datum_env(task: DatumTask) -> dict[str, str]:
+    """The variables Pachyderm gives a datum, then the spec's own ``env``."""
+    env: dict[str, str] = {}
+    for item in task.inputs:
+        match = item.match.rstrip("/")
+        env[item.name] = f"/pfs/{item.name}{match}"
+        env[f"{item.name}_COMMIT"] = item.commit
+    env.update(
+        PACH_JOB_ID=task.job_id,
+        PACH_DATUM_ID=task.datum_id,
+        PACH_OUTPUT_COMMIT_ID=task.output_commit,
+        TUSK_JOB_ID=task.job_id,
+        TUSK_DATUM_ID=task.datum_id,
+        TUSK_PIPELINE=task.pipeline,
+        TUSK_DATUM_ATTEMPT=str(task.attempt),
+    )
+    env.update(task.env)
+    return env
+
+
+# -- outcome ----------------------------------------------------------------------------
+
+
+def _failure(run: SandboxRun, timeout: float | None, what: str) -> str | None:
+    if run.timed_out:
+        return f"{what} timed out after {timeout:g} s"
+    if run.exit_code == 0:
+        return None
+    if run.exit_code is not None and run.exit_code < 0:
+        return f"{what} was killed by signal {-run.exit_code}"
+    return f"{what} exited with code {run.exit_code}"
+
+
+def _outcome(run: SandboxRun, timeout: float | None) -> _Outcome:
+    error = _failure(run, timeout, "command")
+    return _Outcome("FAILED" if error else "SUCCESS", run.exit_code, error)
+
+
+def _recovery_outcome(failed: _Outcome, run: SandboxRun, timeout: float | None) -> _Outcome:
+    error = _failure(run, timeout, "err_cmd")
+    if error is None:
+        return _Outcome("RECOVERED", failed.exit_code, f"{failed.error} (recovered by err_cmd)")
+    return _Outcome("FAILED", failed.exit_code, f"{failed.error}; {error}")
+
+
+# -- collect ----------------------------------------------------------------------------
+
+
+def _output_files(out: Path, logs: list[str]) -> list[tuple[str, Path, int]]:
+    """(index path, host path, size) of the regular files under ``out``, sorted by path."""
+    found: list[tuple[str, Path, int]] = []
+    for dirpath, dirnames, filenames in os.walk(out):
+        directory = Path(dirpath)
+        for name in [*dirnames, *filenames]:
+            path = directory / name
+            info = path.lstat()
+            relative = "/" + path.relative_to(out).as_posix()
+            if stat.S_ISREG(info.st_mode):
+                found.append((relative, path, info.st_size))
+            elif stat.S_ISLNK(info.st_mode):
+                logs.append(f"[tusk] skipped symlink /pfs/out{relative}: outputs are files\n")
+            elif not stat.S_ISDIR(info.st_mode):
+                logs.append(f"[tusk] skipped /pfs/out{relative}: not a regular file\n")
+    # Index order is str order of whole paths ("/a.txt" < "/a/b"), not walk order.
+    found.sort()
+    return found
+
+
+async def _collect_output(
+    store: ObjectStore, out: Path, logs: list[str], index: FileIndex | None
+) -> tuple[str | None, int, int, int]:
+    """Store ``out``'s files; return (index root, file count, bytes, bytes uploaded)."""
+    files = await asyncio.to_thread(_output_files, out, logs)
+    if not files:
+        return None, 0, 0, 0
+    async with PackWriter(store) as writer:
+        for _, path, size in files:
+            writer.start_file()
+            with path.open("rb") as source:
+                if size < _THREAD_IO_MIN:
+                    # Read what is there, not what stat said: the file is ours now.
+                    await writer.write(source.read())
+                else:
+                    while block := await asyncio.to_thread(source.read, _READ_BLOCK):
+                        await writer.write(block)
+            writer.end_file()
+        entries = await writer.close()
+    index = index if index is not None else FileIndex(store)
+    root = await index.build(
+        to_index_entry(key, entry) for (key, _, _), entry in zip(files, entries, strict=True)
+    )
+    total = sum(entry.size for entry in entries)
+    return root, len(files), total, writer.bytes_written
+
+
+__all__ = ["run_datum"]
