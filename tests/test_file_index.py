@@ -554,28 +554,42 @@ async def test_a_scan_stopped_early_leaves_no_read_ahead_running(big: Big) -> No
     assert pending == []
 
 
-class SlowStore(CountingStore):
-    """Reads take 50 ms, so tests can act while a read is in flight."""
+class GatedStore(CountingStore):
+    """Reads wait for ``gate``, so a test can act while a read is in flight."""
+
+    def __init__(self, inner: LocalStore) -> None:
+        super().__init__(inner)
+        self.gate = asyncio.Event()
+        self.reading = asyncio.Event()
+        self.started_reads = 0
 
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
-        await asyncio.sleep(0.05)
+        self.started_reads += 1
+        self.reading.set()
+        await self.gate.wait()
         return await super().get(key, start, end)
 
 
 async def test_a_read_shared_with_a_cancelled_reader_still_completes(tmp_path: Path) -> None:
-    slow = SlowStore(LocalStore(tmp_path / "objects"))
-    root = await FileIndex(slow).build([entry("/a"), entry("/b")])
+    gated = GatedStore(LocalStore(tmp_path / "objects"))
+    root = await FileIndex(gated).build([entry("/a"), entry("/b")])
     assert root is not None
-    index = FileIndex(slow)
+    index = FileIndex(gated)
     first = asyncio.create_task(index.node(root))
-    await asyncio.sleep(0.01)
-    second = asyncio.create_task(index.node(root))  # joins the read in flight
-    await asyncio.sleep(0.01)
+    await gated.reading.wait()
+    second = asyncio.create_task(index.node(root))
+    await asyncio.sleep(0)  # the second reader joins the read in flight
     first.cancel()
+    await asyncio.sleep(0)
+    gated.gate.set()
+
     node = await second
+
     assert isinstance(node, LeafNode) and node.keys == ["/a", "/b"]
     assert first.cancelled()
-    await slow.close()
+    assert gated.started_reads == 2  # the cancelled read was redone, once
+    assert index.nodes_read == 1
+    await gated.close()
 
 
 async def test_scan_bounds_are_half_open(store: CountingStore) -> None:
