@@ -328,6 +328,22 @@ async def test_symlinks_in_output_are_skipped_with_a_log_line(
 
 
 @needs_bwrap
+async def test_unstorable_outputs_are_skipped_with_bounded_logs(
+    store: CountingStore, workdir: Path
+) -> None:
+    script = (
+        "mkfifo /pfs/out/fifo; touch \"/pfs/out/bad-$(printf '\\377')\"; echo ok > /pfs/out/ok; "
+        "i=0; while [ $i -lt 50 ]; do ln -s ok /pfs/out/l$i; i=$((i+1)); done"
+    )
+    result = await run_datum(store, make_task([], script), workdir=workdir)
+    assert await output_files(store, result) == {"/ok": b"ok\n"}
+    assert "skipped /pfs/out/fifo: not a regular file" in result.logs
+    assert "skipped /pfs/out/bad-\\xff: its name is not UTF-8" in result.logs
+    assert result.logs.count("[tusk] skipped") == 21
+    assert "skipped 32 more entries of /pfs/out" in result.logs
+
+
+@needs_bwrap
 async def test_empty_output_has_no_root(store: CountingStore, workdir: Path) -> None:
     result = await run_datum(store, make_task([], "true"), workdir=workdir)
     assert (result.state, result.output_root, result.output_files) == ("SUCCESS", None, 0)

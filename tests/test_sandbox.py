@@ -43,7 +43,7 @@ async def sh(
 
 
 def processes_with(marker: str) -> dict[int, int]:
-    """pid → process group of every live (non-zombie) process whose command line has ``marker``."""
+    """pid → process group of each live (non-zombie) process with ``marker`` in its command."""
     found = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():

@@ -47,6 +47,8 @@ _READ_BLOCK = 1 << 20
 _MATERIALISE_CONCURRENCY = 8
 # Scratch trees of at most this many files are removed on the event loop.
 _SMALL_TREE = 64
+# Lines about skipped outputs (symlinks, devices, bad names) kept in the logs.
+_SKIPS_LOGGED = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,21 +254,40 @@ def _recovery_outcome(failed: _Outcome, run: SandboxRun, timeout: float | None) 
 def _output_files(out: Path, logs: list[str]) -> list[tuple[str, Path, int]]:
     """(index path, host path, size) of the regular files under ``out``, sorted by path."""
     found: list[tuple[str, Path, int]] = []
+    skipped: list[tuple[str, str]] = []
     for dirpath, dirnames, filenames in os.walk(out):
         directory = Path(dirpath)
         for name in [*dirnames, *filenames]:
             path = directory / name
             info = path.lstat()
             relative = "/" + path.relative_to(out).as_posix()
-            if stat.S_ISREG(info.st_mode):
+            if not _is_utf8(relative):
+                shown = os.fsencode(relative).decode("utf-8", "backslashreplace")
+                skipped.append((relative, f"/pfs/out{shown}: its name is not UTF-8"))
+                dirnames[:] = [d for d in dirnames if d != name]
+            elif stat.S_ISREG(info.st_mode):
                 found.append((relative, path, info.st_size))
             elif stat.S_ISLNK(info.st_mode):
-                logs.append(f"[tusk] skipped symlink /pfs/out{relative}: outputs are files\n")
+                skipped.append((relative, f"symlink /pfs/out{relative}: outputs are regular files"))
             elif not stat.S_ISDIR(info.st_mode):
-                logs.append(f"[tusk] skipped /pfs/out{relative}: not a regular file\n")
+                skipped.append((relative, f"/pfs/out{relative}: not a regular file"))
+    skipped.sort()
+    for _, line in skipped[:_SKIPS_LOGGED]:
+        logs.append(f"[tusk] skipped {line}\n")
+    if len(skipped) > _SKIPS_LOGGED:
+        logs.append(f"[tusk] skipped {len(skipped) - _SKIPS_LOGGED} more entries of /pfs/out\n")
     # Index order is str order of whole paths ("/a.txt" < "/a/b"), not walk order.
     found.sort()
     return found
+
+
+def _is_utf8(path: str) -> bool:
+    # os.walk returns undecodable bytes as surrogates; index keys must be UTF-8.
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _collect_output(
