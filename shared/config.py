@@ -49,6 +49,11 @@ class Config:
     listen_port: int = 0
     # Largest single file a put accepts (bytes); protects against absurd uploads.
     max_file_bytes: int = 1 << 40
+    scheduler_url: str = "http://127.0.0.1:7653"
+    # Where datum workers run: "local" (sandboxed subprocesses) or "kubernetes".
+    worker_backend: str = "local"
+    # Seconds a task may go without a worker's heartbeat before it is redelivered.
+    task_ack_wait: int = 30
 
     @property
     def stream_name(self) -> str:
@@ -69,6 +74,9 @@ _ENV_FIELDS = {
     "TUSK_LISTEN_HOST": "listen_host",
     "TUSK_LISTEN_PORT": "listen_port",
     "TUSK_MAX_FILE_BYTES": "max_file_bytes",
+    "TUSK_SCHEDULER_URL": "scheduler_url",
+    "TUSK_WORKER_BACKEND": "worker_backend",
+    "TUSK_TASK_ACK_WAIT": "task_ack_wait",
 }
 _S3_ENV_FIELDS = {
     "TUSK_S3_ENDPOINT_URL": "endpoint_url",

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.s3",
     "tests.fixtures.pfs",
+    "tests.fixtures.cluster",
 ]

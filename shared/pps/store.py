@@ -249,8 +249,10 @@ async def update_job(conn: Conn, job_id: str, **values: Any) -> None:
     """Set job columns; ``state`` moving to done also stamps ``finished``."""
     allowed = {
         "state", "reason", "output_commit", "data_total", "data_processed", "data_skipped",
-        "data_failed", "data_recovered", "remaining",
+        "data_failed", "data_recovered", "remaining", "removed_datums",
     }  # fmt: skip
+    if "removed_datums" in values:
+        values["removed_datums"] = json.dumps(list(values["removed_datums"]))
     assert set(values) <= allowed, set(values) - allowed
     sets = [f"{k} = ${i + 2}" for i, k in enumerate(values)]
     if values.get("state") in ("JOB_STARTING",):
@@ -260,6 +262,10 @@ async def update_job(conn: Conn, job_id: str, **values: Any) -> None:
     await conn.execute(
         f"UPDATE pps_jobs SET {', '.join(sets)} WHERE id = $1", job_id, *values.values()
     )
+
+
+async def job_removed_datums(conn: Conn, job_id: str) -> list[str]:
+    return list(_json(await conn.fetchval("SELECT removed_datums FROM pps_jobs WHERE id = $1", job_id)))
 
 
 async def job_remaining(conn: Conn, job_id: str) -> int:

@@ -35,6 +35,8 @@ CREATE TABLE pps_jobs (
     data_failed      integer NOT NULL DEFAULT 0,
     data_recovered   integer NOT NULL DEFAULT 0,
     remaining        integer NOT NULL DEFAULT 0,
+    -- Datums of the last successful job whose inputs are gone; their outputs go too.
+    removed_datums   jsonb NOT NULL DEFAULT '[]',
     created          timestamptz NOT NULL DEFAULT now(),
     started          timestamptz,
     finished         timestamptz,

@@ -1,0 +1,89 @@
+"""Builds the scheduler's ``web.Application``: the engine runs inside its cleanup context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from services.scheduler.backends import WorkerBackend
+from services.scheduler.engine import Engine
+from shared import bus as bus_module
+from shared.config import Config, tusk_home
+from shared.db import create_pool, migrate_shared
+from shared.errors import InvalidArgument
+from shared.http import add_health_routes, error_middleware
+from shared.objstore import open_object_store
+from shared.outbox import OutboxRelay
+from shared.pfs_client import PfsClient
+from shared.pps.store import migrate_pps
+
+VERSION = "0.1.0"
+ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/status")
+async def scheduler_status(request: web.Request) -> web.Response:
+    """Whether this scheduler leads, and the workers of each pipeline."""
+    return web.json_response(request.app[ENGINE].status())
+
+
+def make_backend(config: Config) -> WorkerBackend:
+    """The worker backend the config names."""
+    if config.worker_backend == "local":
+        from services.scheduler.backends.local import LocalBackend
+
+        config_path = os.environ.get("TUSK_CONFIG")
+        return LocalBackend(
+            Path(config_path) if config_path else None,
+            tusk_home() / "logs",
+            env={k: v for k, v in os.environ.items() if k.startswith("TUSK_")},
+        )
+    raise InvalidArgument(f"worker_backend {config.worker_backend!r} is not known: use 'local'")
+
+
+def build_app(config: Config, backend: WorkerBackend | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app.add_routes(routes)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(config)
+        try:
+            await migrate_shared(pool)
+            await migrate_pps(pool)
+            bus = await bus_module.connect(config, name="tusk-scheduler")
+            workers = backend or make_backend(config)
+            try:
+                await bus.ensure_streams()
+                async with (
+                    PfsClient(config.pfs_url) as pfs,
+                    open_object_store(config) as objects,
+                    OutboxRelay(pool, bus),
+                ):
+                    engine = Engine(config, pool, bus, pfs, objects, workers)
+                    app[ENGINE] = engine
+                    task = asyncio.create_task(engine.run(), name="scheduler-engine")
+                    try:
+                        yield
+                    finally:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+            finally:
+                await workers.close()
+                await bus.close()
+        finally:
+            await pool.close()
+
+    app.cleanup_ctx.append(resources)
+
+    async def ready() -> bool:
+        return ENGINE in app
+
+    add_health_routes(app, ready, "Tusk scheduler", VERSION)
+    return app

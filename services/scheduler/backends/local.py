@@ -1,0 +1,121 @@
+"""The local backend: ``parallelism`` worker processes per pipeline on this machine.
+
+Each worker is ``python -m services.scheduler.worker <pipeline>``; a worker that
+exits is started again at the next reconcile, and its unacked datum is
+redelivered by JetStream to a live one. Without bubblewrap the backend refuses
+to start, with the reason in one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.scheduler.backends import WorkerSet
+from services.scheduler.sandbox import bwrap_available
+from shared.errors import FailedPrecondition
+
+log = logging.getLogger("tusk.scheduler.local")
+
+
+@dataclass
+class _Pipeline:
+    version: int
+    processes: list[asyncio.subprocess.Process] = field(default_factory=list)
+    restarts: int = 0
+
+
+class LocalBackend:
+    def __init__(
+        self, config_path: Path | None, log_dir: Path, *, env: Mapping[str, str] | None = None
+    ) -> None:
+        reason = bwrap_available()
+        if reason is not None:
+            raise FailedPrecondition(f"local workers need bubblewrap: {reason}")
+        self._config_path = config_path
+        self._log_dir = log_dir
+        self._env = dict(env or {})
+        self._pipelines: dict[str, _Pipeline] = {}
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    async def reconcile(self, desired: Mapping[str, WorkerSet]) -> None:
+        for name in list(self._pipelines):
+            wanted = desired.get(name)
+            if wanted is None or wanted.version != self._pipelines[name].version:
+                await self._stop(name)
+        for name, wanted in desired.items():
+            state = self._pipelines.setdefault(name, _Pipeline(wanted.version))
+            alive = []
+            for proc in state.processes:
+                if proc.returncode is None:
+                    alive.append(proc)
+                else:
+                    state.restarts += 1
+                    log.warning(
+                        "worker %d of %s exited with %s; restarting",
+                        proc.pid,
+                        name,
+                        proc.returncode,
+                    )
+            state.processes = alive
+            while len(state.processes) > wanted.spec.parallelism:
+                await _terminate(state.processes.pop())
+            while len(state.processes) < wanted.spec.parallelism:
+                state.processes.append(await self._spawn(name))
+
+    async def _spawn(self, pipeline: str) -> asyncio.subprocess.Process:
+        env = dict(os.environ, **self._env)
+        if self._config_path is not None:
+            env["TUSK_CONFIG"] = str(self._config_path)
+        out = open(self._log_dir / f"worker-{pipeline}.log", "ab")  # noqa: ASYNC230, SIM115  (a log file, handed to the child)
+        try:
+            return await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "services.scheduler.worker", pipeline,
+                env=env, stdout=out, stderr=out, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            out.close()
+
+    async def _stop(self, name: str) -> None:
+        state = self._pipelines.pop(name, None)
+        if state is not None:
+            await asyncio.gather(*(_terminate(p) for p in state.processes))
+
+    async def close(self) -> None:
+        for name in list(self._pipelines):
+            await self._stop(name)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "pipeline": name,
+                "workers": [p.pid for p in state.processes if p.returncode is None],
+                "restarts": state.restarts,
+            }
+            for name, state in sorted(self._pipelines.items())
+        ]
+
+    def worker_pids(self, pipeline: str) -> list[int]:
+        state = self._pipelines.get(pipeline)
+        return [p.pid for p in state.processes if p.returncode is None] if state else []
+
+
+async def _terminate(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()

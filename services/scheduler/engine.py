@@ -1,0 +1,526 @@
+"""The scheduler's engine: commit events → jobs → datum tasks → results → output commits.
+
+Everything durable lives in PostgreSQL and JetStream, so a restarted scheduler
+picks up where it stopped:
+
+- ``commit.finished`` events arrive through a durable consumer; each makes at
+  most one job per pipeline (the job's trigger is unique), then is acked.
+- A job is driven through JOB_STARTING (plan, record datums, publish tasks),
+  JOB_RUNNING (results arrive), JOB_FINISHING (assemble the output commit) to
+  JOB_SUCCESS or JOB_FAILURE. Every step can run again after a crash: datum rows
+  are inserted once, tasks carry a ``Nats-Msg-Id`` so a re-publish is dropped,
+  results are recorded only while their datum is STARTING.
+- Jobs of one pipeline run one after another: each compares against the last
+  successful one.
+
+One scheduler drives at a time (a PostgreSQL advisory lock); another replica
+waits as a hot standby.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import nats.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from services.pps.spec import PipelineSpec, input_branches, parse_pipeline_spec, pfs_inputs
+from services.scheduler.assembly import DatumOutcome, assemble, check_owners
+from services.scheduler.backends import WorkerBackend, WorkerSet
+from services.scheduler.planner import (
+    Baseline,
+    JobPlan,
+    can_plan_incrementally,
+    datum_summary,
+    plan_full,
+    plan_incremental,
+)
+from services.scheduler.tasks import DatumResult, DatumTask, DatumTaskFile, DatumTaskInput
+from shared.bus import Bus, results_stream_name, tasks_subject
+from shared.config import Config
+from shared.datums import Datum
+from shared.db import Conn
+from shared.errors import FailedPrecondition, NotFound, TuskError
+from shared.events import CommitFinished, Event, JobStateChanged, subject_filter
+from shared.file_index import FileIndex
+from shared.objstore import ObjectStore
+from shared.outbox import enqueue
+from shared.pfs_client import PfsClient
+from shared.pfs_models import CommitRef
+from shared.pps import store
+from shared.pps.jobs import create_job_if_new, job_inputs
+from shared.pps.models import (
+    DATUM_FAILED,
+    DATUM_RECOVERED,
+    DATUM_SUCCESS,
+    JOB_CREATED,
+    JOB_FAILURE,
+    JOB_FINISHING,
+    JOB_RUNNING,
+    JOB_STARTING,
+    JOB_SUCCESS,
+    PIPELINE_RUNNING,
+    JobInfo,
+    PipelineInfo,
+)
+
+log = logging.getLogger("tusk.scheduler")
+
+# "tusksche": the advisory lock the active scheduler holds.
+SCHEDULER_LOCK_KEY = 0x7475_736B_7363_6865
+# Tasks bigger than this travel through the object store (NATS caps a message at 1 MiB).
+MAX_INLINE_TASK = 768 * 1024
+MAX_LOG_LINES = 10_000
+DRIVE_INTERVAL_S = 1.0
+RECONCILE_INTERVAL_S = 2.0
+
+
+def task_envelope(task: DatumTask, datum_tries: int) -> dict[str, Any]:
+    return {"task": task.to_json(), "datum_tries": datum_tries}
+
+
+def result_envelope(task: DatumTask, result: DatumResult, attempts: int) -> dict[str, Any]:
+    return {
+        "pipeline": task.pipeline,
+        "job_id": task.job_id,
+        "datum_id": task.datum_id,
+        "attempts": attempts,
+        "result": result.to_json(),
+    }
+
+
+class Engine:
+    def __init__(
+        self,
+        config: Config,
+        pool: asyncpg.Pool,
+        bus: Bus,
+        pfs: PfsClient,
+        objects: ObjectStore,
+        backend: WorkerBackend,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.bus = bus
+        self.pfs = pfs
+        self.objects = objects
+        self.index = FileIndex(objects)
+        self.backend = backend
+        self._wake = asyncio.Event()
+        self._reconcile = asyncio.Event()
+        self.leader = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Wait to lead, then run the loops until cancelled (the app owns this task)."""
+        async with self.pool.acquire() as lock_conn:
+            await lock_conn.execute("SELECT pg_advisory_lock($1)", SCHEDULER_LOCK_KEY)
+            self.leader = True
+            log.info("scheduler is the leader")
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._consume_commits())
+                    group.create_task(self._consume_pipeline_events())
+                    group.create_task(self._consume_results())
+                    group.create_task(self._drive())
+                    group.create_task(self._reconcile_workers())
+            finally:
+                self.leader = False
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(
+                        lock_conn.execute("SELECT pg_advisory_unlock($1)", SCHEDULER_LOCK_KEY)
+                    )
+
+    # Consumers
+
+    async def _pull(
+        self,
+        stream: str,
+        subject: str,
+        durable: str,
+        handle: Callable[[bytes], Awaitable[None]],
+        *,
+        deliver_new: bool = False,
+    ) -> None:
+        """Handle each message of a durable pull consumer, acking after ``handle`` returns."""
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=60,
+            deliver_policy=DeliverPolicy.NEW if deliver_new else DeliverPolicy.ALL,
+            max_ack_pending=1000,
+        )
+        sub = await self.bus.js.pull_subscribe(
+            subject, durable=durable, stream=stream, config=config
+        )
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch=50, timeout=1.0)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                for msg in msgs:
+                    try:
+                        await handle(msg.data)
+                    except TuskError as exc:
+                        # Left unacked: redelivered after ack_wait, when the cause may be gone.
+                        log.warning("%s: %s; will retry", durable, exc.message)
+                        continue
+                    await msg.ack()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _consume_commits(self) -> None:
+        subject = subject_filter(self.config.nats_prefix, "commit.finished")
+        await self._pull(self.config.stream_name, subject, "scheduler-commits", self._on_commit)
+
+    async def _on_commit(self, data: bytes) -> None:
+        event = Event.from_bytes(data)
+        payload = event.payload
+        if not isinstance(payload, CommitFinished) or payload.error or payload.branch is None:
+            return
+        made = False
+        async with self.pool.acquire() as conn:
+            for pipeline in await store.list_pipelines(conn):
+                if pipeline.state != PIPELINE_RUNNING:
+                    continue
+                spec = parse_pipeline_spec(pipeline.spec)
+                if (payload.repo, payload.branch) not in input_branches(spec):
+                    continue
+                inputs = await job_inputs(
+                    self.pfs, spec, pinned={(payload.repo, payload.branch): payload.commit}
+                )
+                if inputs is None:
+                    continue
+                job = await create_job_if_new(conn, spec, pipeline.version, payload.commit, inputs)
+                if job is not None:
+                    log.info(
+                        "job %s of %s for %s@%s", job.id, spec.name, payload.repo, payload.commit
+                    )
+                    made = True
+        if made:
+            self.wake()
+
+    async def _consume_pipeline_events(self) -> None:
+        subject = subject_filter(self.config.nats_prefix, "pipeline.updated")
+
+        async def changed(_data: bytes) -> None:
+            self._reconcile.set()
+            self.wake()
+
+        await self._pull(
+            self.config.stream_name, subject, "scheduler-pipelines", changed, deliver_new=True
+        )
+
+    async def _consume_results(self) -> None:
+        subject = f"{self.config.nats_prefix}.results.>"
+        await self._pull(
+            results_stream_name(self.config), subject, "scheduler-results", self._on_result
+        )
+
+    async def _on_result(self, data: bytes) -> None:
+        body = json.loads(data)
+        result = DatumResult.from_json(body["result"])
+        async with self.pool.acquire() as conn, conn.transaction():
+            applied = await store.record_datum_result(
+                conn,
+                body["job_id"],
+                body["datum_id"],
+                state=result.state,
+                output_root=result.output_root,
+                output_files=result.output_files,
+                output_bytes=result.output_bytes,
+                attempts=int(body.get("attempts", 1)),
+                error=result.error,
+                seconds=result.seconds,
+            )
+            if applied and result.logs:
+                lines = result.logs.splitlines()[:MAX_LOG_LINES]
+                await store.insert_logs(
+                    conn, body["pipeline"], body["job_id"], body["datum_id"], lines
+                )
+        if applied:
+            self.wake()
+
+    # Workers
+
+    async def _reconcile_workers(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconcile.wait(), RECONCILE_INTERVAL_S)
+            self._reconcile.clear()
+            try:
+                async with self.pool.acquire() as conn:
+                    pipelines = await store.list_pipelines(conn)
+                desired = {
+                    p.name: WorkerSet(p.name, p.version, parse_pipeline_spec(p.spec))
+                    for p in pipelines
+                    if p.state == PIPELINE_RUNNING
+                }
+                await self.backend.reconcile(desired)
+            except TuskError as exc:
+                log.warning("reconciling workers: %s", exc.message)
+
+    # Driving jobs
+
+    async def _drive(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), DRIVE_INTERVAL_S)
+            self._wake.clear()
+            async with self.pool.acquire() as conn:
+                jobs = await store.jobs_to_drive(conn)
+            for job in jobs:
+                try:
+                    await self.progress(job)
+                except TuskError as exc:
+                    log.warning("job %s of %s: %s; will retry", job.id, job.pipeline, exc.message)
+
+    async def _spec_of(self, job: JobInfo) -> PipelineSpec:
+        async with self.pool.acquire() as conn:
+            for version, spec, _ in await store.pipeline_versions(conn, job.pipeline):
+                if version == job.pipeline_version:
+                    return parse_pipeline_spec(spec)
+        raise NotFound(f"spec version {job.pipeline_version} of {job.pipeline} is gone")
+
+    async def progress(self, job: JobInfo) -> None:
+        """Move one job as far as it can go now."""
+        if job.state in (JOB_CREATED, JOB_STARTING):
+            await self._start(job)
+        elif job.state == JOB_RUNNING:
+            async with self.pool.acquire() as conn:
+                remaining = await store.job_remaining(conn, job.id)
+            if remaining <= 0:
+                await self._finish(job)
+        elif job.state == JOB_FINISHING:
+            await self._finish(job)
+
+    async def _set_state(self, conn: Conn, job: JobInfo, state: str, **values: Any) -> None:
+        reason = values.get("reason")
+        await store.update_job(conn, job.id, state=state, **values)
+        event = Event(
+            JobStateChanged(
+                pipeline=job.pipeline,
+                job=job.id,
+                state=state,
+                reason=reason,
+                output_commit=values.get("output_commit", job.output_commit),
+            )
+        )
+        await enqueue(conn, event, event.subject(self.config.nats_prefix))
+
+    async def _start(self, job: JobInfo) -> None:
+        spec = await self._spec_of(job)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._set_state(conn, job, JOB_STARTING)
+        output_commit = job.output_commit or await self._open_output_commit(spec, job)
+        if job.output_commit is None:
+            async with self.pool.acquire() as conn:
+                await store.update_job(conn, job.id, output_commit=output_commit)
+        plan = await self._plan(spec, job)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await store.insert_job_datums(
+                conn,
+                job.id,
+                [store.PlannedDatum(d.id, digest, datum_summary(d)) for d, digest in plan.to_run],
+            )
+            pending = {
+                r["datum_id"]
+                for r in await store.job_datum_rows(conn, job.id)
+                if r["state"] == "STARTING"
+            }
+            await self._set_state(
+                conn,
+                job,
+                JOB_RUNNING,
+                output_commit=output_commit,
+                data_total=plan.total,
+                data_skipped=plan.skipped,
+                remaining=len(pending),
+                removed_datums=plan.removed,
+            )
+        log.info(
+            "job %s of %s: %d datums, %d to run, %d skipped, %d removed (%s plan)",
+            job.id, spec.name, plan.total, len(plan.to_run), plan.skipped, len(plan.removed),
+            "incremental" if plan.incremental else "full",
+        )  # fmt: skip
+        for datum, _digest in plan.to_run:
+            if datum.id in pending:
+                await self._publish_task(spec, job.id, output_commit, datum)
+        if not pending:
+            self.wake()
+
+    async def _open_output_commit(self, spec: PipelineSpec, job: JobInfo) -> str:
+        provenance = [CommitRef(c.repo, c.branch, c.id) for c in job.input_commits]
+        try:
+            commit = await self.pfs.start_commit(
+                spec.name, spec.output_branch, description=f"job {job.id}", provenance=provenance
+            )
+        except FailedPrecondition:
+            # A commit left open by a job that died with its scheduler: close it as failed.
+            head = await self.pfs.inspect_commit(spec.name, spec.output_branch)
+            await self.pfs.finish_commit(spec.name, head.id, error="abandoned by a stopped job")
+            commit = await self.pfs.start_commit(
+                spec.name, spec.output_branch, description=f"job {job.id}", provenance=provenance
+            )
+        return commit.id
+
+    async def _plan(self, spec: PipelineSpec, job: JobInfo) -> JobPlan:
+        roots = {
+            c.name: (await self.pfs.inspect_commit(c.repo, c.id)).index_root
+            for c in job.input_commits
+        }
+        async with self.pool.acquire() as conn:
+            reprocess = await store.job_reprocess(conn, job.id)
+            last = await store.last_job_with_state(conn, job.pipeline, JOB_SUCCESS)
+            current_count = await store.count_current_datums(conn, job.pipeline)
+        baseline = None
+        if last is not None:
+            base_roots = {
+                c.name: (await self.pfs.inspect_commit(c.repo, c.id)).index_root
+                for c in last.input_commits
+            }
+            baseline = Baseline(last.pipeline_version, base_roots, {}, current_count)
+        if baseline is not None and can_plan_incrementally(
+            spec, job.pipeline_version, baseline, reprocess
+        ):
+
+            async def current_of(ids: list[str]) -> dict[str, tuple[str, str | None]]:
+                async with self.pool.acquire() as conn:
+                    return await store.current_datums(conn, job.pipeline, ids)
+
+            return await plan_incremental(
+                self.index, spec, job.input_commits, roots, baseline, current_of
+            )
+        async with self.pool.acquire() as conn:
+            current = await store.current_datums(conn, job.pipeline)
+        return await plan_full(
+            self.index, spec, job.input_commits, roots, current, reprocess=reprocess
+        )
+
+    async def _publish_task(
+        self, spec: PipelineSpec, job_id: str, output_commit: str, datum: Datum
+    ) -> None:
+        leaves = {leaf.name: leaf for leaf in pfs_inputs(spec.input)}
+        inputs = []
+        for part in datum.inputs:
+            leaf = leaves.get(part.input)
+            inputs.append(
+                DatumTaskInput(
+                    name=part.input,
+                    repo=part.repo,
+                    branch=part.branch,
+                    commit=part.commit,
+                    match=part.match,
+                    files=tuple(DatumTaskFile(f.input, f.path, f.entry) for f in part.files),
+                    lazy=bool(leaf and leaf.lazy),
+                    empty_files=bool(leaf and leaf.empty_files),
+                )
+            )
+        task = DatumTask(
+            pipeline=spec.name,
+            job_id=job_id,
+            datum_id=datum.id,
+            attempt=1,
+            inputs=tuple(inputs),
+            cmd=tuple(spec.transform.cmd),
+            stdin=tuple(spec.transform.stdin),
+            env=dict(spec.transform.env),
+            err_cmd=tuple(spec.transform.err_cmd) or None,
+            err_stdin=tuple(spec.transform.err_stdin),
+            datum_timeout=spec.datum_timeout,
+            output_commit=output_commit,
+        )
+        payload = json.dumps(task_envelope(task, spec.datum_tries)).encode()
+        if len(payload) > MAX_INLINE_TASK:
+            key = f"tasks/{job_id}/{datum.id}.json"
+            await self.objects.put(key, payload)
+            payload = json.dumps({"ref": key}).encode()
+        await self.bus.js.publish(
+            tasks_subject(self.config, spec.name),
+            payload,
+            headers={"Nats-Msg-Id": f"{job_id}:{datum.id}"},
+        )
+
+    async def _finish(self, job: JobInfo) -> None:
+        spec = await self._spec_of(job)
+        async with self.pool.acquire() as conn:
+            if job.state != JOB_FINISHING:
+                async with conn.transaction():
+                    await self._set_state(conn, job, JOB_FINISHING)
+            rows = await store.job_datum_rows(conn, job.id)
+            removed = await store.job_removed_datums(conn, job.id)
+        failed = [r for r in rows if r["state"] == DATUM_FAILED]
+        if failed:
+            first = failed[0]
+            await self._fail(
+                job,
+                spec,
+                f"{len(failed)} datum(s) failed; datum {first['datum_id']}: {first['error']}",
+            )
+            return
+        processed = [
+            DatumOutcome(r["datum_id"], r["hash"], r["state"], r["output_root"], r["error"])
+            for r in rows
+            if r["state"] in (DATUM_SUCCESS, DATUM_RECOVERED)
+        ]
+        replaced = {d.id for d in processed} | set(removed)
+        async with self.pool.acquire() as conn:
+            old = await store.current_datums(conn, job.pipeline, sorted(replaced))
+            assembly = await assemble(
+                self.index, processed, removed, {k: root for k, (_h, root) in old.items()}
+            )
+            if assembly.conflict is None:
+                owners = await store.output_owners(conn, job.pipeline, list(assembly.new_paths))
+                check_owners(assembly, owners, replaced)
+        if assembly.conflict is not None:
+            await self._fail(job, spec, assembly.conflict)
+            return
+        assert job.output_commit is not None
+        commit = await self.pfs.inspect_commit(spec.name, job.output_commit)
+        if commit.state == "open":
+            if assembly.changes:
+                await self.pfs.put_entries(
+                    spec.name,
+                    spec.output_branch,
+                    sorted(assembly.changes.items()),
+                    commit=job.output_commit,
+                )
+            await self.pfs.finish_commit(spec.name, job.output_commit)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await store.commit_datum_outputs(
+                conn,
+                job.pipeline,
+                job.id,
+                replaced=sorted(replaced),
+                succeeded=[(d.id, d.hash, d.output_root) for d in processed],
+                new_paths=sorted(assembly.new_paths.items()),
+            )
+            await self._set_state(conn, job, JOB_SUCCESS)
+        log.info("job %s of %s succeeded: output commit %s", job.id, spec.name, job.output_commit)
+        self.wake()
+
+    async def _fail(self, job: JobInfo, spec: PipelineSpec, reason: str) -> None:
+        if job.output_commit is not None:
+            commit = await self.pfs.inspect_commit(spec.name, job.output_commit)
+            if commit.state == "open":
+                await self.pfs.finish_commit(spec.name, job.output_commit, error=reason)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._set_state(conn, job, JOB_FAILURE, reason=reason)
+        log.info("job %s of %s failed: %s", job.id, spec.name, reason)
+        self.wake()
+
+    def status(self) -> dict[str, Any]:
+        return {"leader": self.leader, "workers": self.backend.status()}
+
+
+__all__ = ["Engine", "PipelineInfo", "result_envelope", "task_envelope"]
