@@ -413,3 +413,23 @@ def test_directory_matches_test_each_directory_once_not_once_per_file() -> None:
     matches = match_listing(glob, files)
     assert calls[0] == 10 + 10 + 20_000
     assert len(matches["/d3"]) == 2_000 and len(matches["/d3/sub"]) == 2_000
+
+
+def test_combined_datum_ids_equal_datum_id_of_their_parts() -> None:
+    cross = CrossInput((PfsInput("a", "ra", "/*"), PfsInput("b", "rb", "/", branch="dev")))
+    for datum in plan(cross, a=listing("/1", "/2"), b=listing("/x")):
+        parts = [(p.input, p.repo, p.branch, p.match) for p in datum.inputs]
+        assert datum.id == datum_id(parts)
+
+
+@pytest.mark.parametrize(
+    "glob", ["/", "/*", "/*/*", "/**", "/**.csv", "/dir/*", "/(*)/(*)", "/{dir,other}/*", "/*/sub"]
+)
+def test_glob_matches_for_file_agrees_with_planning(glob: str) -> None:
+    """The incremental planner maps changed files to matches with glob_matches_for_file;
+    it must name exactly the datums that contain the file."""
+    compiled = compile_glob(glob)
+    planned = match_listing(compiled, TREE)
+    for path, _entry in TREE:
+        expected = sorted(m for m, files in planned.items() if path in [p for p, _ in files])
+        assert sorted(glob_matches_for_file(compiled, path)) == expected, path
