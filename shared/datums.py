@@ -26,7 +26,10 @@ from dataclasses import dataclass
 
 import blake3
 
-from services.pps.spec import (
+from shared.chunking import FileEntry
+from shared.errors import Internal
+from shared.glob import Glob, compile_glob
+from shared.pps.spec import (
     CronInput,
     CrossInput,
     GroupInput,
@@ -36,9 +39,6 @@ from services.pps.spec import (
     UnionInput,
     expand_template,
 )
-from shared.chunking import FileEntry
-from shared.errors import Internal
-from shared.glob import Glob, compile_glob
 
 Listing = Sequence[tuple[str, FileEntry]]
 """All files of one input commit as (path, entry), sorted by path."""

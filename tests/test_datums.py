@@ -8,17 +8,6 @@ from collections.abc import Iterable
 
 import pytest
 
-from services.pps.spec import (
-    CronInput,
-    CrossInput,
-    GroupInput,
-    Input,
-    JoinInput,
-    PfsInput,
-    Transform,
-    UnionInput,
-    transform_fingerprint,
-)
 from shared.chunking import FileEntry, hash_bytes
 from shared.datums import (
     Datum,
@@ -30,6 +19,17 @@ from shared.datums import (
 )
 from shared.errors import Internal
 from shared.glob import Glob, compile_glob
+from shared.pps.spec import (
+    CronInput,
+    CrossInput,
+    GroupInput,
+    Input,
+    JoinInput,
+    PfsInput,
+    Transform,
+    UnionInput,
+    transform_fingerprint,
+)
 
 FP = transform_fingerprint(Transform(cmd=("sh",)))
 

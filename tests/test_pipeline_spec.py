@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from services.pps.durations import format_duration, parse_cron_spec, parse_duration
-from services.pps.spec import (
+from shared.errors import InvalidArgument
+from shared.pps.durations import format_duration, parse_cron_spec, parse_duration
+from shared.pps.spec import (
     CronInput,
     CrossInput,
     GroupInput,
@@ -31,7 +32,6 @@ from services.pps.spec import (
     template_groups,
     transform_fingerprint,
 )
-from shared.errors import InvalidArgument
 
 
 def base_spec(**overrides: Any) -> dict[str, Any]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.pps.service import PpsService
-from services.pps.spec import load_spec_documents
 from shared.errors import InvalidArgument
 from shared.http import field, query_bool, query_int, read_json
+from shared.pps.spec import load_spec_documents
 
 SERVICE: web.AppKey[PpsService] = web.AppKey("pps_service", PpsService)
 routes = web.RouteTableDef()

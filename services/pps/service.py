@@ -16,7 +16,6 @@ from typing import Any
 
 import asyncpg
 
-from services.pps.spec import PipelineSpec, input_branches, parse_pipeline_spec, spec_to_json
 from shared.config import Config
 from shared.db import Conn
 from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -35,6 +34,7 @@ from shared.pps.models import (
     LogLine,
     PipelineInfo,
 )
+from shared.pps.spec import PipelineSpec, input_branches, parse_pipeline_spec, spec_to_json
 
 log = logging.getLogger("tusk.pps")
 

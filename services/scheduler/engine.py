@@ -30,7 +30,6 @@ import asyncpg
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from services.pps.spec import PipelineSpec, input_branches, parse_pipeline_spec, pfs_inputs
 from services.scheduler.assembly import DatumOutcome, assemble, check_owners
 from services.scheduler.backends import WorkerBackend, WorkerSet
 from services.scheduler.planner import (
@@ -69,6 +68,7 @@ from shared.pps.models import (
     JobInfo,
     PipelineInfo,
 )
+from shared.pps.spec import PipelineSpec, input_branches, parse_pipeline_spec, pfs_inputs
 
 log = logging.getLogger("tusk.scheduler")
 

@@ -22,12 +22,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from services.pfs.committed import dir_range, from_index_entry
-from services.pps.spec import PfsInput, PipelineSpec, pfs_inputs, transform_fingerprint
 from shared.chunking import FileEntry
 from shared.datums import Datum, DatumFile, DatumInput, datum_id, glob_matches_for_file, plan_datums
 from shared.file_index import FileIndex
 from shared.glob import compile_glob
 from shared.pps.models import InputCommit
+from shared.pps.spec import PfsInput, PipelineSpec, pfs_inputs, transform_fingerprint
 
 # Current datums (id → (hash, output root)) of the given ids, from the pipeline's state.
 CurrentLookup = Callable[[list[str]], Awaitable[dict[str, tuple[str, str | None]]]]

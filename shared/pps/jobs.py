@@ -6,13 +6,13 @@ restarted) and the scheduler (a job per finished input commit).
 
 from __future__ import annotations
 
-from services.pps.spec import PipelineSpec, iter_inputs
 from shared.db import Conn
 from shared.errors import NotFound
 from shared.pfs_client import PfsClient
 from shared.pfs_models import CommitInfo
 from shared.pps import store
 from shared.pps.models import InputCommit, JobInfo
+from shared.pps.spec import PipelineSpec, iter_inputs
 
 
 async def newest_finished_commit(pfs: PfsClient, repo: str, branch: str) -> CommitInfo | None:

@@ -265,7 +265,9 @@ async def update_job(conn: Conn, job_id: str, **values: Any) -> None:
 
 
 async def job_removed_datums(conn: Conn, job_id: str) -> list[str]:
-    return list(_json(await conn.fetchval("SELECT removed_datums FROM pps_jobs WHERE id = $1", job_id)))
+    return list(
+        _json(await conn.fetchval("SELECT removed_datums FROM pps_jobs WHERE id = $1", job_id))
+    )
 
 
 async def job_remaining(conn: Conn, job_id: str) -> int:

@@ -22,10 +22,10 @@ from typing import Any, NoReturn, TypeVar
 import blake3
 import yaml
 
-from services.pps.durations import format_duration, parse_cron_spec, parse_duration
 from shared.errors import InvalidArgument
 from shared.glob import compile_glob
 from shared.names import COMMIT_ID_RE, check_name
+from shared.pps.durations import format_duration, parse_cron_spec, parse_duration
 
 DEFAULT_BRANCH = "master"
 DEFAULT_DATUM_TRIES = 3
@@ -210,7 +210,7 @@ class PipelineSpec:
 # --- reading documents --------------------------------------------------------------------
 
 
-class _SpecLoader(yaml.SafeLoader):  # type: ignore[misc]
+class _SpecLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys and keeps timestamps as strings."""
 
 
