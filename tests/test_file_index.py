@@ -202,6 +202,23 @@ async def test_unsorted_or_repeated_input_is_refused(store: CountingStore) -> No
         FileIndex(store, fanout=1)
 
 
+async def test_non_ascii_paths_sort_by_code_point_and_round_trip(store: CountingStore) -> None:
+    names = ["/données/é.txt", "/données/z.txt", "/日本/ファイル", "/a/🦣.bin", "/a/b", "/Z"]
+    keys = sorted(names)
+    assert keys == sorted(names, key=lambda k: k.encode())  # str order == UTF-8 byte order
+    index = FileIndex(store, fanout=2)
+    root = await index.build(entry(k) for k in keys)
+    cold = FileIndex(store, fanout=2)
+    assert [e.key for e in await collect(cold, root)] == keys
+    assert await cold.get(root, "/日本/ファイル") == entry("/日本/ファイル")
+    assert [c.name async for c in list_dir(cold, root, "/données")] == ["z.txt", "é.txt"]
+
+
+async def test_a_negative_size_is_refused(store: CountingStore) -> None:
+    with pytest.raises(InvalidArgument, match="negative size"):
+        await FileIndex(store).build([IndexEntry("/a", b"", -1)])
+
+
 # -- storage -------------------------------------------------------------------------------
 
 

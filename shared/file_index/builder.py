@@ -64,6 +64,8 @@ class TreeBuilder:
             raise InvalidArgument(
                 f"index keys must be sorted and unique: {key!r} after {self._last_key!r}"
             )
+        if entry.size < 0:
+            raise InvalidArgument(f"index entry {key!r} has a negative size {entry.size}")
         self._last_key = key
         leaf = self._leaf
         leaf.append(entry)
