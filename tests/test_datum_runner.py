@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from services.pfs.committed import from_index_entry
 from services.scheduler.datum_runner import run_datum
 from services.scheduler.sandbox import Sandbox, bwrap_available
 from services.scheduler.tasks import (
@@ -24,6 +23,7 @@ from services.scheduler.tasks import (
 )
 from shared.chunking import ChunkCache, FileEntry, read_all, write_files
 from shared.errors import InvalidArgument
+from shared.file_entries import from_index_entry
 from shared.file_index import FileIndex
 from shared.objstore import CountingStore, ObjectStore
 from shared.objstore.local import LocalStore

@@ -6,31 +6,16 @@ records; the index itself is path → JSON ``FileEntry``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Sequence
 
 from shared.chunking import FileEntry
 from shared.errors import InvalidArgument, NotFound
-from shared.file_index import FileIndex, IndexEntry, list_dir
+from shared.file_entries import dir_range, from_index_entry, to_index_entry
+from shared.file_index import FileIndex, list_dir
 from shared.glob import Glob, compile_glob
 from shared.pfs_models import FileChange, FileInfo
 
 Change = tuple[str, FileEntry | None]
-
-
-def dir_range(directory: str) -> tuple[str, str]:
-    """The key range [start, end) of every path strictly under ``directory``."""
-    if directory == "/":
-        return "/", "0"  # '0' is the character after '/'
-    return directory + "/", directory + "0"
-
-
-def to_index_entry(path: str, entry: FileEntry) -> IndexEntry:
-    return IndexEntry(path, json.dumps(entry.to_json(), separators=(",", ":")).encode(), entry.size)
-
-
-def from_index_entry(item: IndexEntry) -> FileEntry:
-    return FileEntry.from_json(json.loads(item.value))
 
 
 def file_info(path: str, entry: FileEntry, commit: str | None) -> FileInfo:

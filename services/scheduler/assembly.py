@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from services.pfs.committed import from_index_entry
 from shared.chunking import FileEntry
+from shared.file_entries import from_index_entry
 from shared.file_index import FileIndex
 
 OutputChanges = dict[str, FileEntry | None]

@@ -32,11 +32,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.pfs.committed import to_index_entry
 from services.scheduler.sandbox import Sandbox, SandboxRun
 from services.scheduler.tasks import DatumResult, DatumState, DatumTask, DatumTaskInput
 from shared.chunking import ChunkCache, FileEntry, PackWriter, read_range
 from shared.errors import InvalidArgument
+from shared.file_entries import to_index_entry
 from shared.file_index import FileIndex
 from shared.objstore import ObjectStore
 

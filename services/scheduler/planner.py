@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from services.pfs.committed import dir_range, from_index_entry
 from shared.chunking import FileEntry
 from shared.datums import Datum, DatumFile, DatumInput, datum_id, glob_matches_for_file, plan_datums
+from shared.file_entries import dir_range, from_index_entry
 from shared.file_index import FileIndex
 from shared.glob import compile_glob
 from shared.pps.models import InputCommit
