@@ -92,6 +92,8 @@ async def test_up_restart_down_and_up_again_keeps_data(home: Path) -> None:
             "postgres": "up",
             "nats": "up",
             "pfs": "up",
+            "pps": "up",
+            "scheduler": "up",
         }
         pids = {c.name: c.pid for c in first.components}
         assert all(pid and alive(pid) for pid in pids.values())

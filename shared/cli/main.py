@@ -18,18 +18,27 @@ from typing import Any
 
 import click
 
-from shared.cli import cluster_commands, commit_commands, file_commands, repo_commands
+from shared.cli import (
+    cluster_commands,
+    commit_commands,
+    file_commands,
+    pipeline_commands,
+    repo_commands,
+)
 from shared.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, report
 
 # Verb groups, in the order ``tusk --help`` lists them.
 VERBS: dict[str, str] = {
-    "create": "Create a repo or a branch.",
-    "list": "List repos, branches, commits or files.",
-    "inspect": "Show one repo, branch, commit or file.",
-    "delete": "Delete a repo, branch, commit or file.",
-    "start": "Start a commit.",
+    "create": "Create a repo, a branch or pipelines.",
+    "update": "Update pipelines.",
+    "list": "List repos, branches, commits, files, pipelines, jobs or datums.",
+    "inspect": "Show one repo, branch, commit, file, pipeline, job or datum.",
+    "delete": "Delete a repo, branch, commit, file or pipeline.",
+    "start": "Start a commit or a stopped pipeline.",
+    "stop": "Stop a pipeline.",
     "finish": "Finish a commit.",
-    "wait": "Wait for a commit to finish.",
+    "wait": "Wait for a commit or a job to finish.",
+    "restart": "Run a datum again.",
     "subscribe": "Follow a branch's new commits.",
     "squash": "Squash a commit into its child.",
     "put": "Upload files.",
@@ -105,12 +114,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _build() -> None:
     groups = {verb: click.Group(verb, help=text) for verb, text in VERBS.items()}
-    for module in (repo_commands, commit_commands, file_commands):
+    for module in (repo_commands, commit_commands, file_commands, pipeline_commands):
         for verb, command in module.COMMANDS:
             groups[verb].add_command(command)
     for group in groups.values():
         cli.add_command(group)
-    for command in cluster_commands.COMMANDS:
+    for command in [*pipeline_commands.TOP_LEVEL, *cluster_commands.COMMANDS]:
         cli.add_command(command)
 
 

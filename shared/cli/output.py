@@ -89,6 +89,14 @@ def relative_time(text: str | None, now: datetime | None = None) -> str:
     return human_duration(seconds) + " ago"
 
 
+def elapsed(start: str | None, end: str | None, now: datetime | None = None) -> str:
+    """How long something ran: ``3 seconds``; ``-`` before it starts; so far while it runs."""
+    if not start:
+        return "-"
+    finish = parse_time(end) if end else (now or datetime.now(UTC))
+    return human_duration(max(0.0, (finish - parse_time(start)).total_seconds()))
+
+
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """Left-aligned columns separated by at least three spaces; header first."""
     all_rows = [list(headers), *([str(cell) for cell in row] for row in rows)]

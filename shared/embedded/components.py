@@ -45,7 +45,11 @@ class ServiceSpec:
 
 
 # The services ``tusk up`` runs, in start order. Adding a service is one line.
-SERVICES: tuple[ServiceSpec, ...] = (ServiceSpec("pfs", "services.pfs", 7651),)
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("pfs", "services.pfs", 7651),
+    ServiceSpec("pps", "services.pps", 7652),
+    ServiceSpec("scheduler", "services.scheduler", 7653),
+)
 
 
 @dataclass
