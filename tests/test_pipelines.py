@@ -200,3 +200,20 @@ async def test_downstream_pipeline_triggers_from_upstream_output(cluster: Cluste
     assert count_commit.repo == "count"
     upstream = await cluster.pfs.inspect_commit("count", count_commit.id)
     assert [p.id for p in upstream.provenance] == [source.commit.id]
+
+
+async def test_cron_input_ticks_and_triggers_jobs(cluster: Cluster) -> None:
+    spec = {
+        "pipeline": {"name": "ticker"},
+        "transform": {"cmd": ["sh", "-c", "ls /pfs/tick > /pfs/out/seen"]},
+        "input": {"cron": {"name": "tick", "spec": "@every 1s", "overwrite": True}},
+    }
+    await cluster.pps.create_pipeline(spec)
+    jobs = await wait_for_jobs(cluster, "ticker", 2, timeout=30)
+    assert all(j.state == "JOB_SUCCESS" for j in jobs), jobs
+    ticks = [f.path async for f in cluster.pfs.iter_files("ticker_tick", "master")]
+    assert len(ticks) == 1  # overwrite keeps only the latest tick
+    seen = (await read(cluster, "ticker", "/seen")).decode().split()
+    assert len(seen) == 1 and seen[0].endswith("Z")
+    await cluster.pps.delete_pipeline("ticker")
+    assert [r.name for r in await cluster.pfs.list_repos()] == []

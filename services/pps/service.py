@@ -34,7 +34,14 @@ from shared.pps.models import (
     LogLine,
     PipelineInfo,
 )
-from shared.pps.spec import PipelineSpec, input_branches, parse_pipeline_spec, spec_to_json
+from shared.pps.spec import (
+    CronInput,
+    PipelineSpec,
+    input_branches,
+    iter_inputs,
+    parse_pipeline_spec,
+    spec_to_json,
+)
 
 log = logging.getLogger("tusk.pps")
 
@@ -93,7 +100,10 @@ class PpsService:
             raise
 
     async def _check_inputs(self, spec: PipelineSpec) -> None:
+        cron_repos = {leaf.repo for leaf in iter_inputs(spec.input) if isinstance(leaf, CronInput)}
         for repo, _branch in input_branches(spec):
+            if repo in cron_repos:
+                continue  # made by the pipeline itself (_ensure_output_repo)
             if repo == spec.name:
                 raise InvalidArgument(
                     f"pipeline spec: input repo {repo} is the pipeline's own output repo (a cycle)"
@@ -119,6 +129,10 @@ class PpsService:
                     "its name, so pick another pipeline name or delete that repo"
                 ) from None
         try:
+            for leaf in iter_inputs(spec.input):
+                if isinstance(leaf, CronInput):
+                    with contextlib.suppress(AlreadyExists):
+                        await self.pfs.create_repo(leaf.repo, f"cron ticks of pipeline {spec.name}")
             for repo, branch in input_branches(spec):
                 branches = {b.name for b in await self.pfs.list_branches(repo)}
                 if branch not in branches:
@@ -186,8 +200,11 @@ class PpsService:
                 ),
             )
         if not keep_repo:
-            with contextlib.suppress(NotFound):
-                await self.pfs.delete_repo(name, force=True)
+            spec = parse_pipeline_spec(info.spec)
+            crons = [leaf.repo for leaf in iter_inputs(spec.input) if isinstance(leaf, CronInput)]
+            for repo in [name, *crons]:
+                with contextlib.suppress(NotFound):
+                    await self.pfs.delete_repo(repo, force=True)
 
     async def restart_datum(self, pipeline: str, job_id: str, datum_id: str) -> JobInfo | None:
         """Run a datum again: forget its result and queue a job over the latest inputs."""

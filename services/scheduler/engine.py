@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -32,6 +33,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.scheduler.assembly import DatumOutcome, assemble, check_owners
 from services.scheduler.backends import WorkerBackend, WorkerSet
+from services.scheduler.cron import tick_if_due
 from services.scheduler.planner import (
     Baseline,
     JobPlan,
@@ -68,7 +70,14 @@ from shared.pps.models import (
     JobInfo,
     PipelineInfo,
 )
-from shared.pps.spec import PipelineSpec, input_branches, parse_pipeline_spec, pfs_inputs
+from shared.pps.spec import (
+    CronInput,
+    PipelineSpec,
+    input_branches,
+    iter_inputs,
+    parse_pipeline_spec,
+    pfs_inputs,
+)
 
 log = logging.getLogger("tusk.scheduler")
 
@@ -79,6 +88,7 @@ MAX_INLINE_TASK = 768 * 1024
 MAX_LOG_LINES = 10_000
 DRIVE_INTERVAL_S = 1.0
 RECONCILE_INTERVAL_S = 2.0
+CRON_INTERVAL_S = 1.0
 
 
 def task_envelope(task: DatumTask, datum_tries: int) -> dict[str, Any]:
@@ -132,6 +142,7 @@ class Engine:
                     group.create_task(self._consume_results())
                     group.create_task(self._drive())
                     group.create_task(self._reconcile_workers())
+                    group.create_task(self._tick_crons())
             finally:
                 self.leader = False
                 with contextlib.suppress(Exception):
@@ -269,6 +280,23 @@ class Engine:
                 await self.backend.reconcile(desired)
             except TuskError as exc:
                 log.warning("reconciling workers: %s", exc.message)
+
+    async def _tick_crons(self) -> None:
+        while True:
+            await asyncio.sleep(CRON_INTERVAL_S)
+            try:
+                async with self.pool.acquire() as conn:
+                    pipelines = await store.list_pipelines(conn)
+                now = datetime.now(UTC)
+                for pipeline in pipelines:
+                    if pipeline.state != PIPELINE_RUNNING:
+                        continue
+                    created = datetime.fromisoformat(pipeline.created)
+                    for leaf in iter_inputs(parse_pipeline_spec(pipeline.spec).input):
+                        if isinstance(leaf, CronInput):
+                            await tick_if_due(self.pfs, leaf, created, now)
+            except TuskError as exc:
+                log.warning("cron ticks: %s", exc.message)
 
     # Driving jobs
 

@@ -27,7 +27,7 @@ from shared.file_entries import dir_range, from_index_entry
 from shared.file_index import FileIndex
 from shared.glob import compile_glob
 from shared.pps.models import InputCommit
-from shared.pps.spec import PfsInput, PipelineSpec, pfs_inputs, transform_fingerprint
+from shared.pps.spec import PfsInput, PipelineSpec, iter_inputs, transform_fingerprint
 
 # Current datums (id → (hash, output root)) of the given ids, from the pipeline's state.
 CurrentLookup = Callable[[list[str]], Awaitable[dict[str, tuple[str, str | None]]]]
@@ -152,7 +152,7 @@ async def plan_full(
     reprocess: bool,
 ) -> JobPlan:
     listings = {
-        leaf.name: await _listing(index, roots[leaf.name]) for leaf in pfs_inputs(spec.input)
+        leaf.name: await _listing(index, roots[leaf.name]) for leaf in iter_inputs(spec.input)
     }
     commits = {c.name: c.id for c in inputs}
     datums = plan_datums(spec.input, listings, commits)
