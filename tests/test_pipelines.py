@@ -217,3 +217,17 @@ async def test_cron_input_ticks_and_triggers_jobs(cluster: Cluster) -> None:
     assert len(seen) == 1 and seen[0].endswith("Z")
     await cluster.pps.delete_pipeline("ticker")
     assert [r.name for r in await cluster.pfs.list_repos()] == []
+
+
+async def test_job_timeout_kills_the_job(cluster: Cluster) -> None:
+    await cluster.pfs.create_repo("words")
+    await cluster.pfs.put_files("words", "master", files({"/a": b"1"}))
+    spec = {
+        "pipeline": {"name": "sleepy"},
+        "transform": {"cmd": ["sleep", "30"]},
+        "input": {"pfs": {"repo": "words", "glob": "/*"}},
+        "job_timeout": "2s",
+    }
+    await cluster.pps.create_pipeline(spec)
+    (job,) = await wait_for_jobs(cluster, "sleepy", 1, timeout=30)
+    assert job.state == "JOB_KILLED" and "timed out after 2 s" in (job.reason or "")

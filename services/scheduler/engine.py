@@ -63,6 +63,7 @@ from shared.pps.models import (
     JOB_CREATED,
     JOB_FAILURE,
     JOB_FINISHING,
+    JOB_KILLED,
     JOB_RUNNING,
     JOB_STARTING,
     JOB_SUCCESS,
@@ -329,6 +330,8 @@ class Engine:
                 remaining = await store.job_remaining(conn, job.id)
             if remaining <= 0:
                 await self._finish(job)
+            else:
+                await self._kill_if_overdue(job)
         elif job.state == JOB_FINISHING:
             await self._finish(job)
 
@@ -537,14 +540,34 @@ class Engine:
         log.info("job %s of %s succeeded: output commit %s", job.id, spec.name, job.output_commit)
         self.wake()
 
-    async def _fail(self, job: JobInfo, spec: PipelineSpec, reason: str) -> None:
+    async def _kill_if_overdue(self, job: JobInfo) -> None:
+        """Enforce ``job_timeout``: an overdue job is killed; its late results are ignored."""
+        spec = await self._spec_of(job)
+        if spec.job_timeout is None or job.started is None:
+            return
+        elapsed = (datetime.now(UTC) - datetime.fromisoformat(job.started)).total_seconds()
+        if elapsed > spec.job_timeout:
+            await self._fail(
+                job, spec, f"job timed out after {spec.job_timeout:g} s", state=JOB_KILLED
+            )
+
+    async def _fail(
+        self, job: JobInfo, spec: PipelineSpec, reason: str, *, state: str = JOB_FAILURE
+    ) -> None:
         if job.output_commit is not None:
             commit = await self.pfs.inspect_commit(spec.name, job.output_commit)
             if commit.state == "open":
                 await self.pfs.finish_commit(spec.name, job.output_commit, error=reason)
         async with self.pool.acquire() as conn, conn.transaction():
-            await self._set_state(conn, job, JOB_FAILURE, reason=reason)
-        log.info("job %s of %s failed: %s", job.id, spec.name, reason)
+            # Datums still running are marked failed, so their late results change nothing.
+            await conn.execute(
+                "UPDATE pps_job_datums SET state = 'FAILED', error = $2, finished = now() "
+                "WHERE job_id = $1 AND state = 'STARTING'",
+                job.id,
+                reason,
+            )
+            await self._set_state(conn, job, state, reason=reason)
+        log.info("job %s of %s ended %s: %s", job.id, spec.name, state, reason)
         self.wake()
 
     def status(self) -> dict[str, Any]:
