@@ -602,11 +602,13 @@ class PfsService:
                 raise InvalidArgument(f"path {d} would be both a file and a directory")
             if await self.files.get_entry(base_root, d) is not None:
                 raise InvalidArgument(f"cannot put under {d}: {d} is a file")
-        if len(puts) <= 64:
-            for path in puts:
-                count, _ = await self.files.dir_stats(base_root, path)
-                if count:
-                    raise InvalidArgument(f"cannot put file {path}: it is a directory")
+        if base_root is None:
+            return  # nothing committed yet: only the batch itself could collide (checked above)
+        for path in puts:
+            # O(log N) node visits each, on cached nodes: the cost grows with the change.
+            count, _ = await self.files.dir_stats(base_root, path)
+            if count:
+                raise InvalidArgument(f"cannot put file {path}: it is a directory")
 
     async def _lock_or_create_branch(self, conn: Conn, repo: str, branch: str) -> str | None:
         """Lock the branch row (creating the branch on first write, as pachctl does); its head."""
