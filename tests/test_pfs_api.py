@@ -11,11 +11,13 @@ import aiohttp
 import pytest
 
 from shared.chunking import PackWriter
+from shared.config import Config
 from shared.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    TooLarge,
 )
 from shared.events import CommitFinished, subject_filter
 from shared.filestream import CONTENT_TYPE, encode_block, encode_header
@@ -338,3 +340,25 @@ async def test_finish_with_error_keeps_the_branch_on_its_last_good_commit(
     assert done.error == "datum d1 failed" and done.state == "finished"
     assert (await pfs_client.inspect_branch("data", "master")).head == good.commit.id
     assert (await pfs_client.inspect_commit("data", bad.id)).error == "datum d1 failed"
+
+
+async def test_a_file_over_the_size_limit_is_refused_and_changes_nothing(
+    tusk_config: Config,
+) -> None:
+    from aiohttp import web
+
+    from services.pfs.app import build_app
+    from tests.fixtures.servers import free_port
+
+    port = free_port()
+    runner = web.AppRunner(build_app(tusk_config.replace(max_file_bytes=1000)), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with PfsClient(f"http://127.0.0.1:{port}") as client:
+            await client.create_repo("data")
+            with pytest.raises(TooLarge):
+                await client.put_files("data", "master", files({"/big": b"x" * 5000}))
+            assert (await client.list_commits("data"))[0] == []
+    finally:
+        await runner.cleanup()
