@@ -44,7 +44,13 @@ def make_backend(config: Config) -> WorkerBackend:
             tusk_home() / "logs",
             env={k: v for k, v in os.environ.items() if k.startswith("TUSK_")},
         )
-    raise InvalidArgument(f"worker_backend {config.worker_backend!r} is not known: use 'local'")
+    if config.worker_backend == "kubernetes":
+        from services.scheduler.backends.kubernetes import KubernetesBackend
+
+        return KubernetesBackend.from_env()
+    raise InvalidArgument(
+        f"worker_backend {config.worker_backend!r} is not known: use 'local' or 'kubernetes'"
+    )
 
 
 def build_app(config: Config, backend: WorkerBackend | None = None) -> web.Application:
