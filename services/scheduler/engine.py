@@ -29,6 +29,7 @@ from typing import Any
 
 import asyncpg
 import nats.errors
+import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.scheduler.assembly import DatumOutcome, assemble, check_owners
@@ -42,8 +43,15 @@ from services.scheduler.planner import (
     plan_full,
     plan_incremental,
 )
-from services.scheduler.tasks import DatumResult, DatumTask, DatumTaskFile, DatumTaskInput
-from shared.bus import Bus, results_stream_name, tasks_subject
+from services.scheduler.tasks import (
+    DatumResult,
+    DatumTask,
+    DatumTaskFile,
+    DatumTaskInput,
+    task_envelope,
+    worker_consumer_name,
+)
+from shared.bus import Bus, results_stream_name, tasks_stream_name, tasks_subject
 from shared.config import Config
 from shared.datums import Datum
 from shared.db import Conn
@@ -92,20 +100,6 @@ RECONCILE_INTERVAL_S = 2.0
 CRON_INTERVAL_S = 1.0
 
 
-def task_envelope(task: DatumTask, datum_tries: int) -> dict[str, Any]:
-    return {"task": task.to_json(), "datum_tries": datum_tries}
-
-
-def result_envelope(task: DatumTask, result: DatumResult, attempts: int) -> dict[str, Any]:
-    return {
-        "pipeline": task.pipeline,
-        "job_id": task.job_id,
-        "datum_id": task.datum_id,
-        "attempts": attempts,
-        "result": result.to_json(),
-    }
-
-
 class Engine:
     def __init__(
         self,
@@ -126,6 +120,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._reconcile = asyncio.Event()
         self.leader = False
+        self._known_pipelines: set[str] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -279,6 +274,10 @@ class Engine:
                     if p.state == PIPELINE_RUNNING
                 }
                 await self.backend.reconcile(desired)
+                names = {p.name for p in pipelines}
+                for gone in self._known_pipelines - names:
+                    await self._forget_tasks(gone)
+                self._known_pipelines = names
             except TuskError as exc:
                 log.warning("reconciling workers: %s", exc.message)
 
@@ -298,6 +297,13 @@ class Engine:
                             await tick_if_due(self.pfs, leaf, created, now)
             except TuskError as exc:
                 log.warning("cron ticks: %s", exc.message)
+
+    async def _forget_tasks(self, pipeline: str) -> None:
+        """A deleted pipeline's queued tasks and worker consumer go with it."""
+        stream = tasks_stream_name(self.config)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self.bus.js.purge_stream(stream, subject=tasks_subject(self.config, pipeline))
+            await self.bus.js.delete_consumer(stream, worker_consumer_name(pipeline))
 
     # Driving jobs
 
@@ -574,4 +580,4 @@ class Engine:
         return {"leader": self.leader, "workers": self.backend.status()}
 
 
-__all__ = ["Engine", "PipelineInfo", "result_envelope", "task_envelope"]
+__all__ = ["Engine", "PipelineInfo"]

@@ -256,6 +256,27 @@ class DatumResult:
         )
 
 
+def task_envelope(task: DatumTask, datum_tries: int) -> dict[str, Any]:
+    """A task message: the task and how many times its datum may be tried."""
+    return {"task": task.to_json(), "datum_tries": datum_tries}
+
+
+def result_envelope(task: DatumTask, result: DatumResult, attempts: int) -> dict[str, Any]:
+    """A result message, keyed by the job and datum it belongs to."""
+    return {
+        "pipeline": task.pipeline,
+        "job_id": task.job_id,
+        "datum_id": task.datum_id,
+        "attempts": attempts,
+        "result": result.to_json(),
+    }
+
+
+def worker_consumer_name(pipeline: str) -> str:
+    """The durable JetStream consumer a pipeline's workers share."""
+    return f"workers-{pipeline}"
+
+
 __all__ = [
     "DATUM_STATES",
     "DatumResult",
@@ -263,4 +284,7 @@ __all__ = [
     "DatumTask",
     "DatumTaskFile",
     "DatumTaskInput",
+    "result_envelope",
+    "task_envelope",
+    "worker_consumer_name",
 ]

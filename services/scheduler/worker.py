@@ -26,24 +26,25 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from services.scheduler.datum_runner import run_datum
-from services.scheduler.engine import result_envelope
-from services.scheduler.tasks import DatumResult, DatumTask
+from services.scheduler.tasks import (
+    DatumResult,
+    DatumTask,
+    result_envelope,
+    worker_consumer_name,
+)
 from shared.bus import Bus, connect, results_subject, tasks_stream_name, tasks_subject
 from shared.chunking import ChunkCache
 from shared.config import Config, load_config
+from shared.errors import InvalidArgument, NotFound
 from shared.file_index import FileIndex
 from shared.objstore import ObjectStore, open_object_store
 
 log = logging.getLogger("tusk.worker")
 
 
-def consumer_name(pipeline: str) -> str:
-    return f"workers-{pipeline}"
-
-
 def worker_consumer_config(config: Config, pipeline: str) -> ConsumerConfig:
     return ConsumerConfig(
-        durable_name=consumer_name(pipeline),
+        durable_name=worker_consumer_name(pipeline),
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=config.task_ack_wait,
         max_ack_pending=1000,
@@ -79,7 +80,7 @@ class Worker:
     async def run(self) -> None:
         sub = await self.bus.js.pull_subscribe(
             tasks_subject(self.config, self.pipeline),
-            durable=consumer_name(self.pipeline),
+            durable=worker_consumer_name(self.pipeline),
             stream=tasks_stream_name(self.config),
             config=worker_consumer_config(self.config, self.pipeline),
         )
@@ -93,7 +94,13 @@ class Worker:
                 await self.handle(msg)
 
     async def handle(self, msg: Msg) -> None:
-        task, tries = await load_task(self.objects, msg.data)
+        try:
+            task, tries = await load_task(self.objects, msg.data)
+        except (InvalidArgument, NotFound, ValueError, KeyError) as exc:
+            # A task no worker can read would crash every worker it reaches: drop it loudly.
+            log.error("dropping unreadable task %s: %s", msg.subject, exc)
+            await msg.term()
+            return
         delivered = msg.metadata.num_delivered or 1
         left = tries - (delivered - 1)
         if left <= 0:
