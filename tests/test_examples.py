@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from shared.pps.models import JobInfo
 from shared.pps.spec import load_spec_documents
@@ -21,20 +22,28 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def _files(folder: Path) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
-    for path in sorted(folder.iterdir()):
-        yield f"/{path.name}", _one(path.read_bytes())
+def read_folder(folder: Path) -> dict[str, bytes]:
+    return {f"/{path.name}": path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+async def _files(items: dict[str, bytes]) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+    for path, data in items.items():
+        yield path, _one(data)
 
 
 async def put_folder(cluster: Cluster, repo: str, folder: Path) -> str:
     """Put every file of ``folder`` at the repo's root in one commit; its id."""
-    result = await cluster.pfs.put_files(repo, "master", _files(folder))
+    result = await cluster.pfs.put_files(repo, "master", _files(read_folder(folder)))
     return result.commit.id
+
+
+def read_specs(spec_file: Path) -> list[dict[str, Any]]:
+    return load_spec_documents(spec_file.read_text())
 
 
 async def create_pipelines(cluster: Cluster, spec_file: Path) -> list[str]:
     names = []
-    for spec in load_spec_documents(spec_file.read_text()):
+    for spec in read_specs(spec_file):
         names.append((await cluster.pps.create_pipeline(spec)).name)
     return names
 
