@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 
 from shared.config import Config, load_config
@@ -188,7 +189,7 @@ def bench_small_files(cluster: EmbeddedCluster, work: Path, count: int, runs: in
         run(["git", "init", "-q"], cwd=repo)
         run(["git", "config", "user.email", "bench@example.com"], cwd=repo)
         run(["git", "config", "user.name", "bench"], cwd=repo)
-        git.append(timed(lambda r=repo: run(["sh", "-c", "git add -A && git commit -qm x"], cwd=r)))
+        git.append(timed(partial(run, ["sh", "-c", "git add -A && git commit -qm x"], cwd=repo)))
         shutil.rmtree(repo)
     git_s = statistics.median(git)
     print(
@@ -205,7 +206,7 @@ def bench_small_files(cluster: EmbeddedCluster, work: Path, count: int, runs: in
         shutil.copytree(data, repo / "small")
         run([dvc, "init", "--no-scm", "-q"], cwd=repo)
         run([dvc, "config", "core.analytics", "false"], cwd=repo)
-        times.append(timed(lambda r=repo: run([dvc, "add", "-q", "small"], cwd=r)))
+        times.append(timed(partial(run, [dvc, "add", "-q", "small"], cwd=repo)))
         shutil.rmtree(repo)
     dvc_s = statistics.median(times)
     ratio = dvc_s / tusk
