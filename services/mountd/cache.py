@@ -1,0 +1,90 @@
+"""The block cache: fixed-size blocks of committed files kept in memory, LRU-evicted by bytes.
+
+A committed file never changes, so a block named by (commit, path, index) is valid
+forever and needs no invalidation. Many FUSE readers share one cache: concurrent
+misses of one block fetch it once, and read-ahead loads are tasks the cache owns
+(``aclose`` cancels and awaits them), so none outlives the mount service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+
+log = logging.getLogger("tusk.mountd.cache")
+
+Loader = Callable[[], Awaitable[bytes]]
+
+
+class BlockCache:
+    """An LRU of byte blocks bounded by their total size, with single-flight loads."""
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.hits = 0
+        self.misses = 0
+        self._blocks: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._loading: dict[Hashable, asyncio.Task[bytes]] = {}
+        self._closed = False
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._blocks
+
+    async def get(self, key: Hashable, load: Loader) -> bytes:
+        """The block named ``key``, from memory, from a load in flight, or by calling ``load``."""
+        data = self._blocks.get(key)
+        if data is not None:
+            self._blocks.move_to_end(key)
+            self.hits += 1
+            return data
+        task = self._loading.get(key) or self._start(key, load)
+        # Shielded: a reader whose FUSE request is interrupted must not cancel a load
+        # other readers (or the read-ahead) are waiting for.
+        return await asyncio.shield(task)
+
+    def prefetch(self, key: Hashable, load: Loader) -> None:
+        """Start loading ``key`` in the background unless it is cached or loading already."""
+        if self._closed or key in self._blocks or key in self._loading:
+            return
+        self._start(key, load)
+
+    def _start(self, key: Hashable, load: Loader) -> asyncio.Task[bytes]:
+        self.misses += 1
+        task = asyncio.create_task(self._load(key, load))
+        # A failed read-ahead nobody waits for is not worth an "exception never retrieved".
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._loading[key] = task
+        return task
+
+    async def _load(self, key: Hashable, load: Loader) -> bytes:
+        try:
+            data = await load()
+        finally:
+            self._loading.pop(key, None)
+        self._remember(key, data)
+        return data
+
+    def _remember(self, key: Hashable, data: bytes) -> None:
+        if len(data) > self.max_bytes or self._closed:
+            return
+        self._blocks[key] = data
+        self.size += len(data)
+        while self.size > self.max_bytes:
+            _, evicted = self._blocks.popitem(last=False)
+            self.size -= len(evicted)
+
+    async def aclose(self) -> None:
+        """Cancel the loads in flight, wait for them, and drop every block."""
+        self._closed = True
+        tasks = list(self._loading.values())
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                log.debug("read-ahead load ended with %r at shutdown", result)
+        self._blocks.clear()
+        self.size = 0

@@ -1,0 +1,98 @@
+"""mountd's settings and the running FUSE tree: PFS client, block cache, mounts, kernel session.
+
+Settings come from ``TUSK_MOUNT_*`` environment variables (``Config`` stays about
+finding peers). Both the HTTP service and the foreground ``tusk mount`` run the same
+``mount_tree``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from services.mountd.cache import BlockCache
+from services.mountd.files import DEFAULT_BLOCK_SIZE, BlockSource
+from services.mountd.fs import TuskFs
+from services.mountd.mounts import MountManager
+from services.mountd.session import fuse_session
+from shared.config import Config, tusk_home
+from shared.errors import InvalidArgument
+from shared.pfs_client import PfsClient
+
+
+@dataclass(frozen=True)
+class MountSettings:
+    """How mountd mounts: where, how often branch mounts refresh, how much it caches."""
+
+    mount_root: Path
+    scratch: Path
+    refresh_interval: float = 2.0
+    cache_bytes: int = 256 << 20
+    block_size: int = DEFAULT_BLOCK_SIZE
+    list_page: int = 1000
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> MountSettings:
+        """``TUSK_MOUNT_ROOT`` (default ``$TUSK_HOME/mnt``), ``TUSK_MOUNT_SCRATCH``,
+        ``TUSK_MOUNT_REFRESH_S``, ``TUSK_MOUNT_CACHE_MB``, ``TUSK_MOUNT_BLOCK_KB``,
+        ``TUSK_MOUNT_LIST_PAGE``."""
+        env = dict(os.environ if environ is None else environ)
+        home = tusk_home()
+        return cls(
+            mount_root=Path(env.get("TUSK_MOUNT_ROOT") or home / "mnt"),
+            scratch=Path(env.get("TUSK_MOUNT_SCRATCH") or home / "mountd-scratch"),
+            refresh_interval=_number(env, "TUSK_MOUNT_REFRESH_S", 2.0, float),
+            cache_bytes=_number(env, "TUSK_MOUNT_CACHE_MB", 256, int) << 20,
+            block_size=_number(env, "TUSK_MOUNT_BLOCK_KB", DEFAULT_BLOCK_SIZE >> 10, int) << 10,
+            list_page=_number(env, "TUSK_MOUNT_LIST_PAGE", 1000, int),
+        )
+
+    def replace(self, **changes: Any) -> MountSettings:
+        return replace(self, **changes)
+
+
+def _number(env: dict[str, str], name: str, default: Any, kind: type) -> Any:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise InvalidArgument(f"{name}: expected a number, got {raw!r}") from None
+    if value < 0:
+        raise InvalidArgument(f"{name}: must not be negative")
+    return value
+
+
+@asynccontextmanager
+async def mount_tree(
+    config: Config, settings: MountSettings
+) -> AsyncIterator[tuple[MountManager, asyncio.Task[None]]]:
+    """Mount the FUSE tree at ``settings.mount_root``; at exit commit, unmount, close.
+
+    Yields the manager and the kernel session's serving task (done once the tree is
+    unmounted from outside).
+    """
+    settings.scratch.mkdir(parents=True, exist_ok=True)
+    cache = BlockCache(settings.cache_bytes)
+    async with PfsClient(config.pfs_url) as client:
+        source = BlockSource(client, cache, block_size=settings.block_size)
+        manager = MountManager(
+            client,
+            source,
+            root=str(settings.mount_root),
+            scratch=str(settings.scratch),
+            refresh_interval=settings.refresh_interval,
+            list_page=settings.list_page,
+        )
+        fs = TuskFs(manager, list_window=settings.list_page)
+        try:
+            async with fuse_session(fs, settings.mount_root) as serving, manager.running():
+                yield manager, serving
+        finally:
+            await cache.aclose()
