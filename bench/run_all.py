@@ -6,7 +6,8 @@ Each ``bench/bench_*.py`` runs as its own ``python -m bench.<name>`` process wit
 default arguments, one after another (never two at once: they would share the 2 cores and
 the disk, and measure each other). Output streams through as it comes; ``--log`` also
 writes it to a file. A module that fails does not stop the others; the exit status is 1 if
-any failed.
+any failed. The summary shows the 1-minute load average before and after each module: other
+work on the machine during a run shows there, and its figures are then worth re-running.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def main() -> None:
         names = [n for n in names if n in args.only]
     log = Path(args.log).open("w") if args.log else None  # noqa: SIM115  (closed below)
     outputs: list[TextIO] = [sys.stdout] + ([log] if log else [])
-    results: list[tuple[str, int, float]] = []
+    # name, exit code, seconds, 1-minute load average before and after
+    results: list[tuple[str, int, float, float, float]] = []
     try:
         header = f"# Tusk benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n# {machine()}\n"
         for out in outputs:
@@ -86,18 +88,20 @@ def main() -> None:
             for out in outputs:
                 out.write(f"\n===== {name} =====\n")
                 out.flush()
+            load = os.getloadavg()[0]
             code, took = run_one(name, outputs)
-            results.append((name, code, took))
+            results.append((name, code, took, load, os.getloadavg()[0]))
         summary = "\n===== summary =====\n" + "".join(
-            f"{name:<22} {'ok' if code == 0 else f'FAILED (exit {code})':<16} {took:7.1f} s\n"
-            for name, code, took in results
+            f"{name:<22} {'ok' if code == 0 else f'FAILED (exit {code})':<16} {took:7.1f} s"
+            f"   load average {before:.1f} -> {after:.1f}\n"
+            for name, code, took, before, after in results
         )
         for out in outputs:
             out.write(summary)
     finally:
         if log is not None:
             log.close()
-    sys.exit(1 if any(code != 0 for _, code, _ in results) else 0)
+    sys.exit(1 if any(r[1] != 0 for r in results) else 0)
 
 
 if __name__ == "__main__":
