@@ -473,3 +473,38 @@ def test_run_script_quotes_everything() -> None:
     script = run_script(["echo", "it's $HOME"], {"A": "x y", "b-c": "1"})
     done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout == "it's $HOME\n"
+
+
+async def test_datum_runs_through_the_pod_runner_end_to_end(
+    pod_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The worker's datum runner with a PodSandbox: inputs in, command in the runner,
+    /pfs/out stored, scratch cleaned, as in a worker pod."""
+    from services.scheduler.datum_runner import run_datum
+    from shared.objstore.local import LocalStore
+    from tests.test_datum_runner import make_input, make_task, output_files
+
+    pfs, ctl = pod_dirs
+    store = LocalStore(tmp_path / "store")
+    try:
+        source = await make_input(store, {"/img/cat.png": b"CAT", "/img/dog.png": b"DOG"})
+        script = "mkdir out/deep && cat in/img/cat.png in/img/dog.png > out/deep/both && echo ok"
+        workdir = pfs / "tusk-worker-edges-1"  # TMPDIR is /pfs in the pod
+        workdir.mkdir()
+        task = make_task([source], script)
+        result = await run_datum(store, task, workdir=workdir, sandbox=PodSandbox(pfs=pfs, ctl=ctl))
+        assert (result.state, result.exit_code, result.logs) == ("SUCCESS", 0, "ok\n")
+        assert await output_files(store, result) == {"/deep/both": b"CATDOG"}  # type: ignore[arg-type]
+        assert list(workdir.iterdir()) == []
+        assert sorted(p.name for p in pfs.iterdir()) == ["tusk-worker-edges-1"]
+    finally:
+        await store.close()
+
+
+def test_worker_uses_the_pod_sandbox_when_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.scheduler.worker import _sandbox
+
+    monkeypatch.setenv("TUSK_DATUM_SANDBOX", "pod")
+    assert isinstance(_sandbox(), PodSandbox)
+    monkeypatch.delenv("TUSK_DATUM_SANDBOX")
+    assert _sandbox() is None

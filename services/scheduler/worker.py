@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -25,7 +26,9 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from services.scheduler.backends.pod_sandbox import PodSandbox
 from services.scheduler.datum_runner import run_datum
+from services.scheduler.sandbox import Sandbox
 from services.scheduler.tasks import (
     DatumResult,
     DatumTask,
@@ -67,9 +70,17 @@ async def _heartbeat(msg: Msg, every: float) -> None:
 
 class Worker:
     def __init__(
-        self, config: Config, pipeline: str, bus: Bus, objects: ObjectStore, workdir: Path
+        self,
+        config: Config,
+        pipeline: str,
+        bus: Bus,
+        objects: ObjectStore,
+        workdir: Path,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.config = config
+        # None: bubblewrap on this machine; a PodSandbox in a Kubernetes worker pod.
+        self.sandbox = sandbox
         self.pipeline = pipeline
         self.bus = bus
         self.objects = objects
@@ -132,6 +143,7 @@ class Worker:
                 workdir=self.workdir,
                 cache=self.cache,
                 index=self.index,
+                sandbox=self.sandbox,
             )
             left -= 1
             if result.state != "FAILED" or left <= 0:
@@ -154,13 +166,21 @@ def _died(times: int) -> DatumResult:
     )
 
 
+def _sandbox() -> Sandbox | None:
+    """``TUSK_DATUM_SANDBOX=pod`` (set in Kubernetes worker pods): datums run in the pod's
+    user container (``backends/pod_sandbox.py``); otherwise in bubblewrap here."""
+    if os.environ.get("TUSK_DATUM_SANDBOX") == "pod":
+        return PodSandbox()
+    return None
+
+
 async def main_async(pipeline: str) -> None:
     config = load_config()
     bus = await connect(config, name=f"tusk-worker-{pipeline}")
     try:
         async with open_object_store(config) as objects:
             with tempfile.TemporaryDirectory(prefix=f"tusk-worker-{pipeline}-") as workdir:
-                worker = Worker(config, pipeline, bus, objects, Path(workdir))
+                worker = Worker(config, pipeline, bus, objects, Path(workdir), _sandbox())
                 task = asyncio.create_task(worker.run())
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGTERM, signal.SIGINT):
