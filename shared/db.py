@@ -9,6 +9,7 @@ file exactly once. asyncpg's errors are translated here into ``shared.errors``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -191,3 +192,16 @@ async def migrate(pool: asyncpg.Pool, service: str, migrations: Traversable | Pa
 async def migrate_shared(pool: asyncpg.Pool) -> list[int]:
     """Apply the schema every service shares (the event outbox)."""
     return await migrate(pool, "shared", files("shared.migrations"))
+
+
+async def close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:
+    """Close ``pool``, terminating it if a connection is still held after ``timeout`` s.
+
+    Shutdown must end: a connection stuck in a cancelled query would otherwise keep
+    ``Pool.close()`` waiting forever.
+    """
+    try:
+        await asyncio.wait_for(pool.close(), timeout)
+    except TimeoutError:
+        log.warning("closing the PostgreSQL pool took over %.0f s; terminating it", timeout)
+        pool.terminate()

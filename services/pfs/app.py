@@ -14,7 +14,7 @@ from services.pfs.committed import CommittedFiles
 from services.pfs.service import PfsService
 from shared import bus as bus_module
 from shared.config import Config
-from shared.db import create_pool, migrate, migrate_shared
+from shared.db import close_pool, create_pool, migrate, migrate_shared
 from shared.file_index import FileIndex
 from shared.http import add_health_routes, error_middleware
 from shared.objstore import open_object_store
@@ -47,7 +47,7 @@ def build_app(config: Config) -> web.Application:
             finally:
                 await bus.close()
         finally:
-            await pool.close()
+            await close_pool(pool)
 
     app.cleanup_ctx.append(resources)
     app[STOPPING] = asyncio.Event()

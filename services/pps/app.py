@@ -10,7 +10,7 @@ from services.pps.api import SERVICE, routes
 from services.pps.service import PpsService
 from shared import bus as bus_module
 from shared.config import Config
-from shared.db import create_pool, migrate_shared
+from shared.db import close_pool, create_pool, migrate_shared
 from shared.http import add_health_routes, error_middleware
 from shared.outbox import OutboxRelay
 from shared.pfs_client import PfsClient
@@ -37,7 +37,7 @@ def build_app(config: Config) -> web.Application:
             finally:
                 await bus.close()
         finally:
-            await pool.close()
+            await close_pool(pool)
 
     app.cleanup_ctx.append(resources)
 

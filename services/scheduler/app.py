@@ -14,7 +14,7 @@ from services.scheduler.backends import WorkerBackend
 from services.scheduler.engine import Engine
 from shared import bus as bus_module
 from shared.config import Config, tusk_home
-from shared.db import create_pool, migrate_shared
+from shared.db import close_pool, create_pool, migrate_shared
 from shared.errors import InvalidArgument
 from shared.http import add_health_routes, error_middleware
 from shared.objstore import open_object_store
@@ -84,7 +84,7 @@ def build_app(config: Config, backend: WorkerBackend | None = None) -> web.Appli
                 await workers.close()
                 await bus.close()
         finally:
-            await pool.close()
+            await close_pool(pool)
 
     app.cleanup_ctx.append(resources)
 
