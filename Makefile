@@ -7,9 +7,11 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint typecheck system-packages clean bench
 
 $(STAMP): pyproject.toml
+	@bash scripts/install-system-packages.sh
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	@$(BIN)/pip install -q -e '.[fuse]' || echo "note: pyfuse3 could not be built (it needs fuse3, libfuse3-dev, pkg-config); FUSE tests will skip"
 	touch $(STAMP)
 
 system-packages:
