@@ -27,6 +27,7 @@ from shared.pps.jobs import create_job_if_new, job_inputs
 from shared.pps.models import (
     JOB_CREATED,
     JOB_DONE,
+    PIPELINE_ACTIVE,
     PIPELINE_PAUSED,
     PIPELINE_RUNNING,
     DatumInfo,
@@ -84,7 +85,7 @@ class PpsService:
                     info = await store.update_pipeline_spec(conn, spec.name, spec.raw)
                     trigger = f"update:{info.version}"
                 inputs = await job_inputs(self.pfs, spec)
-                if inputs is not None and info.state == PIPELINE_RUNNING:
+                if inputs is not None and info.state in PIPELINE_ACTIVE:
                     await create_job_if_new(
                         conn, spec, info.version, trigger, inputs, reprocess=reprocess
                     )
@@ -170,7 +171,7 @@ class PpsService:
             info = await store.get_pipeline(conn, name, lock=True)
             state = PIPELINE_RUNNING if running else PIPELINE_PAUSED
             await store.set_pipeline_state(conn, name, state)
-            if running and info.state != PIPELINE_RUNNING:
+            if running and info.state == PIPELINE_PAUSED:
                 spec = parse_pipeline_spec(info.spec)
                 inputs = await job_inputs(self.pfs, spec)
                 if inputs is not None and not await self._inputs_already_processed(

@@ -75,6 +75,8 @@ from shared.pps.models import (
     JOB_RUNNING,
     JOB_STARTING,
     JOB_SUCCESS,
+    PIPELINE_ACTIVE,
+    PIPELINE_CRASHING,
     PIPELINE_RUNNING,
     JobInfo,
     PipelineInfo,
@@ -198,7 +200,7 @@ class Engine:
         made = False
         async with self.pool.acquire() as conn:
             for pipeline in await store.list_pipelines(conn):
-                if pipeline.state != PIPELINE_RUNNING:
+                if pipeline.state not in PIPELINE_ACTIVE:
                     continue
                 spec = parse_pipeline_spec(pipeline.spec)
                 if (payload.repo, payload.branch) not in input_branches(spec):
@@ -271,9 +273,10 @@ class Engine:
                 desired = {
                     p.name: WorkerSet(p.name, p.version, parse_pipeline_spec(p.spec))
                     for p in pipelines
-                    if p.state == PIPELINE_RUNNING
+                    if p.state in PIPELINE_ACTIVE
                 }
                 await self.backend.reconcile(desired)
+                await self._report_worker_problems(pipelines)
                 names = {p.name for p in pipelines}
                 for gone in self._known_pipelines - names:
                     await self._forget_tasks(gone)
@@ -289,7 +292,7 @@ class Engine:
                     pipelines = await store.list_pipelines(conn)
                 now = datetime.now(UTC)
                 for pipeline in pipelines:
-                    if pipeline.state != PIPELINE_RUNNING:
+                    if pipeline.state not in PIPELINE_ACTIVE:
                         continue
                     created = datetime.fromisoformat(pipeline.created)
                     for leaf in iter_inputs(parse_pipeline_spec(pipeline.spec).input):
@@ -297,6 +300,37 @@ class Engine:
                             await tick_if_due(self.pfs, leaf, created, now)
             except TuskError as exc:
                 log.warning("cron ticks: %s", exc.message)
+
+    async def _report_worker_problems(self, pipelines: list[PipelineInfo]) -> None:
+        """Pod failures (ImagePullBackOff, CrashLoopBackOff, OOMKilled …) show on the pipeline
+        (PIPELINE_CRASHING with the pod's reason) and on its running job's reason."""
+        problems = {
+            entry["pipeline"]: entry["problems"][0]
+            for entry in self.backend.status()
+            if entry.get("problems")
+        }
+        async with self.pool.acquire() as conn, conn.transaction():
+            for pipeline in pipelines:
+                problem = problems.get(pipeline.name)
+                if problem is not None and pipeline.state in PIPELINE_ACTIVE:
+                    reason = "worker {pod}: {reason}: {message}".format(
+                        pod=problem.get("pod") or "-",
+                        reason=problem.get("reason"),
+                        message=problem.get("message") or "",
+                    ).strip()
+                    if pipeline.state != PIPELINE_CRASHING or pipeline.reason != reason:
+                        await store.set_pipeline_state(
+                            conn, pipeline.name, PIPELINE_CRASHING, reason
+                        )
+                        await conn.execute(
+                            "UPDATE pps_jobs SET reason = $2 WHERE pipeline = $1 "
+                            "AND state = ANY($3::text[])",
+                            pipeline.name,
+                            reason,
+                            [JOB_STARTING, JOB_RUNNING],
+                        )
+                elif problem is None and pipeline.state == PIPELINE_CRASHING:
+                    await store.set_pipeline_state(conn, pipeline.name, PIPELINE_RUNNING)
 
     async def _forget_tasks(self, pipeline: str) -> None:
         """A deleted pipeline's queued tasks and worker consumer go with it."""

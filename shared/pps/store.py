@@ -23,6 +23,7 @@ from shared.pps.models import (
     DATUM_STARTING,
     JOB_ACTIVE,
     JOB_CREATED,
+    PIPELINE_ACTIVE,
     DatumInfo,
     InputCommit,
     JobInfo,
@@ -228,10 +229,11 @@ async def jobs_to_drive(conn: Conn) -> list[JobInfo]:
         """
         SELECT DISTINCT ON (j.pipeline) j.* FROM pps_jobs j
         JOIN pps_pipelines p ON p.name = j.pipeline
-        WHERE j.state = ANY($1::text[]) AND p.state = 'PIPELINE_RUNNING'
+        WHERE j.state = ANY($1::text[]) AND p.state = ANY($2::text[])
         ORDER BY j.pipeline, j.seq
         """,
         list(JOB_ACTIVE),
+        list(PIPELINE_ACTIVE),
     )
     return [_job(r) for r in rows]
 
