@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Hashable
 log = logging.getLogger("tusk.mountd.cache")
 
 Loader = Callable[[], Awaitable[bytes]]
+ManyLoader = Callable[[], Awaitable[list[bytes]]]
 
 
 class BlockCache:
@@ -27,7 +28,8 @@ class BlockCache:
         self.hits = 0
         self.misses = 0
         self._blocks: OrderedDict[Hashable, bytes] = OrderedDict()
-        self._loading: dict[Hashable, asyncio.Task[bytes]] = {}
+        # Key → (the load in flight that brings it, its index among that load's blocks).
+        self._loading: dict[Hashable, tuple[asyncio.Task[list[bytes]], int]] = {}
         self._closed = False
 
     def __contains__(self, key: Hashable) -> bool:
@@ -40,32 +42,46 @@ class BlockCache:
             self._blocks.move_to_end(key)
             self.hits += 1
             return data
-        task = self._loading.get(key) or self._start(key, load)
+        loading = self._loading.get(key)
+        if loading is None:
+
+            async def load_one() -> list[bytes]:
+                return [await load()]
+
+            loading = (self._start([key], load_one), 0)
+        task, index = loading
         # Shielded: a reader whose FUSE request is interrupted must not cancel a load
         # other readers (or the read-ahead) are waiting for.
-        return await asyncio.shield(task)
+        return (await asyncio.shield(task))[index]
 
-    def prefetch(self, key: Hashable, load: Loader) -> None:
-        """Start loading ``key`` in the background unless it is cached or loading already."""
-        if self._closed or key in self._blocks or key in self._loading:
-            return
-        self._start(key, load)
+    def missing(self, keys: list[Hashable]) -> list[Hashable]:
+        """The keys neither cached nor loading."""
+        return [k for k in keys if k not in self._blocks and k not in self._loading]
 
-    def _start(self, key: Hashable, load: Loader) -> asyncio.Task[bytes]:
-        self.misses += 1
-        task = asyncio.create_task(self._load(key, load))
+    def prefetch(self, keys: list[Hashable], load: ManyLoader) -> None:
+        """Load several blocks in the background with one call of ``load`` (which returns
+        them in order), unless the cache is closing."""
+        if not self._closed and keys:
+            self._start(keys, load)
+
+    def _start(self, keys: list[Hashable], load: ManyLoader) -> asyncio.Task[list[bytes]]:
+        self.misses += len(keys)
+        task = asyncio.create_task(self._load(keys, load))
         # A failed read-ahead nobody waits for is not worth an "exception never retrieved".
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        self._loading[key] = task
+        for index, key in enumerate(keys):
+            self._loading[key] = (task, index)
         return task
 
-    async def _load(self, key: Hashable, load: Loader) -> bytes:
+    async def _load(self, keys: list[Hashable], load: ManyLoader) -> list[bytes]:
         try:
-            data = await load()
+            blocks = await load()
         finally:
-            self._loading.pop(key, None)
-        self._remember(key, data)
-        return data
+            for key in keys:
+                self._loading.pop(key, None)
+        for key, data in zip(keys, blocks, strict=True):
+            self._remember(key, data)
+        return blocks
 
     def _remember(self, key: Hashable, data: bytes) -> None:
         if len(data) > self.max_bytes or self._closed:
@@ -79,7 +95,7 @@ class BlockCache:
     async def aclose(self) -> None:
         """Cancel the loads in flight, wait for them, and drop every block."""
         self._closed = True
-        tasks = list(self._loading.values())
+        tasks = list({task for task, _ in self._loading.values()})
         for task in tasks:
             task.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from services.mountd.cache import BlockCache, Loader
+from services.mountd.cache import BlockCache
 from shared.pfs_client import PfsClient
 
 Kind = Literal["file", "dir"]
@@ -114,34 +114,44 @@ class BlockSource:
         self.read_ahead_blocks = read_ahead_blocks
         self.requests = 0
 
-    def _loader(self, file: BaseFile, index: int) -> tuple[tuple[str, str, int], Loader]:
-        key = (file.commit, file.path, index)
+    def _key(self, file: BaseFile, index: int) -> tuple[str, str, int]:
+        return (file.commit, file.path, index)
 
-        async def load() -> bytes:
-            self.requests += 1
-            parts = [
-                part
-                async for part in self.client.get_file(
-                    file.repo,
-                    file.commit,
-                    file.path,
-                    offset=index * self.block_size,
-                    length=self.block_size,
-                )
-            ]
-            return b"".join(parts)
-
-        return key, load
+    async def _fetch(self, file: BaseFile, first: int, count: int) -> list[bytes]:
+        """Blocks ``first .. first + count - 1`` of the file with one ranged request."""
+        self.requests += 1
+        bs = self.block_size
+        data = bytearray()
+        async for part in self.client.get_file(
+            file.repo, file.commit, file.path, offset=first * bs, length=count * bs
+        ):
+            data += part
+        return [bytes(data[i : i + bs]) for i in range(0, max(len(data), 1), bs)][:count]
 
     async def block(self, file: BaseFile, index: int) -> bytes:
-        key, load = self._loader(file, index)
-        return await self.cache.get(key, load)
+        async def load() -> bytes:
+            return (await self._fetch(file, index, 1))[0]
 
-    def prefetch(self, file: BaseFile, index: int) -> None:
-        if index * self.block_size >= file.size:
-            return
-        key, load = self._loader(file, index)
-        self.cache.prefetch(key, load)
+        return await self.cache.get(self._key(file, index), load)
+
+    def prefetch(self, file: BaseFile, first: int, count: int) -> None:
+        """Load the missing blocks of ``first .. first + count - 1`` in the background,
+        one request per run of consecutive missing blocks."""
+        last = min(first + count, -(-file.size // self.block_size))
+        missing = set(self.cache.missing([self._key(file, i) for i in range(first, last)]))
+        run: list[int] = []
+        for index in range(first, last + 1):
+            if index < last and self._key(file, index) in missing:
+                run.append(index)
+                continue
+            if run:
+                start, size = run[0], len(run)
+
+                async def load(start: int = start, size: int = size) -> list[bytes]:
+                    return await self._fetch(file, start, size)
+
+                self.cache.prefetch([self._key(file, i) for i in run], load)
+                run = []
 
 
 class BaseReader:
@@ -153,6 +163,8 @@ class BaseReader:
         self._next_offset = 0
         self._window = 0
         self._run = 0
+        # Blocks before this index were asked for already by read-ahead.
+        self._ahead_until = 0
 
     async def read(self, offset: int, size: int) -> bytes:
         end = min(offset + size, self.file.size)
@@ -171,9 +183,15 @@ class BaseReader:
             self._window = 0
         if self._run > bs:
             self._window = min(max(1, self._window * 2), self.source.read_ahead_blocks)
+            # Refill when half the window is used up, so read-ahead goes out as a few
+            # multi-block requests rather than one small request per block.
+            if last + 1 + self._window // 2 >= self._ahead_until:
+                start = max(self._ahead_until, last + 1)
+                self.source.prefetch(self.file, start, last + 1 + self._window - start)
+                self._ahead_until = last + 1 + self._window
+        else:
+            self._ahead_until = 0
         self._next_offset = end
-        for ahead in range(last + 1, last + 1 + self._window):
-            self.source.prefetch(self.file, ahead)
         if first == last:
             data = await self.source.block(self.file, first)
             start = offset - first * bs
