@@ -135,6 +135,15 @@ async def test_pipelines_jobs_and_datums_end_to_end(tusk: Tusk) -> None:
     await jobs_done(tusk, "total", 2)
     assert (await tusk.ok("get", "file", "total@master:/total")).stdout == b"5\n"
 
+    # The output commits made from an input commit.
+    made = (
+        await tusk.ok("list", "commit", "count", "--provenance-of", "words@master", "-o", "json")
+    ).json()
+    head = (await tusk.ok("inspect", "commit", "count@master", "-o", "json")).json()
+    assert [c["id"] for c in made] == [head["id"]] == [newest["output_commit"]]
+    older = (await tusk.ok("list", "commit", "total", "--provenance-of", "words@master^")).text
+    assert older.splitlines()[1:] == []  # total reads count, not words
+
     # A unique prefix of the job id is enough.
     short = f"count@{newest['id'][:8]}"
     inspected = (await tusk.ok("inspect", "job", short, "-o", "json")).json()

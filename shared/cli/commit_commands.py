@@ -110,13 +110,37 @@ async def collect_commits(
     return found
 
 
+async def commits_made_from(
+    pfs: PfsClient, target: Target, source: Target, limit: int | None
+) -> list[CommitInfo]:
+    """``target``'s commits whose provenance includes the commit ``source`` names."""
+    found = [
+        c
+        for c in await pfs.commit_subvenance(source.repo, source.ref_or_default)
+        if c.repo == target.repo and (target.ref is None or c.branch == target.ref)
+    ]
+    return found[:limit] if limit else found
+
+
 @click.command("commit")
 @click.argument("target", metavar="REPO[@BRANCH]", type=REPO_AT)
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=None, help="Show at most N.")
+@click.option(
+    "--provenance-of",
+    "source",
+    type=REPO_AT_REF,
+    default=None,
+    metavar="REPO@COMMIT",
+    help="Only the commits made from this input commit (e.g. a pipeline's outputs of it).",
+)
 @output_option
-def list_commit(target: Target, limit: int | None, output: str) -> None:
+def list_commit(target: Target, limit: int | None, source: Target | None, output: str) -> None:
     """List commits, newest first (all branches unless one is given)."""
-    commits = run_pfs(lambda pfs: collect_commits(pfs, target.repo, target.ref, limit))
+    if source is not None:
+        chosen = source
+        commits = run_pfs(lambda pfs: commits_made_from(pfs, target, chosen, limit))
+    else:
+        commits = run_pfs(lambda pfs: collect_commits(pfs, target.repo, target.ref, limit))
     if output == "json":
         echo_json([c.to_json() for c in commits])
         return
