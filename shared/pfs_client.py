@@ -315,6 +315,13 @@ class PfsClient(ServiceClient):
         finally:
             resp.release()
 
+    async def file_entry(self, repo: str, ref: str, path: str) -> FileEntry:
+        """A file's chunk list, to read its bytes straight from the object store."""
+        body = await self.request(
+            "GET", f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/entry/{_qpath(path)}"
+        )
+        return FileEntry.from_json(body["entry"])
+
     async def inspect_file(self, repo: str, ref: str, path: str) -> FileInfo:
         body = await self.request(
             "GET", f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/inspect/{_qpath(path)}"

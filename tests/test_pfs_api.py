@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from shared.chunking import PackWriter
+from shared.chunking import PackWriter, read_range
 from shared.config import Config
 from shared.errors import (
     AlreadyExists,
@@ -362,3 +362,15 @@ async def test_a_file_over_the_size_limit_is_refused_and_changes_nothing(
             assert (await client.list_commits("data"))[0] == []
     finally:
         await runner.cleanup()
+
+
+async def test_file_entry_gives_the_chunks_to_read_directly(
+    pfs: RunningPfs, pfs_client: PfsClient
+) -> None:
+    await pfs_client.create_repo("data")
+    await pfs_client.put_files("data", "master", files({"/a": b"direct bytes"}))
+    entry = await pfs_client.file_entry("data", "master", "/a")
+    data = b"".join([c async for c in read_range(pfs.service.store, entry)])
+    assert data == b"direct bytes" and entry.size == 12
+    with pytest.raises(NotFound):
+        await pfs_client.file_entry("data", "master", "/missing")

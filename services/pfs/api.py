@@ -358,6 +358,15 @@ async def _get_tree(
     return response
 
 
+@routes.get("/v1/repos/{repo}/commits/{ref}/entry/{path:.*}")
+async def file_entry(request: web.Request) -> web.Response:
+    """A file's chunk list (FileEntry), for data-plane readers of the object store."""
+    commit, entry = await _svc(request).file_entry(
+        request.match_info["repo"], request.match_info["ref"], _path(request)
+    )
+    return web.json_response({"path": _path(request), "commit": commit, "entry": entry.to_json()})
+
+
 @routes.get("/v1/repos/{repo}/commits/{ref}/inspect/{path:.*}")
 async def inspect_file(request: web.Request) -> web.Response:
     """Inspect a file or directory."""

@@ -672,6 +672,12 @@ class PfsService:
         if not found and path != "/":
             raise NotFound(f"file {path} not found in {repo}@{ref}")
 
+    async def file_entry(self, repo: str, ref: str, path: str) -> tuple[str, FileEntry]:
+        """(commit id, entry) of a file: its chunk list, for readers of the object store."""
+        path = normalize_path(path)
+        row = await self._readable(repo, ref)
+        return row.id, await self.files.require_file(row.root, path, f"{repo}@{ref}")
+
     def read_entry(self, entry: FileEntry) -> AsyncIterator[bytes]:
         return read_range(self.store, entry, 0, entry.size, self.chunk_cache)
 
