@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
 from services.mountd.cache import BlockCache
+from shared.chunking import ChunkCache, FileEntry, read_range
+from shared.objstore import ObjectStore
 from shared.pfs_client import PfsClient
 
 Kind = Literal["file", "dir"]
@@ -97,8 +100,17 @@ class LocalFile:
             self.fd = -1
 
 
+# Chunk lists kept for open and recently read files (each a few hundred bytes).
+MAX_REMEMBERED_ENTRIES = 10_000
+
+
 class BlockSource:
-    """Reads committed files by block through PFS ranged reads and a shared ``BlockCache``."""
+    """Reads committed files by block into a shared ``BlockCache``.
+
+    With ``objects`` (the object store) the bytes come straight from the file's chunks
+    (PFS is asked only for the chunk list, once per file): the data plane scales apart
+    from the services. Without it, ranged reads go through PFS.
+    """
 
     def __init__(
         self,
@@ -107,12 +119,29 @@ class BlockSource:
         *,
         block_size: int = DEFAULT_BLOCK_SIZE,
         read_ahead_blocks: int = DEFAULT_READ_AHEAD_BLOCKS,
+        objects: ObjectStore | None = None,
+        chunks: ChunkCache | None = None,
     ) -> None:
         self.client = client
         self.cache = cache
         self.block_size = block_size
         self.read_ahead_blocks = read_ahead_blocks
+        self.objects = objects
+        self.chunks = chunks
         self.requests = 0
+        self._entries: OrderedDict[tuple[str, str], FileEntry] = OrderedDict()
+
+    async def _entry(self, file: BaseFile) -> FileEntry:
+        key = (file.commit, file.path)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = await self.client.file_entry(file.repo, file.commit, file.path)
+            self._entries[key] = entry
+            if len(self._entries) > MAX_REMEMBERED_ENTRIES:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(key)
+        return entry
 
     def _key(self, file: BaseFile, index: int) -> tuple[str, str, int]:
         return (file.commit, file.path, index)
@@ -122,10 +151,16 @@ class BlockSource:
         self.requests += 1
         bs = self.block_size
         data = bytearray()
-        async for part in self.client.get_file(
-            file.repo, file.commit, file.path, offset=first * bs, length=count * bs
-        ):
-            data += part
+        if self.objects is not None:
+            entry = await self._entry(file)
+            end = min(entry.size, (first + count) * bs)
+            async for part in read_range(self.objects, entry, first * bs, end, self.chunks):
+                data += part
+        else:
+            async for part in self.client.get_file(
+                file.repo, file.commit, file.path, offset=first * bs, length=count * bs
+            ):
+                data += part
         return [bytes(data[i : i + bs]) for i in range(0, max(len(data), 1), bs)][:count]
 
     async def block(self, file: BaseFile, index: int) -> bytes:

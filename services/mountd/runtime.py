@@ -20,8 +20,10 @@ from services.mountd.files import DEFAULT_BLOCK_SIZE, BlockSource
 from services.mountd.fs import TuskFs
 from services.mountd.mounts import MountManager
 from services.mountd.session import fuse_session
+from shared.chunking import ChunkCache
 from shared.config import Config, tusk_home
 from shared.errors import InvalidArgument
+from shared.objstore import open_object_store
 from shared.pfs_client import PfsClient
 
 
@@ -80,8 +82,14 @@ async def mount_tree(
     """
     settings.scratch.mkdir(parents=True, exist_ok=True)
     cache = BlockCache(settings.cache_bytes)
-    async with PfsClient(config.pfs_url) as client:
-        source = BlockSource(client, cache, block_size=settings.block_size)
+    async with PfsClient(config.pfs_url) as client, open_object_store(config) as objects:
+        source = BlockSource(
+            client,
+            cache,
+            block_size=settings.block_size,
+            objects=objects,
+            chunks=ChunkCache(max_bytes=max(settings.cache_bytes // 2, 16 << 20)),
+        )
         manager = MountManager(
             client,
             source,
