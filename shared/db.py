@@ -205,3 +205,13 @@ async def close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:
     except TimeoutError:
         log.warning("closing the PostgreSQL pool took over %.0f s; terminating it", timeout)
         pool.terminate()
+
+
+async def db_ready(pool: asyncpg.Pool) -> bool:
+    """Whether PostgreSQL answers (readiness probes answer "no" rather than raise)."""
+    try:
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+        return True
+    except Exception:
+        return False

@@ -7,19 +7,14 @@ Pachyderm user reading ``-o json`` recognises them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, TypeVar
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from shared.records import from_dict
 
 CommitState = Literal["open", "finishing", "finished"]
 FileType = Literal["file", "dir"]
 ChangeKind = Literal["added", "deleted", "modified"]
-
-T = TypeVar("T")
-
-
-def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -35,7 +30,7 @@ class CommitRef:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CommitRef:
-        return _from_dict(cls, data)
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -51,7 +46,7 @@ class RepoInfo:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RepoInfo:
-        return _from_dict(cls, data)
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -69,7 +64,7 @@ class BranchInfo:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BranchInfo:
-        return _from_dict(cls, data)
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -97,7 +92,7 @@ class CommitInfo:
     def from_json(cls, data: dict[str, Any]) -> CommitInfo:
         values = dict(data)
         values["provenance"] = [CommitRef.from_json(p) for p in data.get("provenance") or []]
-        return _from_dict(cls, values)
+        return from_dict(cls, values)
 
 
 @dataclass(frozen=True)
@@ -116,7 +111,7 @@ class FileInfo:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FileInfo:
-        return _from_dict(cls, data)
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True)

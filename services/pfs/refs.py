@@ -97,38 +97,27 @@ async def require_repo(conn: Conn, name: str) -> None:
         raise NotFound(f"repo {name} not found (tusk list repo shows the repos)")
 
 
+# A repo with its branch names and the size of its master head (as Pachyderm shows it).
+_REPO_SELECT = """
+    SELECT r.name, r.description, r.created,
+           coalesce(array_agg(b.name ORDER BY b.name) FILTER (WHERE b.name IS NOT NULL), '{}')
+               AS branches,
+           coalesce((SELECT c.size_bytes FROM pfs_branches mb
+                     JOIN pfs_commits c ON c.id = mb.head
+                     WHERE mb.repo = r.name AND mb.name = 'master'), 0) AS size_bytes
+    FROM pfs_repos r LEFT JOIN pfs_branches b ON b.repo = r.name
+    WHERE $1::text IS NULL OR r.name = $1
+    GROUP BY r.name ORDER BY r.created DESC, r.name
+"""
+
+
 async def get_repo(conn: Conn, name: str) -> RepoInfo:
     await require_repo(conn, name)
-    rows = await conn.fetch(
-        """
-        SELECT r.name, r.description, r.created,
-               coalesce(array_agg(b.name ORDER BY b.name) FILTER (WHERE b.name IS NOT NULL), '{}')
-                   AS branches,
-               coalesce((SELECT c.size_bytes FROM pfs_branches mb
-                         JOIN pfs_commits c ON c.id = mb.head
-                         WHERE mb.repo = r.name AND mb.name = 'master'), 0) AS size_bytes
-        FROM pfs_repos r LEFT JOIN pfs_branches b ON b.repo = r.name
-        WHERE r.name = $1 GROUP BY r.name
-        """,
-        name,
-    )
-    return _repo_info(rows[0])
+    return _repo_info((await conn.fetch(_REPO_SELECT, name))[0])
 
 
 async def list_repos(conn: Conn) -> list[RepoInfo]:
-    rows = await conn.fetch(
-        """
-        SELECT r.name, r.description, r.created,
-               coalesce(array_agg(b.name ORDER BY b.name) FILTER (WHERE b.name IS NOT NULL), '{}')
-                   AS branches,
-               coalesce((SELECT c.size_bytes FROM pfs_branches mb
-                         JOIN pfs_commits c ON c.id = mb.head
-                         WHERE mb.repo = r.name AND mb.name = 'master'), 0) AS size_bytes
-        FROM pfs_repos r LEFT JOIN pfs_branches b ON b.repo = r.name
-        GROUP BY r.name ORDER BY r.created DESC, r.name
-        """
-    )
-    return [_repo_info(r) for r in rows]
+    return [_repo_info(r) for r in await conn.fetch(_REPO_SELECT, None)]
 
 
 def _repo_info(rec: asyncpg.Record) -> RepoInfo:

@@ -26,7 +26,7 @@ from services.pfs.committed import Change, CommittedFiles
 from services.pfs.events import commit_payload, emit
 from shared.chunking import ChunkCache, FileEntry, PackWriter, concat_entries, read_range
 from shared.config import Config
-from shared.db import Conn
+from shared.db import Conn, db_ready
 from shared.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from shared.events import (
     BranchCreated,
@@ -727,12 +727,7 @@ class PfsService:
         )
 
     async def ready(self) -> bool:
-        try:
-            async with self.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
-            return True
-        except Exception:  # readiness answers "no", it does not raise
-            return False
+        return await db_ready(self.pool)
 
 
 def _parse_branch(text: str) -> tuple[str, str]:

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from shared.config import Config
-from shared.db import Conn
+from shared.db import Conn, db_ready
 from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from shared.events import Event, JobStateChanged, PipelineUpdated
 from shared.outbox import enqueue
@@ -286,12 +286,7 @@ class PpsService:
             return await store.read_logs(conn, pipeline, full_job, datum_id, after, limit)
 
     async def ready(self) -> bool:
-        try:
-            async with self.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
-            return True
-        except Exception:  # readiness answers "no", it does not raise
-            return False
+        return await db_ready(self.pool)
 
 
 async def _maybe_pipeline(conn: Conn, name: str) -> PipelineInfo | None:

@@ -6,10 +6,10 @@ State names and counters are Pachyderm's (``JOB_SUCCESS``, ``data_processed``,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TypeVar
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-T = TypeVar("T")
+from shared.records import from_dict
 
 PIPELINE_RUNNING = "PIPELINE_RUNNING"
 PIPELINE_PAUSED = "PIPELINE_PAUSED"
@@ -36,11 +36,6 @@ DATUM_RECOVERED = "RECOVERED"
 DATUM_SKIPPED = "SKIPPED"
 
 
-def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in data.items() if k in names})
-
-
 @dataclass(frozen=True)
 class InputCommit:
     """One input commit of a job: the input's name and the commit it read."""
@@ -52,7 +47,7 @@ class InputCommit:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> InputCommit:
-        return _from_dict(cls, data)
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -71,7 +66,7 @@ class PipelineInfo:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PipelineInfo:
-        return _from_dict(cls, data)
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -106,7 +101,7 @@ class JobInfo:
         values["input_commits"] = [
             InputCommit.from_json(c) for c in data.get("input_commits") or []
         ]
-        return _from_dict(cls, values)
+        return from_dict(cls, values)
 
 
 @dataclass(frozen=True)
@@ -130,7 +125,7 @@ class DatumInfo:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DatumInfo:
-        return _from_dict(cls, data)
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -147,4 +142,4 @@ class LogLine:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LogLine:
-        return _from_dict(cls, data)
+        return from_dict(cls, data)
