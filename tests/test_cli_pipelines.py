@@ -182,9 +182,6 @@ async def test_pipelines_jobs_and_datums_end_to_end(tusk: Tusk) -> None:
     assert printed.startswith("count@") and len(printed) == len("count@") + 32
 
 
-@pytest.mark.xfail(
-    reason="scheduler: incremental planning sees no input change and skips the restarted datum"
-)
 async def test_restarted_datum_runs_again(tusk: Tusk) -> None:
     await tusk.ok("create", "repo", "words")
     await put(tusk, "words@master:/a", b"one two")

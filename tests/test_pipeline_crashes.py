@@ -7,10 +7,9 @@ import os
 import signal
 from pathlib import Path
 
-from aiohttp import web
-
 from services.scheduler.app import build_app as build_scheduler
 from services.scheduler.backends.local import LocalBackend
+from tests.fixtures.apps import serve, stop
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.servers import free_port
 from tests.test_pipelines import files, read, wait_for_jobs
@@ -91,15 +90,13 @@ async def test_scheduler_restart_mid_job_finishes_the_job_once_and_catches_up(
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.05)
     # Stop the scheduler (and its workers) mid-job, and commit while it is away.
-    await cluster.runners.pop("scheduler").cleanup()
+    await stop(cluster.runners.pop("scheduler"))
     await cluster.pfs.put_files("words", "master", files({"/c": b"3"}))
 
     backend = LocalBackend(cluster.config_path, tmp_path / "logs2")
-    port = free_port()
-    runner = web.AppRunner(build_scheduler(cluster.config, backend), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    cluster.runners["scheduler"] = runner
+    cluster.runners["scheduler"] = await serve(
+        build_scheduler(cluster.config, backend), free_port()
+    )
 
     jobs = await wait_for_jobs(cluster, "slow", 2, timeout=90)
     assert [j.state for j in jobs] == ["JOB_SUCCESS", "JOB_SUCCESS"], jobs

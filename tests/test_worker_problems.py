@@ -22,17 +22,11 @@ from services.scheduler.backends.kubernetes import KubernetesBackend
 from shared.config import Config
 from shared.pfs_client import PfsClient
 from shared.pps_client import PpsClient
+from tests.fixtures.apps import serve, stop
 from tests.fixtures.servers import free_port
 from tests.k8s_api_double import ScriptedKubernetesApi
 
 NS = "tusk"
-
-
-async def serve(app: web.Application, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
 
 
 @pytest.fixture
@@ -64,7 +58,7 @@ async def k8s_cluster(
             yield double, pfs, pps
     finally:
         for runner in reversed(runners):
-            await runner.cleanup()
+            await stop(runner)
         await api_runner.cleanup()
 
 

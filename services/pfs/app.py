@@ -7,18 +7,18 @@ import logging
 from collections.abc import AsyncIterator
 from importlib.resources import files
 
+import asyncpg
 from aiohttp import web
 
 from services.pfs.api import BUS, SERVICE, STOPPING, routes
 from services.pfs.committed import CommittedFiles
 from services.pfs.service import PfsService
-from shared import bus as bus_module
 from shared.config import Config
-from shared.db import close_pool, create_pool, migrate, migrate_shared
+from shared.db import migrate
 from shared.file_index import FileIndex
 from shared.http import add_health_routes, error_middleware
 from shared.objstore import open_object_store
-from shared.outbox import OutboxRelay
+from shared.service_resources import core_resources
 
 log = logging.getLogger("tusk.pfs")
 VERSION = "0.1.0"
@@ -26,28 +26,24 @@ VERSION = "0.1.0"
 CLIENT_MAX_SIZE = 1 << 62
 
 
+async def migrate_pfs(pool: asyncpg.Pool) -> list[int]:
+    return await migrate(pool, "pfs", files("services.pfs.migrations"))
+
+
 def build_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
     app.add_routes(routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(config)
-        try:
-            await migrate_shared(pool)
-            await migrate(pool, "pfs", files("services.pfs.migrations"))
-            bus = await bus_module.connect(config, name="tusk-pfs")
-            try:
-                await bus.ensure_streams()
-                async with open_object_store(config) as store, OutboxRelay(pool, bus):
-                    service = PfsService(config, pool, store, CommittedFiles(FileIndex(store)))
-                    await service.recover_finishing()
-                    app[SERVICE] = service
-                    app[BUS] = bus
-                    yield
-            finally:
-                await bus.close()
-        finally:
-            await close_pool(pool)
+        async with (
+            core_resources(config, name="tusk-pfs", migrations=[migrate_pfs]) as (pool, bus),
+            open_object_store(config) as store,
+        ):
+            service = PfsService(config, pool, store, CommittedFiles(FileIndex(store)))
+            await service.recover_finishing()
+            app[SERVICE] = service
+            app[BUS] = bus
+            yield
 
     app.cleanup_ctx.append(resources)
     app[STOPPING] = asyncio.Event()

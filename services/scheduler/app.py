@@ -12,15 +12,13 @@ from aiohttp import web
 
 from services.scheduler.backends import WorkerBackend
 from services.scheduler.engine import Engine
-from shared import bus as bus_module
 from shared.config import Config, tusk_home
-from shared.db import close_pool, create_pool, migrate_shared
 from shared.errors import InvalidArgument
 from shared.http import add_health_routes, error_middleware
 from shared.objstore import open_object_store
-from shared.outbox import OutboxRelay
 from shared.pfs_client import PfsClient
 from shared.pps.store import migrate_pps
+from shared.service_resources import core_resources
 
 VERSION = "0.1.0"
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
@@ -58,33 +56,27 @@ def build_app(config: Config, backend: WorkerBackend | None = None) -> web.Appli
     app.add_routes(routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(config)
+        workers = backend or make_backend(config)
         try:
-            await migrate_shared(pool)
-            await migrate_pps(pool)
-            bus = await bus_module.connect(config, name="tusk-scheduler")
-            workers = backend or make_backend(config)
-            try:
-                await bus.ensure_streams()
-                async with (
-                    PfsClient(config.pfs_url) as pfs,
-                    open_object_store(config) as objects,
-                    OutboxRelay(pool, bus),
-                ):
-                    engine = Engine(config, pool, bus, pfs, objects, workers)
-                    app[ENGINE] = engine
-                    task = asyncio.create_task(engine.run(), name="scheduler-engine")
-                    try:
-                        yield
-                    finally:
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
-            finally:
-                await workers.close()
-                await bus.close()
+            async with (
+                core_resources(config, name="tusk-scheduler", migrations=[migrate_pps]) as (
+                    pool,
+                    bus,
+                ),
+                PfsClient(config.pfs_url) as pfs,
+                open_object_store(config) as objects,
+            ):
+                engine = Engine(config, pool, bus, pfs, objects, workers)
+                app[ENGINE] = engine
+                task = asyncio.create_task(engine.run(), name="scheduler-engine")
+                try:
+                    yield
+                finally:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
         finally:
-            await close_pool(pool)
+            await workers.close()
 
     app.cleanup_ctx.append(resources)
 

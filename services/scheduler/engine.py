@@ -461,8 +461,12 @@ class Engine:
                 for c in last.input_commits
             }
             baseline = Baseline(last.pipeline_version, base_roots, {}, current_count)
-        if baseline is not None and can_plan_incrementally(
-            spec, job.pipeline_version, baseline, reprocess
+        # A restarted datum is not among the changed paths: compare every datum instead.
+        restart = job.trigger.startswith("restart:")
+        if (
+            baseline is not None
+            and not restart
+            and can_plan_incrementally(spec, job.pipeline_version, baseline, reprocess)
         ):
 
             async def current_of(ids: list[str]) -> dict[str, tuple[str, str | None]]:
