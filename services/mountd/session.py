@@ -1,129 +1,28 @@
-"""The FUSE session: mount the tree, serve the kernel's requests in this asyncio loop, unmount.
+"""mountd's FUSE session: the shared one (``shared/fuse_session.py``), mounted as ``tusk``.
 
-pyfuse3 runs on trio by default; its asyncio mode (``pyfuse3.asyncio.enable()``) runs
-the same request loop as asyncio tasks, so the FUSE handlers, the aiohttp API, the
-PFS client and the caches all share one event loop and need no thread bridge.
-pyfuse3 holds one session per process, hence one mount point: mountd mounts the
-mount root once and shows each named mount as a directory beneath it.
+Kept as mountd's name for it, so mountd's modules and tests import from their own
+service; the code lives in shared/ because the datum worker mounts its lazy inputs
+with the same session.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import shutil
-import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
+from shared.fuse_session import (
+    MAX_WORKERS,
+    force_unmount,
+    fuse_session,
+    fuse_unavailable_reason,
+    is_mounted,
+    mount_options,
+    tusk_mount_points,
+)
 
-import pyfuse3
-import pyfuse3.asyncio
-
-from shared.errors import FailedPrecondition, Unavailable
-
-log = logging.getLogger("tusk.mountd.session")
-
-# Requests served at once: concurrent readers each hold a worker while they wait on PFS.
-MAX_WORKERS = 64
-
-
-def fuse_unavailable_reason() -> str | None:
-    """Why FUSE mounts cannot work here, or None if they can."""
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse does not exist"
-    if shutil.which("fusermount3") is None and os.geteuid() != 0:
-        return "fusermount3 is not installed and we are not root"
-    return None
-
-
-def mount_options(*, allow_other: bool) -> set[str]:
-    options = {"fsname=tusk", "subtype=tusk", "default_permissions"}
-    if allow_other:
-        options.add("allow_other")
-    return options
-
-
-def is_mounted(path: str | Path) -> bool:
-    """Whether ``path`` is a mount point (per /proc/self/mountinfo)."""
-    target = os.path.realpath(path)
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
-            for line in mounts:
-                fields = line.split()
-                if len(fields) > 4 and _unescape(fields[4]) == target:
-                    return True
-    except OSError:
-        return False
-    return False
-
-
-def tusk_mount_points() -> list[str]:
-    """Every Tusk FUSE mount point of this machine's mount namespace."""
-    found = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
-        for line in mounts:
-            before, _, after = line.partition(" - ")
-            fields, tail = before.split(), after.split()
-            if tail and tail[0] == "fuse.tusk" and len(fields) > 4:
-                found.append(_unescape(fields[4]))
-    return found
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal.
-    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(code, char)
-    return field
-
-
-def force_unmount(path: str | Path, *, lazy: bool = True) -> bool:
-    """Detach a FUSE mount (``fusermount3 -u [-z]``); True if it was mounted."""
-    if not is_mounted(path):
-        return False
-    command = ["fusermount3", "-u", *(["-z"] if lazy else []), str(path)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0 and is_mounted(path):
-        raise FailedPrecondition(f"cannot unmount {path}: {result.stderr.strip()}")
-    return True
-
-
-@asynccontextmanager
-async def fuse_session(
-    operations: pyfuse3.Operations, mountpoint: str | Path
-) -> AsyncIterator[asyncio.Task[None]]:
-    """Mount ``operations`` at ``mountpoint`` and serve it until the block ends.
-
-    Yields the serving task: it ends by itself if someone unmounts the tree from
-    outside (``fusermount3 -u``), which foreground mounts wait for.
-    """
-    reason = fuse_unavailable_reason()
-    if reason is not None:
-        raise Unavailable(f"cannot mount at {mountpoint}: {reason}")
-    mountpoint = Path(mountpoint)
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    if is_mounted(mountpoint):
-        # A mount left by a process that died: nothing can serve it any more.
-        log.warning("detaching stale mount at %s", mountpoint)
-        force_unmount(mountpoint)
-    pyfuse3.asyncio.enable()
-    try:
-        pyfuse3.init(operations, str(mountpoint), mount_options(allow_other=os.geteuid() == 0))
-    except RuntimeError as exc:
-        raise Unavailable(f"cannot mount at {mountpoint}: {exc}") from None
-    serving = asyncio.create_task(pyfuse3.main(max_tasks=MAX_WORKERS), name="fuse-main")
-    log.info("FUSE tree mounted at %s", mountpoint)
-    try:
-        yield serving
-    finally:
-        if not serving.done():
-            pyfuse3.terminate()
-        try:
-            await serving
-        except Exception:
-            log.exception("the FUSE request loop failed")
-        finally:
-            # Unmounts too; lazily detached by libfuse if a process still uses the tree.
-            pyfuse3.close(unmount=True)
-            log.info("FUSE tree at %s unmounted", mountpoint)
+__all__ = [
+    "MAX_WORKERS",
+    "force_unmount",
+    "fuse_session",
+    "fuse_unavailable_reason",
+    "is_mounted",
+    "mount_options",
+    "tusk_mount_points",
+]

@@ -2,7 +2,11 @@
 
 1. **Materialise**: each input file is streamed from the chunk store to
    ``<scratch>/pfs/<input name>/<path>`` (``empty_files`` inputs get empty files, as
-   in Pachyderm). ``lazy`` inputs are materialised too for now: see ``_materialise``.
+   in Pachyderm). ``lazy`` inputs are not copied when the worker has a lazy-input
+   tree (``lazy_fs.LazyInputs``): their files are registered in it for the datum's
+   run and ``<tree>/<datum dir>/<input name>`` is bound read-only at
+   ``/pfs/<input name>``, so the command's reads fetch only the chunks they touch.
+   Without a tree (no FUSE here, or pod sandboxes) lazy inputs are copied.
 2. **Run** the transform's ``cmd`` in the bubblewrap sandbox (``sandbox.Sandbox``)
    with its stdin lines and the datum environment. If it fails and ``err_cmd`` is
    set, ``err_cmd`` runs in the same sandbox; its success makes the datum
@@ -23,14 +27,16 @@ one of the datum's tries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.scheduler.sandbox import Sandbox, SandboxRun
 from services.scheduler.tasks import DatumResult, DatumState, DatumTask, DatumTaskInput
@@ -39,6 +45,10 @@ from shared.errors import InvalidArgument
 from shared.file_entries import to_index_entry
 from shared.file_index import FileIndex
 from shared.objstore import ObjectStore
+
+if TYPE_CHECKING:
+    # Only a type here: importing lazy_fs needs pyfuse3, which a worker may lack.
+    from services.scheduler.lazy_fs import LazyDatum, LazyInputs
 
 # Reads and writes at least this big leave the event loop for a thread.
 _THREAD_IO_MIN = 256 << 10
@@ -66,13 +76,15 @@ async def run_datum(
     cache: ChunkCache | None = None,
     sandbox: Sandbox | None = None,
     index: FileIndex | None = None,
+    lazy: LazyInputs | None = None,
 ) -> DatumResult:
     """Run one datum and return its result; on success its ``/pfs/out`` is stored.
 
     ``workdir`` is the worker's scratch directory: the datum works in a fresh
     directory under it, removed at the end. ``cache`` shares input chunks between
     datums; ``index`` (a ``FileIndex`` over ``store``) is reused across datums when
-    given, which saves its set-up per datum.
+    given, which saves its set-up per datum. ``lazy`` is the worker's lazy-input tree:
+    with it, ``lazy`` inputs are served from the chunk store instead of copied.
     """
     started = time.monotonic()
     sandbox = sandbox if sandbox is not None else Sandbox()
@@ -83,25 +95,13 @@ async def run_datum(
         pfs = scratch / "pfs"
         out = pfs / "out"
         out.mkdir(parents=True)
-        download_bytes = await _materialise(store, task.inputs, pfs, cache)
-        inputs = {item.name: pfs / item.name for item in task.inputs}
-        env = sandbox.environment(_datum_env(task))
         logs: list[str] = []
-        first = await sandbox.run(
-            sandbox.argv(task.cmd, inputs=inputs, out=out), task.stdin, env, task.datum_timeout
-        )
-        logs.append(first.logs)
-        outcome = _outcome(first, task.datum_timeout)
-        if outcome.state == "FAILED" and task.err_cmd:
-            logs.append(f"\n[tusk] {outcome.error}; running err_cmd\n")
-            recovery = await sandbox.run(
-                sandbox.argv(task.err_cmd, inputs=inputs, out=out),
-                task.err_stdin,
-                env,
-                task.datum_timeout,
-            )
-            logs.append(recovery.logs)
-            outcome = _recovery_outcome(outcome, recovery, task.datum_timeout)
+        with _serve_lazy(lazy, task.inputs) as served:
+            directory = lazy.path(served) if lazy is not None and served is not None else None
+            inputs, download_bytes = await _materialise(store, task.inputs, pfs, cache, directory)
+            outcome = await _run_command(sandbox, task, inputs, out, logs)
+            # Lazy bytes count as downloaded when the command reads them.
+            download_bytes += served.bytes_read if served is not None else 0
         root, files, size, upload = None, 0, 0, 0
         if outcome.state == "SUCCESS":
             root, files, size, upload = await _collect_output(store, out, logs, index)
@@ -120,6 +120,29 @@ async def run_datum(
         )
     finally:
         await _remove_tree(scratch, small=small)
+
+
+async def _run_command(
+    sandbox: Sandbox, task: DatumTask, inputs: Mapping[str, Path], out: Path, logs: list[str]
+) -> _Outcome:
+    """Run ``cmd``, and ``err_cmd`` if it failed; their logs go to ``logs``."""
+    env = sandbox.environment(_datum_env(task))
+    first = await sandbox.run(
+        sandbox.argv(task.cmd, inputs=inputs, out=out), task.stdin, env, task.datum_timeout
+    )
+    logs.append(first.logs)
+    outcome = _outcome(first, task.datum_timeout)
+    if outcome.state == "FAILED" and task.err_cmd:
+        logs.append(f"\n[tusk] {outcome.error}; running err_cmd\n")
+        recovery = await sandbox.run(
+            sandbox.argv(task.err_cmd, inputs=inputs, out=out),
+            task.err_stdin,
+            env,
+            task.datum_timeout,
+        )
+        logs.append(recovery.logs)
+        outcome = _recovery_outcome(outcome, recovery, task.datum_timeout)
+    return outcome
 
 
 async def _remove_tree(path: Path, *, small: bool) -> None:
@@ -153,19 +176,48 @@ def _relative(path: str) -> str:
     return "/".join(parts)
 
 
-async def _materialise(
-    store: ObjectStore, inputs: Sequence[DatumTaskInput], pfs: Path, cache: ChunkCache | None
-) -> int:
-    """Write every input's files under ``pfs/<name>``; return the bytes downloaded.
+def _served_lazily(item: DatumTaskInput) -> bool:
+    # empty_files shows names only: empty files on disk cost less than a mount.
+    return item.lazy and not item.empty_files
 
-    Seam for lazy inputs: a ``lazy`` input could be a FUSE mount of its files instead
-    of a copy (mountd's reader), bound at the same place. Until that is wired, lazy
-    inputs are copied like the others, which is correct, only slower for datums that
-    read a fraction of big files.
+
+@contextlib.contextmanager
+def _serve_lazy(
+    lazy: LazyInputs | None, inputs: Sequence[DatumTaskInput]
+) -> Iterator[LazyDatum | None]:
+    """The datum's directory in the lazy-input tree for the block, holding its lazy
+    inputs (``None`` when there is no tree or no lazy input); removed after."""
+    chosen = [item for item in inputs if _served_lazily(item)]
+    if lazy is None or not chosen:
+        yield None
+        return
+    files = {
+        item.name: [(_relative(file.path), file.entry) for file in item.files] for item in chosen
+    }
+    with lazy.datum(files) as directory:
+        yield directory
+
+
+async def _materialise(
+    store: ObjectStore,
+    inputs: Sequence[DatumTaskInput],
+    pfs: Path,
+    cache: ChunkCache | None,
+    served: Path | None,
+) -> tuple[dict[str, Path], int]:
+    """Place every input; return (input name → host directory to bind, bytes downloaded).
+
+    Inputs in ``served`` (the datum's directory in the lazy-input tree) are bound from
+    there and nothing of them is downloaded now; the others are written under
+    ``pfs/<name>``.
     """
+    places: dict[str, Path] = {}
     jobs: list[tuple[Path, FileEntry | None]] = []
     for item in inputs:
-        root = pfs / item.name
+        if served is not None and _served_lazily(item):
+            places[item.name] = served / item.name
+            continue
+        root = places[item.name] = pfs / item.name
         root.mkdir()
         for file in item.files:
             target = root / _relative(file.path)
@@ -173,9 +225,11 @@ async def _materialise(
     directories = {target.parent for target, _ in jobs}
     for directory in sorted(directories):
         directory.mkdir(parents=True, exist_ok=True)
+    if not jobs:
+        return places, 0
     if len(jobs) == 1:
         target, entry = jobs[0]
-        return await _write_file(store, target, entry, cache)
+        return places, await _write_file(store, target, entry, cache)
     limit = asyncio.Semaphore(_MATERIALISE_CONCURRENCY)
 
     async def bounded(target: Path, entry: FileEntry | None) -> int:
@@ -184,7 +238,7 @@ async def _materialise(
 
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(bounded(target, entry)) for target, entry in jobs]
-    return sum(done.result() for done in tasks)
+    return places, sum(done.result() for done in tasks)
 
 
 async def _write_file(

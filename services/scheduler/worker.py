@@ -6,21 +6,30 @@ worker killed mid-datum never acks: JetStream redelivers the task to a live
 worker after ``task_ack_wait`` seconds without a heartbeat, and the killed run's
 partial output was never recorded anywhere. Results carry ``Nats-Msg-Id`` =
 job:datum, so a datum's result counts once however often it ran.
+
+Lazy inputs: a worker that runs datums in bubblewrap mounts a lazy-input tree
+(``lazy_fs``) under its scratch directory at start and serves ``lazy: true`` inputs
+from it. Where it cannot (pyfuse3 missing, no ``/dev/fuse``, the mount refused, or
+datums running in a pod's user container, which cannot see a FUSE mount made in the
+worker's), lazy inputs are copied like the others, and the first datum with a lazy
+input logs one warning saying why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import signal
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -38,9 +47,12 @@ from services.scheduler.tasks import (
 from shared.bus import Bus, connect, results_subject, tasks_stream_name, tasks_subject
 from shared.chunking import ChunkCache
 from shared.config import Config, load_config
-from shared.errors import InvalidArgument, NotFound
+from shared.errors import InvalidArgument, NotFound, Unavailable
 from shared.file_index import FileIndex
 from shared.objstore import ObjectStore, open_object_store
+
+if TYPE_CHECKING:
+    from services.scheduler.lazy_fs import LazyInputs
 
 log = logging.getLogger("tusk.worker")
 
@@ -77,6 +89,8 @@ class Worker:
         objects: ObjectStore,
         workdir: Path,
         sandbox: Sandbox | None = None,
+        lazy: LazyInputs | None = None,
+        lazy_unavailable: str | None = None,
     ) -> None:
         self.config = config
         # None: bubblewrap on this machine; a PodSandbox in a Kubernetes worker pod.
@@ -87,6 +101,9 @@ class Worker:
         self.workdir = workdir
         self.cache = ChunkCache(max_bytes=256 << 20)
         self.index = FileIndex(objects)
+        # The lazy-input tree, or why there is none (said once, at the first lazy input).
+        self.lazy = lazy
+        self.lazy_unavailable = lazy_unavailable
 
     async def run(self) -> None:
         sub = await self.bus.js.pull_subscribe(
@@ -112,6 +129,9 @@ class Worker:
             log.error("dropping unreadable task %s: %s", msg.subject, exc)
             await msg.term()
             return
+        if self.lazy is None and self.lazy_unavailable and any(i.lazy for i in task.inputs):
+            log.warning("lazy inputs are copied on this worker: %s", self.lazy_unavailable)
+            self.lazy_unavailable = None
         delivered = msg.metadata.num_delivered or 1
         left = tries - (delivered - 1)
         if left <= 0:
@@ -144,6 +164,7 @@ class Worker:
                 cache=self.cache,
                 index=self.index,
                 sandbox=self.sandbox,
+                lazy=self.lazy,
             )
             left -= 1
             if result.state != "FAILED" or left <= 0:
@@ -174,6 +195,38 @@ def _sandbox() -> Sandbox | None:
     return None
 
 
+def _fuse_unavailable() -> str | None:
+    try:
+        from shared.fuse_session import fuse_unavailable_reason
+    except ImportError:
+        return "pyfuse3 is not installed (the 'fuse' extra)"
+    return fuse_unavailable_reason()
+
+
+@contextlib.asynccontextmanager
+async def lazy_inputs(
+    objects: ObjectStore, cache: ChunkCache, mountpoint: Path, sandbox: Sandbox | None
+) -> AsyncIterator[tuple[LazyInputs | None, str | None]]:
+    """The worker's lazy-input tree mounted at ``mountpoint`` for the block, or
+    ``(None, why not)`` where lazy inputs must be copied instead."""
+    if sandbox is not None:
+        yield None, "datums run in the pod's user container, which cannot see a FUSE mount"
+        return
+    reason = _fuse_unavailable()
+    if reason is not None:
+        yield None, reason
+        return
+    from services.scheduler.lazy_fs import mount_lazy_inputs
+
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            mounted = await stack.enter_async_context(mount_lazy_inputs(objects, cache, mountpoint))
+        except Unavailable as exc:
+            yield None, exc.message
+            return
+        yield mounted, None
+
+
 async def main_async(pipeline: str) -> None:
     config = load_config()
     bus = await connect(config, name=f"tusk-worker-{pipeline}")
@@ -181,14 +234,45 @@ async def main_async(pipeline: str) -> None:
         async with open_object_store(config) as objects:
             with tempfile.TemporaryDirectory(prefix=f"tusk-worker-{pipeline}-") as workdir:
                 worker = Worker(config, pipeline, bus, objects, Path(workdir), _sandbox())
-                task = asyncio.create_task(worker.run())
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, task.cancel)
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # Unmounted before the scratch directory holding it is removed.
+                async with lazy_inputs(
+                    objects, worker.cache, Path(workdir) / "lazy", worker.sandbox
+                ) as (lazy, why_not):
+                    worker.lazy, worker.lazy_unavailable = lazy, why_not
+                    task = asyncio.create_task(worker.run())
+                    loop = asyncio.get_running_loop()
+                    for sig in (signal.SIGTERM, signal.SIGINT):
+                        loop.add_signal_handler(sig, task.cancel)
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
     finally:
         await bus.close()
+
+
+_CLONE_NEWNS = 0x00020000
+_MS_REC = 0x4000
+_MS_PRIVATE = 1 << 18
+
+
+def private_mount_namespace() -> bool:
+    """Move this process into a mount namespace of its own whose mounts do not
+    propagate to the host; True if it did.
+
+    The lazy-input tree is then mounted only there: sandboxes started by this worker
+    inherit it, and when the worker dies, even by SIGKILL, the namespace and the mount
+    go with it instead of leaving a dead FUSE mount on the machine. Needs
+    CAP_SYS_ADMIN, and must run before any thread starts (threads made earlier would
+    stay in the old namespace). Without it the tree is mounted in the host's namespace.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWNS) != 0:
+        return False
+    if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        # Still shared with the host: mounts would leak out, which is the old behaviour.
+        log.warning("mount namespace not made private: %s", os.strerror(ctypes.get_errno()))
+    return True
 
 
 def main() -> None:
@@ -196,6 +280,7 @@ def main() -> None:
     if len(sys.argv) != 2:
         print("usage: python -m services.scheduler.worker PIPELINE", file=sys.stderr)
         raise SystemExit(2)
+    private_mount_namespace()
     asyncio.run(main_async(sys.argv[1]))
 
 
