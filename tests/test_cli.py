@@ -19,7 +19,6 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
-from shared.cli import session
 from shared.cli.args import parse_target, writable_branch
 from shared.cli.errors import error_line
 from shared.cli.file_commands import local_path_for
@@ -28,7 +27,7 @@ from shared.cli.output import format_table, human_duration, human_size, relative
 from shared.cli.progress import Progress
 from shared.cli.sources import plan_uploads
 from shared.errors import InvalidArgument, NotFound
-from shared.pfs_models import CommitInfo, PutResult
+from shared.pfs_client import PfsClient
 from tests.fixtures.servers import free_port
 
 TUSK = Path(sys.executable).parent / "tusk"
@@ -252,103 +251,6 @@ def test_version_prints_the_package_version(runner: CliRunner) -> None:
 
 
 # --- commands over a fake client (no server) ---------------------------------------------------
-
-
-def _commit(n: int, *, finished: bool = True) -> CommitInfo:
-    stamp = (datetime.now(UTC) - timedelta(seconds=30)).isoformat()
-    return CommitInfo(
-        id=f"{n:032x}",
-        repo="images",
-        branch="master",
-        parent=f"{n - 1:032x}" if n else None,
-        state="finished" if finished else "open",
-        started=stamp,
-        finished=stamp if finished else None,
-        size_bytes=1536 * n,
-        description=f"commit {n}",
-    )
-
-
-class FakePfs:
-    """Just enough of PfsClient for the adapters: pages of commits and a put that drains."""
-
-    def __init__(self, commits: list[CommitInfo]) -> None:
-        self.commits = commits
-        self.pages_asked = 0
-        self.uploaded: dict[str, bytes] = {}
-        self.put_args: dict[str, Any] = {}
-
-    async def list_commits(
-        self, repo: str, branch: str | None = None, *, limit: int = 100, before: str | None = None
-    ) -> tuple[list[CommitInfo], str | None]:
-        self.pages_asked += 1
-        start = int(before) if before else 0
-        end = start + limit
-        return self.commits[start:end], (str(end) if end < len(self.commits) else None)
-
-    async def iter_commits(
-        self, repo: str, branch: str | None = None, *, page: int = 100
-    ) -> AsyncIterator[CommitInfo]:
-        cursor: str | None = None
-        while True:
-            commits, cursor = await self.list_commits(repo, branch, limit=page, before=cursor)
-            for commit in commits:
-                yield commit
-            if cursor is None:
-                return
-
-    async def put_files(
-        self,
-        repo: str,
-        branch: str,
-        files: AsyncIterator[tuple[str, AsyncIterator[bytes]]],
-        *,
-        append: bool = False,
-    ) -> PutResult:
-        self.put_args = {"repo": repo, "branch": branch, "append": append}
-        async for path, blocks in files:
-            self.uploaded[path] = b"".join([b async for b in blocks])
-        return PutResult(_commit(1), len(self.uploaded), sum(map(len, self.uploaded.values())))
-
-    async def close(self) -> None:
-        pass
-
-
-@pytest.fixture
-def fake_pfs(monkeypatch: pytest.MonkeyPatch) -> FakePfs:
-    fake = FakePfs([_commit(n) for n in range(250, 0, -1)])
-    monkeypatch.setattr(session, "open_pfs", lambda: fake)
-    return fake
-
-
-def test_list_commit_json_walks_every_page(fake_pfs: FakePfs) -> None:
-    result = CliRunner().invoke(cli, ["list", "commit", "images@master", "-o", "json"])
-    assert result.exit_code == 0, result.stderr
-    rows = json.loads(result.stdout)
-    assert len(rows) == 250 and fake_pfs.pages_asked == 3
-    assert {"id", "branch", "parent", "started", "finished", "size_bytes", "provenance"} <= set(
-        rows[0]
-    )
-
-
-def test_list_commit_limit_caps_and_stops_paging(fake_pfs: FakePfs) -> None:
-    result = CliRunner().invoke(cli, ["list", "commit", "images", "--limit", "5"])
-    assert result.exit_code == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0].split() == ["REPO", "BRANCH", "COMMIT", "FINISHED", "SIZE", "DESCRIPTION"]
-    assert len(lines) == 6 and fake_pfs.pages_asked == 1
-    assert f"{250:032x}" in lines[1] and "30 seconds ago" in lines[1] and "375.0 KiB" in lines[1]
-
-
-def test_put_file_streams_every_source_in_one_request(fake_pfs: FakePfs, local_tree: Path) -> None:
-    big = local_tree / "big.bin"
-    big.write_bytes(os.urandom(3 * (1 << 20) + 7))
-    args = ["put", "file", "images@dev:/in/", "-f", str(big), "-f", str(local_tree / "one.csv")]
-    result = CliRunner().invoke(cli, [*args, "--append"])
-    assert result.exit_code == 0, result.stderr
-    assert fake_pfs.put_args == {"repo": "images", "branch": "dev", "append": True}
-    assert fake_pfs.uploaded == {"/in/big.bin": big.read_bytes(), "/in/one.csv": b"1"}
-    assert result.stderr == ""  # no progress bar when stderr is not a terminal
 
 
 # --- end to end: the console script against a live PFS ----------------------------------------
@@ -622,3 +524,25 @@ async def test_unreachable_cluster_is_one_line_suggesting_tusk_up(tmp_path: Path
         pytest.skip("the tusk console script is not installed (pip install -e .)")
     tusk = Tusk(_tusk_env(tmp_path, f"http://127.0.0.1:{free_port()}"), tmp_path)
     assert "tusk up" in await tusk.fails("list", "repo")
+
+
+async def test_list_commit_walks_every_page_and_limit_caps(tusk: Tusk, pfs_url: str) -> None:
+    await tusk.ok("create", "repo", "images")
+    async with PfsClient(pfs_url) as client:
+        for n in range(205):  # more than two pages of 100
+            await client.put_files("images", "master", _one_file(f"/f{n}", b"x" * n))
+    rows = (await tusk.ok("list", "commit", "images@master", "-o", "json")).json()
+    assert len(rows) == 205 and len({row["id"] for row in rows}) == 205
+    assert {"id", "branch", "parent", "started", "finished", "size_bytes", "provenance"} <= set(
+        rows[0]
+    )
+    lines = (await tusk.ok("list", "commit", "images", "--limit", "5")).text.splitlines()
+    assert lines[0].split() == ["REPO", "BRANCH", "COMMIT", "FINISHED", "SIZE", "DESCRIPTION"]
+    assert len(lines) == 6 and rows[0]["id"] in lines[1]
+
+
+async def _one_file(path: str, data: bytes) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+    async def blocks() -> AsyncIterator[bytes]:
+        yield data
+
+    yield path, blocks()

@@ -59,9 +59,24 @@ def main(argv: list[str] | None = None) -> int:
             access_log=None,
         )
         return 0
-    except TuskError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+    except (TuskError, BaseExceptionGroup) as exc:
+        error = _first_tusk_error(exc)
+        if error is None:
+            raise
+        print(f"error: {error.message}", file=sys.stderr)
         return 1
+
+
+def _first_tusk_error(exc: BaseException) -> TuskError | None:
+    """The error to show: errors raised in the mount's task group arrive grouped."""
+    if isinstance(exc, TuskError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_tusk_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from shared.cli import (
     cluster_commands,
     commit_commands,
     file_commands,
+    mount_commands,
     pipeline_commands,
     repo_commands,
 )
@@ -119,7 +120,11 @@ def _build() -> None:
             groups[verb].add_command(command)
     for group in groups.values():
         cli.add_command(group)
-    for command in [*pipeline_commands.TOP_LEVEL, *cluster_commands.COMMANDS]:
+    for command in [
+        *pipeline_commands.TOP_LEVEL,
+        *mount_commands.COMMANDS,
+        *cluster_commands.COMMANDS,
+    ]:
         cli.add_command(command)
 
 
