@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
+from services.scheduler.backends.pod_sandbox import PodSandbox
 from services.scheduler.datum_runner import run_datum
 from services.scheduler.sandbox import bwrap_available
 from services.scheduler.tasks import DatumResult, DatumTask, DatumTaskFile, DatumTaskInput
+from services.scheduler.worker import lazy_inputs
 from shared.chunking import ChunkCache, write_files
 from shared.file_entries import from_index_entry
 from shared.file_index import FileIndex
@@ -48,7 +50,7 @@ def _skip_reason() -> str | None:
 
 
 SKIP_REASON = _skip_reason()
-pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=f"no lazy inputs: {SKIP_REASON}")
+needs_fuse = pytest.mark.skipif(SKIP_REASON is not None, reason=f"no lazy inputs: {SKIP_REASON}")
 
 if SKIP_REASON is None:
     from services.scheduler.lazy_fs import LazyInputs, mount_lazy_inputs
@@ -130,6 +132,7 @@ async def datum_directories(lazy: LazyInputs, timeout: float = 5) -> list[str]:
     return seen
 
 
+@needs_fuse
 async def test_reading_4k_of_a_64mib_lazy_file_fetches_only_its_chunks(
     store: CountingStore, workdir: Path, lazy: LazyInputs
 ) -> None:
@@ -163,6 +166,7 @@ async def test_reading_4k_of_a_64mib_lazy_file_fetches_only_its_chunks(
     assert await asyncio.to_thread(os.listdir, workdir) == []
 
 
+@needs_fuse
 async def test_copied_input_for_comparison_downloads_everything(
     store: CountingStore, workdir: Path
 ) -> None:
@@ -180,6 +184,7 @@ async def test_copied_input_for_comparison_downloads_everything(
     assert result.download_bytes == len(data)
 
 
+@needs_fuse
 async def test_lazy_input_is_read_only_in_the_sandbox_and_in_the_tree(
     store: CountingStore, workdir: Path, lazy: LazyInputs
 ) -> None:
@@ -223,6 +228,7 @@ async def test_lazy_input_is_read_only_in_the_sandbox_and_in_the_tree(
         assert await asyncio.to_thread(target.read_bytes) == b"keep me"
 
 
+@needs_fuse
 async def test_ls_cat_md5sum_and_sizes_of_lazy_files(
     store: CountingStore, workdir: Path, lazy: LazyInputs
 ) -> None:
@@ -263,6 +269,7 @@ async def test_ls_cat_md5sum_and_sizes_of_lazy_files(
         assert again[name] == out[name]
 
 
+@needs_fuse
 async def test_datum_files_leave_the_tree_when_the_datum_ends(
     store: CountingStore, workdir: Path, lazy: LazyInputs
 ) -> None:
@@ -294,6 +301,7 @@ async def test_datum_files_leave_the_tree_when_the_datum_ends(
     assert await asyncio.to_thread(os.listdir, workdir) == []
 
 
+@needs_fuse
 async def test_lazy_and_copied_inputs_mix_in_one_datum(
     store: CountingStore, workdir: Path, lazy: LazyInputs
 ) -> None:
@@ -309,6 +317,22 @@ async def test_lazy_and_copied_inputs_mix_in_one_datum(
     assert out["/both"] == b"lazy sidecopied side"
     assert out["/fuse"] == b"1\n"
     assert out["/right"] == b"0\n"
+
+
+@pytest.mark.skipif(bwrap_available() is not None, reason=f"no sandbox: {bwrap_available()}")
+async def test_without_a_tree_lazy_inputs_are_copied_and_the_worker_says_why(
+    store: CountingStore, workdir: Path
+) -> None:
+    # Pod sandboxes cannot see a FUSE mount made in the worker's container.
+    async with lazy_inputs(store, ChunkCache(), workdir / "lazy", PodSandbox()) as (tree, why):
+        assert tree is None
+        assert why is not None and "pod" in why
+    source = await make_input(store, {"/a.txt": b"still here"})
+    result = await run_datum(
+        store, make_task([source], "cat /pfs/in/a.txt > /pfs/out/a"), workdir=workdir, lazy=tree
+    )
+    assert await outputs(store, result) == {"/a": b"still here"}
+    assert result.download_bytes == len(b"still here")
 
 
 # -- end to end -------------------------------------------------------------------------
@@ -331,6 +355,7 @@ def _md5_spec(name: str, *, lazy: bool) -> dict[str, Any]:
     }
 
 
+@needs_fuse
 async def test_lazy_pipeline_outputs_equal_copied_pipeline_outputs(cluster: Cluster) -> None:
     from tests.test_pipelines import files, wait_for_jobs
 
