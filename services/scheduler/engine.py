@@ -100,6 +100,7 @@ MAX_LOG_LINES = 10_000
 DRIVE_INTERVAL_S = 1.0
 RECONCILE_INTERVAL_S = 2.0
 CRON_INTERVAL_S = 1.0
+PUBLISH_BATCH = 256
 
 
 class Engine:
@@ -155,11 +156,13 @@ class Engine:
         stream: str,
         subject: str,
         durable: str,
-        handle: Callable[[bytes], Awaitable[None]],
+        handle: Callable[[list[bytes]], Awaitable[None]],
         *,
         deliver_new: bool = False,
     ) -> None:
-        """Handle each message of a durable pull consumer, acking after ``handle`` returns."""
+        """Handle the messages of a durable pull consumer a batch at a time, acking them once
+        ``handle`` returns; a ``TuskError`` leaves the batch for redelivery (handlers are
+        idempotent)."""
         config = ConsumerConfig(
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
@@ -176,13 +179,13 @@ class Engine:
                     msgs = await sub.fetch(batch=50, timeout=1.0)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
+                try:
+                    await handle([msg.data for msg in msgs])
+                except TuskError as exc:
+                    # Left unacked: redelivered after ack_wait, when the cause may be gone.
+                    log.warning("%s: %s; will retry", durable, exc.message)
+                    continue
                 for msg in msgs:
-                    try:
-                        await handle(msg.data)
-                    except TuskError as exc:
-                        # Left unacked: redelivered after ack_wait, when the cause may be gone.
-                        log.warning("%s: %s; will retry", durable, exc.message)
-                        continue
                     await msg.ack()
         finally:
             with contextlib.suppress(Exception):
@@ -190,7 +193,11 @@ class Engine:
 
     async def _consume_commits(self) -> None:
         subject = subject_filter(self.config.nats_prefix, "commit.finished")
-        await self._pull(self.config.stream_name, subject, "scheduler-commits", self._on_commit)
+        await self._pull(self.config.stream_name, subject, "scheduler-commits", self._on_commits)
+
+    async def _on_commits(self, batch: list[bytes]) -> None:
+        for data in batch:
+            await self._on_commit(data)
 
     async def _on_commit(self, data: bytes) -> None:
         event = Event.from_bytes(data)
@@ -222,7 +229,7 @@ class Engine:
     async def _consume_pipeline_events(self) -> None:
         subject = subject_filter(self.config.nats_prefix, "pipeline.updated")
 
-        async def changed(_data: bytes) -> None:
+        async def changed(_batch: list[bytes]) -> None:
             self._reconcile.set()
             self.wake()
 
@@ -233,31 +240,35 @@ class Engine:
     async def _consume_results(self) -> None:
         subject = f"{self.config.nats_prefix}.results.>"
         await self._pull(
-            results_stream_name(self.config), subject, "scheduler-results", self._on_result
+            results_stream_name(self.config), subject, "scheduler-results", self._on_results
         )
 
-    async def _on_result(self, data: bytes) -> None:
-        body = json.loads(data)
-        result = DatumResult.from_json(body["result"])
+    async def _on_results(self, batch: list[bytes]) -> None:
+        """Record a batch of datum results in one transaction (a duplicate changes nothing)."""
+        applied_any = False
         async with self.pool.acquire() as conn, conn.transaction():
-            applied = await store.record_datum_result(
-                conn,
-                body["job_id"],
-                body["datum_id"],
-                state=result.state,
-                output_root=result.output_root,
-                output_files=result.output_files,
-                output_bytes=result.output_bytes,
-                attempts=int(body.get("attempts", 1)),
-                error=result.error,
-                seconds=result.seconds,
-            )
-            if applied and result.logs:
-                lines = result.logs.splitlines()[:MAX_LOG_LINES]
-                await store.insert_logs(
-                    conn, body["pipeline"], body["job_id"], body["datum_id"], lines
+            for data in batch:
+                body = json.loads(data)
+                result = DatumResult.from_json(body["result"])
+                applied = await store.record_datum_result(
+                    conn,
+                    body["job_id"],
+                    body["datum_id"],
+                    state=result.state,
+                    output_root=result.output_root,
+                    output_files=result.output_files,
+                    output_bytes=result.output_bytes,
+                    attempts=int(body.get("attempts", 1)),
+                    error=result.error,
+                    seconds=result.seconds,
                 )
-        if applied:
+                if applied and result.logs:
+                    lines = result.logs.splitlines()[:MAX_LOG_LINES]
+                    await store.insert_logs(
+                        conn, body["pipeline"], body["job_id"], body["datum_id"], lines
+                    )
+                applied_any = applied_any or applied
+        if applied_any:
             self.wake()
 
     # Workers
@@ -424,9 +435,15 @@ class Engine:
             job.id, spec.name, plan.total, len(plan.to_run), plan.skipped, len(plan.removed),
             "incremental" if plan.incremental else "full",
         )  # fmt: skip
-        for datum, _digest in plan.to_run:
-            if datum.id in pending:
-                await self._publish_task(spec, job.id, output_commit, datum)
+        to_publish = [datum for datum, _digest in plan.to_run if datum.id in pending]
+        # Publishes overlap (each still waits for JetStream's ack), so workers get tasks fast.
+        for start in range(0, len(to_publish), PUBLISH_BATCH):
+            await asyncio.gather(
+                *(
+                    self._publish_task(spec, job.id, output_commit, datum)
+                    for datum in to_publish[start : start + PUBLISH_BATCH]
+                )
+            )
         if not pending:
             self.wake()
 

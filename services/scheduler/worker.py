@@ -100,6 +100,7 @@ class Worker:
         self.objects = objects
         self.workdir = workdir
         self.cache = ChunkCache(max_bytes=256 << 20)
+        self.concurrency = max(1, int(os.environ.get("TUSK_WORKER_CONCURRENCY", "2")))
         self.index = FileIndex(objects)
         # The lazy-input tree, or why there is none (said once, at the first lazy input).
         self.lazy = lazy
@@ -112,14 +113,30 @@ class Worker:
             stream=tasks_stream_name(self.config),
             config=worker_consumer_config(self.config, self.pipeline),
         )
-        log.info("worker for %s ready", self.pipeline)
-        while True:
+        log.info("worker for %s ready (%d datums at a time)", self.pipeline, self.concurrency)
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def handle_then_free(msg: Msg) -> None:
             try:
-                msgs = await sub.fetch(batch=1, timeout=5.0)
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue
-            for msg in msgs:
                 await self.handle(msg)
+            finally:
+                slots.release()
+
+        # A few datums in flight per worker overlap one's sandbox with another's storage
+        # and NATS round trips; each datum still runs alone in its own sandbox.
+        async with asyncio.TaskGroup() as group:
+            while True:
+                await slots.acquire()
+                try:
+                    msgs = await sub.fetch(batch=1, timeout=5.0)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    slots.release()
+                    continue
+                except BaseException:
+                    slots.release()
+                    raise
+                for msg in msgs:
+                    group.create_task(handle_then_free(msg))
 
     async def handle(self, msg: Msg) -> None:
         try:
