@@ -22,6 +22,7 @@ from shared.service_resources import core_resources
 
 VERSION = "0.1.0"
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
+ENGINE_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("engine_task", asyncio.Task)
 routes = web.RouteTableDef()
 
 
@@ -69,6 +70,7 @@ def build_app(config: Config, backend: WorkerBackend | None = None) -> web.Appli
                 engine = Engine(config, pool, bus, pfs, objects, workers)
                 app[ENGINE] = engine
                 task = asyncio.create_task(engine.run(), name="scheduler-engine")
+                app[ENGINE_TASK] = task
                 try:
                     yield
                 finally:
@@ -81,7 +83,8 @@ def build_app(config: Config, backend: WorkerBackend | None = None) -> web.Appli
     app.cleanup_ctx.append(resources)
 
     async def ready() -> bool:
-        return ENGINE in app
+        # Not ready once the engine stopped (it only stops on shutdown or a fatal error).
+        return ENGINE in app and ENGINE_TASK in app and not app[ENGINE_TASK].done()
 
     add_health_routes(app, ready, "Tusk scheduler", VERSION)
     return app

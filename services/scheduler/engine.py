@@ -185,6 +185,10 @@ class Engine:
                     # Left unacked: redelivered after ack_wait, when the cause may be gone.
                     log.warning("%s: %s; will retry", durable, exc.message)
                     continue
+                except Exception:
+                    # A bug must not stop the consumer for good: log it, retry the batch later.
+                    log.exception("%s: unexpected error; the batch will be redelivered", durable)
+                    continue
                 for msg in msgs:
                     await msg.ack()
         finally:
@@ -364,6 +368,10 @@ class Engine:
                     await self.progress(job)
                 except TuskError as exc:
                     log.warning("job %s of %s: %s; will retry", job.id, job.pipeline, exc.message)
+                except Exception:
+                    log.exception(
+                        "job %s of %s: unexpected error; will retry", job.id, job.pipeline
+                    )
 
     async def _spec_of(self, job: JobInfo) -> PipelineSpec:
         async with self.pool.acquire() as conn:
