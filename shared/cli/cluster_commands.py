@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import click
 
 from shared.cli.output import echo, echo_json, output_option
@@ -41,6 +39,8 @@ def status(output: str) -> None:
 
 def tusk_version() -> str:
     """The installed package's version."""
+    import importlib.metadata  # slow to import, and only `tusk version` needs it
+
     try:
         return importlib.metadata.version("tusk")
     except importlib.metadata.PackageNotFoundError:

@@ -32,7 +32,6 @@ from shared.config import load_config
 from shared.errors import InvalidArgument, TuskError
 from shared.names import check_name
 from shared.pps.models import DatumInfo, JobInfo, LogLine, PipelineInfo
-from shared.pps.spec import load_spec_documents, parse_pipeline_specs
 from shared.pps_client import PpsClient
 
 T = TypeVar("T")
@@ -114,6 +113,9 @@ def read_spec_text(source: str) -> str:
 def read_specs(source: str) -> list[dict[str, Any]]:
     """Every spec document of a file, each validated; one bad document refuses the whole file."""
     text = read_spec_text(source)
+    # Imported here: YAML and the spec parser are only needed by these commands.
+    from shared.pps.spec import load_spec_documents, parse_pipeline_specs
+
     parse_pipeline_specs(text)
     return load_spec_documents(text)
 
