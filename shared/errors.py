@@ -77,6 +77,25 @@ class Internal(TuskError):
     code = "internal"
 
 
+# File-system refinements (mountd maps each to its errno; over HTTP they are their base).
+
+
+class NotADirectory(InvalidArgument):
+    """Raised when a path is used as a directory but is a file (ENOTDIR)."""
+
+
+class IsADirectory(InvalidArgument):
+    """Raised when a file operation is asked of a directory (EISDIR)."""
+
+
+class NotEmpty(FailedPrecondition):
+    """Raised when a directory that must be empty is not (ENOTEMPTY)."""
+
+
+class ReadOnly(FailedPrecondition):
+    """Raised when a write is asked of something read-only, such as a read-only mount (EROFS)."""
+
+
 ERRORS_BY_CODE: dict[str, type[TuskError]] = {
     cls.code: cls
     for cls in (

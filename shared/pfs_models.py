@@ -7,10 +7,10 @@ Pachyderm user reading ``-o json`` recognises them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.records import from_dict
+from shared.records import Record, from_dict
 
 CommitState = Literal["open", "finishing", "finished"]
 FileType = Literal["file", "dir"]
@@ -18,7 +18,7 @@ ChangeKind = Literal["added", "deleted", "modified"]
 
 
 @dataclass(frozen=True)
-class CommitRef:
+class CommitRef(Record):
     """One commit named with its repo and branch, as provenance lists them."""
 
     repo: str
@@ -28,29 +28,18 @@ class CommitRef:
     def __str__(self) -> str:
         return f"{self.repo}@{self.id}"
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CommitRef:
-        return from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class RepoInfo:
+class RepoInfo(Record):
     name: str
     created: str
     description: str = ""
     size_bytes: int = 0
     branches: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RepoInfo:
-        return from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class BranchInfo:
+class BranchInfo(Record):
     repo: str
     name: str
     head: str | None
@@ -59,16 +48,9 @@ class BranchInfo:
     # "repo@branch" strings of the branches computed from this one.
     subvenance: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BranchInfo:
-        return from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class CommitInfo:
+class CommitInfo(Record):
     id: str
     repo: str
     branch: str | None
@@ -85,9 +67,6 @@ class CommitInfo:
     # Root of the commit's file index in the object store (data-plane readers use it).
     index_root: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CommitInfo:
         values = dict(data)
@@ -96,7 +75,7 @@ class CommitInfo:
 
 
 @dataclass(frozen=True)
-class FileInfo:
+class FileInfo(Record):
     path: str
     type: FileType
     size_bytes: int
@@ -106,25 +85,15 @@ class FileInfo:
     file_count: int = 1
     commit: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FileInfo:
-        return from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class FileChange:
+class FileChange(Record):
     """One path that differs between two commits."""
 
     path: str
     change: ChangeKind
     old: FileInfo | None
     new: FileInfo | None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FileChange:
@@ -139,7 +108,7 @@ class FileChange:
 
 
 @dataclass(frozen=True)
-class PutResult:
+class PutResult(Record):
     """What a put/delete/copy did: the commit it landed in and how much it wrote."""
 
     commit: CommitInfo

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import Any, TypeVar
+from dataclasses import asdict, fields
+from typing import Any, Self, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -13,3 +13,17 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     fields do not break an older client."""
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class Record:
+    """Base of the API's frozen dataclass records: ``to_json`` and a tolerant ``from_json``.
+
+    Records with nested records override ``from_json`` to build those.
+    """
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(cast(Any, self))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return from_dict(cls, data)

@@ -23,19 +23,16 @@ import pyfuse3
 
 from services.mountd.files import BaseFile, BaseReader, LocalFile, Stat
 from services.mountd.listing import DirListing
-from services.mountd.mounts import (
-    IsADirectory,
-    Mount,
-    MountManager,
-    NotADirectory,
-    NotEmpty,
-    ReadOnly,
-)
+from services.mountd.mounts import Mount, MountManager
 from services.mountd.overlay import join
 from shared.errors import (
     AlreadyExists,
     InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotEmpty,
     NotFound,
+    ReadOnly,
     TooLarge,
     TuskError,
 )

@@ -26,7 +26,11 @@ from shared.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotEmpty,
     NotFound,
+    ReadOnly,
     TuskError,
 )
 from shared.mount_client import MountInfo, MountSpec
@@ -38,30 +42,6 @@ log = logging.getLogger("tusk.mountd")
 
 DEFAULT_LIST_PAGE = 1000
 UPLOAD_BLOCK = 1 << 20
-
-
-class NotADirectory(TuskError):
-    """A path was used as a directory but is a file (ENOTDIR)."""
-
-    code = "invalid_argument"
-
-
-class IsADirectory(TuskError):
-    """A file operation was asked of a directory (EISDIR)."""
-
-    code = "invalid_argument"
-
-
-class NotEmpty(TuskError):
-    """A directory that must be empty is not (ENOTEMPTY)."""
-
-    code = "failed_precondition"
-
-
-class ReadOnly(TuskError):
-    """A write was asked of a read-only mount (EROFS)."""
-
-    code = "failed_precondition"
 
 
 class _Gate:

@@ -6,10 +6,10 @@ State names and counters are Pachyderm's (``JOB_SUCCESS``, ``data_processed``,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from shared.records import from_dict
+from shared.records import Record, from_dict
 
 PIPELINE_RUNNING = "PIPELINE_RUNNING"
 PIPELINE_PAUSED = "PIPELINE_PAUSED"
@@ -37,7 +37,7 @@ DATUM_SKIPPED = "SKIPPED"
 
 
 @dataclass(frozen=True)
-class InputCommit:
+class InputCommit(Record):
     """One input commit of a job: the input's name and the commit it read."""
 
     name: str
@@ -45,13 +45,9 @@ class InputCommit:
     branch: str
     id: str
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> InputCommit:
-        return from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class PipelineInfo:
+class PipelineInfo(Record):
     name: str
     version: int
     state: str
@@ -61,16 +57,9 @@ class PipelineInfo:
     reason: str | None = None
     last_job_state: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PipelineInfo:
-        return from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class JobInfo:
+class JobInfo(Record):
     id: str
     pipeline: str
     pipeline_version: int
@@ -92,9 +81,6 @@ class JobInfo:
     def done(self) -> bool:
         return self.state in JOB_DONE
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobInfo:
         values = dict(data)
@@ -105,7 +91,7 @@ class JobInfo:
 
 
 @dataclass(frozen=True)
-class DatumInfo:
+class DatumInfo(Record):
     id: str
     job_id: str
     state: str
@@ -120,26 +106,12 @@ class DatumInfo:
     started: str | None = None
     finished: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DatumInfo:
-        return from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class LogLine:
+class LogLine(Record):
     pipeline: str
     job_id: str
     datum_id: str | None
     ts: str
     message: str
     id: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LogLine:
-        return from_dict(cls, data)
