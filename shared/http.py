@@ -129,6 +129,20 @@ def query_int(request: web.Request, name: str, default: int, *, low: int, high: 
     return value
 
 
+def query_seconds(request: web.Request, name: str) -> float | None:
+    """An optional duration in seconds (e.g. ``?timeout=2.5``); refuses anything else."""
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidArgument(f"query parameter {name}: expected seconds") from None
+    if value < 0:
+        raise InvalidArgument(f"query parameter {name}: must not be negative")
+    return value
+
+
 def openapi_document(app: web.Application, title: str, version: str) -> dict[str, Any]:
     """An OpenAPI 3 document built from the app's routes and their handlers' docstrings."""
     paths: dict[str, dict[str, Any]] = {}

@@ -14,7 +14,7 @@ from shared.chunking import FileEntry
 from shared.errors import InvalidArgument
 from shared.events import CommitFinished, subject_filter
 from shared.filestream import CONTENT_TYPE, FileStreamReader, encode_block, encode_header
-from shared.http import field, query_bool, query_int, read_json
+from shared.http import field, query_bool, query_int, query_seconds, read_json
 from shared.pfs_models import CommitInfo, CommitRef
 
 SERVICE: web.AppKey[PfsService] = web.AppKey("pfs_service", PfsService)
@@ -178,11 +178,7 @@ async def finish_commit(request: web.Request) -> web.Response:
 @routes.get("/v1/repos/{repo}/commits/{ref}/wait")
 async def wait_commit(request: web.Request) -> web.Response:
     """Block until the commit is finished (?timeout=seconds)."""
-    raw = request.query.get("timeout")
-    try:
-        timeout = float(raw) if raw else None
-    except ValueError:
-        raise InvalidArgument("query parameter timeout: expected seconds") from None
+    timeout = query_seconds(request, "timeout")
     info = await _svc(request).wait_commit(
         request.match_info["repo"], request.match_info["ref"], timeout
     )

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from services.pps.service import PpsService
 from shared.errors import InvalidArgument
-from shared.http import field, query_bool, query_int, read_json
+from shared.http import field, query_bool, query_int, query_seconds, read_json
 from shared.pps.spec import load_spec_documents
 
 SERVICE: web.AppKey[PpsService] = web.AppKey("pps_service", PpsService)
@@ -106,11 +106,7 @@ async def inspect_job(request: web.Request) -> web.Response:
 @routes.get("/v1/pipelines/{name}/jobs/{job}/wait")
 async def wait_job(request: web.Request) -> web.Response:
     """Block until the job is done (?timeout=seconds)."""
-    raw = request.query.get("timeout")
-    try:
-        timeout = float(raw) if raw else None
-    except ValueError:
-        raise InvalidArgument("query parameter timeout: expected seconds") from None
+    timeout = query_seconds(request, "timeout")
     job = await _svc(request).wait_job(
         request.match_info["name"], request.match_info["job"], timeout
     )
