@@ -143,11 +143,10 @@ class Engine:
                     group.create_task(self._reconcile_workers())
                     group.create_task(self._tick_crons())
             finally:
+                # No explicit unlock: giving the connection back to the pool resets its
+                # session (asyncpg runs pg_advisory_unlock_all), which frees the lock even
+                # when this task is cancelled again mid-shutdown.
                 self.leader = False
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(
-                        lock_conn.execute("SELECT pg_advisory_unlock($1)", SCHEDULER_LOCK_KEY)
-                    )
 
     # Consumers
 
