@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.servers",
+    "tests.fixtures.storage",
     "tests.fixtures.s3",
     "tests.fixtures.pfs",
     "tests.fixtures.cluster",

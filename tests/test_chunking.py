@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import tracemalloc
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import blake3
@@ -30,22 +29,12 @@ from shared.chunking import (
 from shared.config import Config
 from shared.errors import FailedPrecondition, Internal, InvalidArgument, TooLarge
 from shared.objstore import CountingStore, open_object_store
-from shared.objstore.local import LocalStore
 
 MiB = 1 << 20
 
 
 def random_bytes(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
-    """A counting wrapper around a real local-directory store."""
-    inner = LocalStore(tmp_path / "objects")
-    counting = CountingStore(inner)
-    yield counting
-    await counting.close()
 
 
 async def test_big_file_round_trips_with_its_blake3_hash(store: CountingStore) -> None:

@@ -7,7 +7,6 @@ import os
 import statistics
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,20 +30,6 @@ from shared.objstore.local import LocalStore
 needs_bwrap = pytest.mark.skipif(
     bwrap_available() is not None, reason=f"no bubblewrap sandbox: {bwrap_available()}"
 )
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
-    counting = CountingStore(LocalStore(tmp_path / "store"))
-    yield counting
-    await counting.close()
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
 
 
 async def make_input(

@@ -78,13 +78,6 @@ async def all_nodes(index: FileIndex, root: str | None) -> list[NodeSpan]:
     return spans
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
-    counting = CountingStore(LocalStore(tmp_path / "objects"))
-    yield counting
-    await counting.close()
-
-
 @pytest.fixture(scope="module")
 async def big(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Big]:
     counting = CountingStore(LocalStore(tmp_path_factory.mktemp("big") / "objects"))

@@ -28,7 +28,6 @@ from shared.chunking import ChunkCache, write_files
 from shared.file_entries import from_index_entry
 from shared.file_index import FileIndex
 from shared.objstore import CountingStore
-from shared.objstore.local import LocalStore
 from tests.fixtures.cluster import Cluster
 
 
@@ -56,20 +55,6 @@ if SKIP_REASON is None:
     from services.scheduler.lazy_fs import LazyInputs, mount_lazy_inputs
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
-    counting = CountingStore(LocalStore(tmp_path / "store"))
-    yield counting
-    await counting.close()
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
