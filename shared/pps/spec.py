@@ -99,8 +99,24 @@ _UNSUPPORTED: dict[str, frozenset[str]] = {
 
 
 @dataclass(frozen=True)
+class SecretUse:
+    """``transform.secrets[i]``: one key of a Tusk secret (``tusk create secret``) given to
+    the datum as the variable ``env_var``, or every key as a file under ``mount_path``."""
+
+    name: str
+    key: str | None = None
+    env_var: str | None = None
+    mount_path: str | None = None
+
+
+@dataclass(frozen=True)
 class Transform:
-    """What runs for each datum. ``image`` is kept for Kubernetes; local workers ignore it."""
+    """What runs for each datum. ``image`` is kept for Kubernetes; local workers ignore it.
+
+    ``accept_return_code``: exit codes besides 0 that count as success. ``user``: the
+    ``uid[:gid]`` (or a name known to the sandbox) the command runs as; ``None`` is the
+    sandbox's default. ``working_dir``: the command's directory (default ``/pfs``).
+    """
 
     cmd: tuple[str, ...]
     stdin: tuple[str, ...] = ()
@@ -108,6 +124,24 @@ class Transform:
     err_cmd: tuple[str, ...] = ()
     err_stdin: tuple[str, ...] = ()
     image: str | None = None
+    accept_return_code: tuple[int, ...] = ()
+    working_dir: str | None = None
+    user: str | None = None
+    secrets: tuple[SecretUse, ...] = ()
+
+
+@dataclass(frozen=True)
+class BranchTrigger:
+    """``input.pfs.trigger``: move ``PfsInput.branch`` to the head of ``branch`` when the
+    condition holds (Pachyderm's deferred processing). ``all``: every set condition must
+    hold, else any one. ``size`` in bytes since the branch last moved, ``commits`` a count,
+    ``cron`` a schedule."""
+
+    branch: str
+    size: int | None = None
+    commits: int | None = None
+    cron: str | None = None
+    all: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +158,7 @@ class PfsInput:
     join_on: str | None = None
     group_by: str | None = None
     outer_join: bool = False
+    trigger: BranchTrigger | None = None
 
 
 @dataclass(frozen=True)
