@@ -4,7 +4,9 @@ Each service keeps its schema as numbered files ``NNNN_name.sql`` in a migration
 package and calls ``migrate(pool, "<service>", files("services.<name>.migrations"))``
 at start. Applied versions are recorded per service in ``schema_migrations``; the
 whole run holds a PostgreSQL advisory lock so replicas starting together apply each
-file exactly once. asyncpg's errors are translated here into ``shared.errors``.
+file exactly once. asyncpg's errors are translated here into ``shared.errors``:
+``acquire(pool)`` gives a connection on which a lost or refused connection (a restarting
+server) raises ``Unavailable``, which long-running loops catch and retry.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import hashlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib.abc import Traversable
 from importlib.resources import files
@@ -205,6 +208,50 @@ async def close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:
     except TimeoutError:
         log.warning("closing the PostgreSQL pool took over %.0f s; terminating it", timeout)
         pool.terminate()
+
+
+# What a lost, refused or restarting PostgreSQL raises: the socket closing under a query,
+# the server shutting down or still recovering, a pool that cannot connect in time.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+# The same, plus what a refused connection (nothing listens yet) or a pool timeout raises.
+CONNECT_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, OSError)
+
+
+def unavailable(exc: BaseException) -> Unavailable:
+    """The ``Unavailable`` a lost PostgreSQL connection becomes (callers retry it)."""
+    return Unavailable(f"PostgreSQL is unreachable: {_reason(exc)}")
+
+
+@contextlib.asynccontextmanager
+async def acquire(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
+    """A connection of ``pool`` on which a lost or refused connection raises ``Unavailable``.
+
+    An ``OSError`` inside the block counts as a lost connection only when the connection
+    is in fact closed: the block may do other I/O (object store, HTTP) whose errors are
+    not the database's.
+    """
+    try:
+        conn = await pool.acquire()
+    except CONNECT_ERRORS as exc:
+        raise unavailable(exc) from exc
+    try:
+        yield conn
+    except CONNECTION_ERRORS as exc:
+        raise unavailable(exc) from exc
+    except OSError as exc:
+        if not conn.is_closed():
+            raise
+        raise unavailable(exc) from exc
+    finally:
+        # Releasing a broken connection may fail; the pool replaces it on the next acquire.
+        with contextlib.suppress(*CONNECT_ERRORS, asyncpg.InterfaceError):
+            await pool.release(conn)
 
 
 async def db_ready(pool: asyncpg.Pool) -> bool:

@@ -7,7 +7,7 @@ Pachyderm user reading ``-o json`` recognises them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from shared.records import Record, from_dict
@@ -39,6 +39,21 @@ class RepoInfo(Record):
 
 
 @dataclass(frozen=True)
+class Trigger(Record):
+    """A branch trigger (Pachyderm's deferred processing): the branch moves to the head of
+    ``branch`` (in the same repo) when the condition holds. Conditions, counted since the
+    branch last moved: ``size`` bytes of growth, ``commits`` new commits, ``cron`` a
+    schedule that came due. ``all``: every set condition must hold, else any one; with no
+    condition the branch follows every commit of ``branch``."""
+
+    branch: str
+    size: int | None = None
+    commits: int | None = None
+    cron: str | None = None
+    all: bool = False
+
+
+@dataclass(frozen=True)
 class BranchInfo(Record):
     repo: str
     name: str
@@ -47,6 +62,15 @@ class BranchInfo(Record):
     provenance: list[str] = field(default_factory=list)
     # "repo@branch" strings of the branches computed from this one.
     subvenance: list[str] = field(default_factory=list)
+    trigger: Trigger | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BranchInfo:
+        info = from_dict(cls, data)
+        trigger = data.get("trigger")
+        if trigger is None:
+            return info
+        return replace(info, trigger=Trigger.from_json(trigger))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from shared.errors import InvalidArgument
 from shared.events import CommitFinished, subject_filter
 from shared.filestream import CONTENT_TYPE, FileStreamReader, encode_block, encode_header
 from shared.http import field, query_bool, query_int, query_seconds, read_json
-from shared.pfs_models import CommitInfo, CommitRef
+from shared.pfs_models import CommitInfo, CommitRef, Trigger
 
 SERVICE: web.AppKey[PfsService] = web.AppKey("pfs_service", PfsService)
 BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
@@ -72,18 +72,34 @@ async def delete_repo(request: web.Request) -> web.Response:
 
 @routes.post("/v1/repos/{repo}/branches")
 async def create_branch(request: web.Request) -> web.Response:
-    """Create (or move/re-provenance) a branch. Body: {name, head?, provenance?: ["repo@branch"]}."""
+    """Create (or move/re-provenance/re-trigger) a branch.
+
+    Body: {name, head?, provenance?: ["repo@branch"], trigger?: {branch, size?, commits?,
+    cron?, all?}}; a field left out (or null) leaves an existing branch's value as it is.
+    """
     body = await read_json(request)
     provenance = field(body, "provenance", list, default=None)
     if provenance is not None and not all(isinstance(p, str) for p in provenance):
         raise InvalidArgument("field provenance: expected a list of 'repo@branch' strings")
+    raw_trigger = field(body, "trigger", dict, default=None)
     info = await _svc(request).create_branch(
         request.match_info["repo"],
         field(body, "name", str),
         head=field(body, "head", str, default=None),
         provenance=provenance,
+        trigger=_trigger(raw_trigger) if raw_trigger is not None else None,
     )
     return web.json_response(info.to_json(), status=201)
+
+
+def _trigger(body: dict[str, Any]) -> Trigger:
+    return Trigger(
+        branch=field(body, "branch", str, path="trigger."),
+        size=field(body, "size", int, default=None, path="trigger."),
+        commits=field(body, "commits", int, default=None, path="trigger."),
+        cron=field(body, "cron", str, default=None, path="trigger."),
+        all=field(body, "all", bool, default=False, path="trigger."),
+    )
 
 
 @routes.get("/v1/repos/{repo}/branches")

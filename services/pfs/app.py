@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from importlib.resources import files
@@ -43,7 +44,13 @@ def build_app(config: Config) -> web.Application:
             await service.recover_finishing()
             app[SERVICE] = service
             app[BUS] = bus
-            yield
+            crons = asyncio.create_task(service.run_cron_triggers(), name="pfs-cron-triggers")
+            try:
+                yield
+            finally:
+                crons.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await crons
 
     app.cleanup_ctx.append(resources)
     app[STOPPING] = asyncio.Event()

@@ -19,7 +19,7 @@ import asyncpg
 from shared.db import Conn
 from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from shared.names import COMMIT_ID_RE, check_name, parse_ref
-from shared.pfs_models import BranchInfo, CommitInfo, CommitRef, RepoInfo
+from shared.pfs_models import BranchInfo, CommitInfo, CommitRef, RepoInfo, Trigger
 
 
 def new_commit_id() -> str:
@@ -188,9 +188,107 @@ async def insert_branch_if_missing(conn: Conn, repo: str, name: str) -> bool:
 
 
 async def set_branch_head(conn: Conn, repo: str, name: str, head: str | None) -> None:
+    # head_moved is when a trigger's conditions start counting: only a real move resets it.
     await conn.execute(
-        "UPDATE pfs_branches SET head = $3 WHERE repo = $1 AND name = $2", repo, name, head
+        "UPDATE pfs_branches SET head = $3, head_moved = CASE WHEN head IS DISTINCT FROM $3 "
+        "THEN now() ELSE head_moved END WHERE repo = $1 AND name = $2",
+        repo,
+        name,
+        head,
     )
+
+
+@dataclass(frozen=True)
+class TriggeredBranch:
+    """A branch with a trigger, as the trigger's evaluation needs it."""
+
+    repo: str
+    name: str
+    head: str | None
+    trigger: Trigger
+    head_moved: datetime
+
+
+def _trigger(value: Any) -> Trigger | None:
+    if value is None:
+        return None
+    return Trigger.from_json(json.loads(value) if isinstance(value, str) else value)
+
+
+async def set_branch_trigger(conn: Conn, repo: str, name: str, trigger: Trigger | None) -> None:
+    await conn.execute(
+        "UPDATE pfs_branches SET trigger = $3::jsonb WHERE repo = $1 AND name = $2",
+        repo,
+        name,
+        json.dumps(trigger.to_json()) if trigger is not None else None,
+    )
+
+
+async def branch_trigger(conn: Conn, repo: str, name: str) -> Trigger | None:
+    return _trigger(
+        await conn.fetchval(
+            "SELECT trigger FROM pfs_branches WHERE repo = $1 AND name = $2", repo, name
+        )
+    )
+
+
+async def branches_triggered_by(
+    conn: Conn, repo: str, source: str, *, lock: bool = False
+) -> list[TriggeredBranch]:
+    """The branches of ``repo`` whose trigger follows ``source``; ``lock`` locks their rows."""
+    rows = await conn.fetch(
+        "SELECT name, head, trigger, head_moved FROM pfs_branches "
+        "WHERE repo = $1 AND trigger->>'branch' = $2 ORDER BY name"
+        + (" FOR UPDATE" if lock else ""),
+        repo,
+        source,
+    )
+    return [_triggered(repo, r) for r in rows]
+
+
+async def triggered_branch(conn: Conn, repo: str, name: str) -> TriggeredBranch | None:
+    """One branch with a trigger, its row locked; None if gone or its trigger was removed."""
+    row = await conn.fetchrow(
+        "SELECT name, head, trigger, head_moved FROM pfs_branches "
+        "WHERE repo = $1 AND name = $2 AND trigger IS NOT NULL FOR UPDATE",
+        repo,
+        name,
+    )
+    return _triggered(repo, row) if row is not None else None
+
+
+def _triggered(repo: str, row: asyncpg.Record) -> TriggeredBranch:
+    trigger = _trigger(row["trigger"])
+    assert trigger is not None
+    return TriggeredBranch(repo, row["name"], row["head"], trigger, row["head_moved"])
+
+
+async def cron_triggered_branches(conn: Conn) -> list[tuple[str, str]]:
+    """(repo, branch) of every branch whose trigger has a cron schedule."""
+    rows = await conn.fetch(
+        "SELECT repo, name FROM pfs_branches WHERE trigger->>'cron' IS NOT NULL ORDER BY 1, 2"
+    )
+    return [(r["repo"], r["name"]) for r in rows]
+
+
+async def commits_since(conn: Conn, head: str, since: str | None, limit: int) -> int:
+    """How many commits lead from ``since`` (exclusive) to ``head`` (inclusive), counted up
+    to ``limit``; the whole history when ``since`` is not an ancestor."""
+    count = await conn.fetchval(
+        """
+        WITH RECURSIVE chain(id, parent, n) AS (
+            SELECT id, parent, 1 FROM pfs_commits WHERE id = $1 AND id IS DISTINCT FROM $2
+            UNION ALL
+            SELECT c.id, c.parent, chain.n + 1 FROM pfs_commits c JOIN chain ON c.id = chain.parent
+            WHERE c.id IS DISTINCT FROM $2 AND chain.n < $3
+        )
+        SELECT count(*) FROM chain
+        """,
+        head,
+        since,
+        limit,
+    )
+    return int(count or 0)
 
 
 async def set_branch_provenance(
@@ -241,13 +339,17 @@ async def branch_provenance(conn: Conn, repo: str, name: str) -> list[tuple[str,
 
 
 async def get_branch(conn: Conn, repo: str, name: str) -> BranchInfo:
-    exists, head = await get_branch_head(conn, repo, name)
-    if not exists:
+    row = await conn.fetchrow(
+        "SELECT head, trigger FROM pfs_branches WHERE repo = $1 AND name = $2", repo, name
+    )
+    if row is None:
         raise NotFound(f"branch {repo}@{name} not found (tusk list branch {repo})")
-    return await _branch_info(conn, repo, name, head)
+    return await _branch_info(conn, repo, name, row["head"], _trigger(row["trigger"]))
 
 
-async def _branch_info(conn: Conn, repo: str, name: str, head: str | None) -> BranchInfo:
+async def _branch_info(
+    conn: Conn, repo: str, name: str, head: str | None, trigger: Trigger | None
+) -> BranchInfo:
     prov = await branch_provenance(conn, repo, name)
     sub = await conn.fetch(
         "SELECT repo, branch FROM pfs_branch_provenance WHERE prov_repo = $1 AND prov_branch = $2 "
@@ -261,14 +363,18 @@ async def _branch_info(conn: Conn, repo: str, name: str, head: str | None) -> Br
         head=head,
         provenance=[f"{r}@{b}" for r, b in prov],
         subvenance=[f"{r['repo']}@{r['branch']}" for r in sub],
+        trigger=trigger,
     )
 
 
 async def list_branches(conn: Conn, repo: str) -> list[BranchInfo]:
     rows = await conn.fetch(
-        "SELECT name, head FROM pfs_branches WHERE repo = $1 ORDER BY created DESC, name", repo
+        "SELECT name, head, trigger FROM pfs_branches WHERE repo = $1 ORDER BY created DESC, name",
+        repo,
     )
-    return [await _branch_info(conn, repo, r["name"], r["head"]) for r in rows]
+    return [
+        await _branch_info(conn, repo, r["name"], r["head"], _trigger(r["trigger"])) for r in rows
+    ]
 
 
 async def delete_branch(conn: Conn, repo: str, name: str) -> None:

@@ -18,15 +18,17 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import asyncpg
 
-from services.pfs import refs, staging
+from services.pfs import refs, staging, triggers
 from services.pfs.committed import Change, CommittedFiles
 from services.pfs.events import commit_payload, emit
+from shared.backoff import Backoff, keep_running
 from shared.chunking import ChunkCache, FileEntry, PackWriter, concat_entries, read_range
 from shared.config import Config
-from shared.db import Conn, db_ready
+from shared.db import Conn, acquire, db_ready
 from shared.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from shared.events import (
     BranchCreated,
@@ -47,12 +49,15 @@ from shared.pfs_models import (
     FileInfo,
     PutResult,
     RepoInfo,
+    Trigger,
 )
 
 log = logging.getLogger("tusk.pfs")
 
 # How often a write re-applies its change after losing a head race before giving up.
 MAX_HEAD_RETRIES = 100
+# How often cron triggers are checked (their schedules have a resolution of a second).
+CRON_TRIGGER_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -112,10 +117,19 @@ class PfsService:
     # Branches
 
     async def create_branch(
-        self, repo: str, name: str, *, head: str | None = None, provenance: list[str] | None = None
+        self,
+        repo: str,
+        name: str,
+        *,
+        head: str | None = None,
+        provenance: list[str] | None = None,
+        trigger: Trigger | None = None,
     ) -> BranchInfo:
+        """Create a branch, or move/re-provenance/re-trigger it when it exists (as pachctl)."""
         check_name("branch", name)
         prov = [_parse_branch(p) for p in provenance or []]
+        if trigger is not None:
+            triggers.check_trigger(repo, name, trigger)
         async with self.pool.acquire() as conn, conn.transaction():
             await refs.require_repo(conn, repo)
             head_id = (await refs.resolve_ref(conn, repo, head)).id if head else None
@@ -128,9 +142,19 @@ class PfsService:
                 await emit(conn, self.config, BranchCreated(repo=repo, branch=name, head=head_id))
             if provenance is not None or not exists:
                 await refs.set_branch_provenance(conn, repo, name, prov)
-            if exists and head and head_id != old_head:
+            if trigger is not None:
+                await triggers.check_no_loop(conn, repo, name, trigger)
+                await refs.set_branch_trigger(conn, repo, name, trigger)
+            # A new branch made at a head moved too (from nothing): head watchers see it.
+            if head and head_id != old_head:
                 await self._emit_moved(conn, repo, name, old_head, head_id)
-            return await refs.get_branch(conn, repo, name)
+            info = await refs.get_branch(conn, repo, name)
+            if info.trigger is not None and info.provenance:
+                raise InvalidArgument(
+                    f"branch {repo}@{name} cannot have both provenance and a trigger: "
+                    "its head would be set by two things"
+                )
+            return info
 
     async def list_branches(self, repo: str) -> list[BranchInfo]:
         async with self.pool.acquire() as conn:
@@ -241,6 +265,8 @@ class PfsService:
             )
             await staging.clear(conn, commit_id)
             await self._emit_commit(conn, "commit.finished", done)
+            if error is None and done.info.branch is not None:
+                await self._follow_if_head(conn, done)
             if error is not None and done.info.branch is not None:
                 # A failed commit stays readable by id, but its branch keeps its last good head.
                 _, head = await refs.get_branch_head(
@@ -254,6 +280,41 @@ class PfsService:
                         conn, done.info.repo, done.info.branch, done.id, done.info.parent
                     )
             return done.info
+
+    async def _follow_if_head(self, conn: Conn, done: refs.CommitRow) -> None:
+        """Let the branches that trigger on the commit's branch follow it (if still its head)."""
+        assert done.info.branch is not None
+        _, head = await refs.get_branch_head(conn, done.info.repo, done.info.branch)
+        if head == done.id:
+            await triggers.follow(
+                conn, self.config, done.info.repo, done.info.branch, datetime.now(UTC)
+            )
+
+    async def run_cron_triggers(self) -> None:
+        """Check cron triggers on their schedule, for good (the app owns this task): a cron
+        trigger fires at its due time even when no commit arrives then."""
+
+        async def loop() -> None:
+            while True:
+                await self.tick_cron_triggers(datetime.now(UTC))
+                await asyncio.sleep(CRON_TRIGGER_INTERVAL_S)
+
+        await keep_running("cron triggers", loop, log, Backoff(maximum=30.0))
+
+    async def tick_cron_triggers(self, now: datetime) -> None:
+        """Move every cron-triggered branch whose conditions hold at ``now``."""
+        async with acquire(self.pool) as conn:
+            branches = await refs.cron_triggered_branches(conn)
+        for repo, name in branches:
+            async with acquire(self.pool) as conn, conn.transaction():
+                target = await refs.triggered_branch(conn, repo, name)
+                if target is None:
+                    continue
+                _, source_head = await refs.get_branch_head(conn, repo, target.trigger.branch)
+                if source_head is not None and await triggers.jump_if_due(
+                    conn, self.config, target, source_head, now
+                ):
+                    await triggers.follow(conn, self.config, repo, name, now)
 
     async def recover_finishing(self) -> int:
         """Finish commits a crash left in 'finishing' (run at start)."""
@@ -535,6 +596,7 @@ class PfsService:
                 await self._emit_commit(conn, "commit.started", row)
                 await self._emit_commit(conn, "commit.finished", row)
                 await self._emit_moved(conn, repo, branch, head, row.id)
+                await triggers.follow(conn, self.config, repo, branch, datetime.now(UTC))
                 return row.info
         raise Conflict(f"branch {repo}@{branch} kept moving; the write was not applied, retry it")
 
