@@ -54,6 +54,9 @@ class Config:
     worker_backend: str = "local"
     # Seconds a task may go without a worker's heartbeat before it is redelivered.
     task_ack_wait: int = 30
+    # PPS's key for sealing secrets' values in the database (made on first use, mode 0600);
+    # empty means $TUSK_HOME/pps-secrets.key. PPS replicas must share one.
+    secrets_key_file: str = ""
 
     @property
     def stream_name(self) -> str:
@@ -77,6 +80,7 @@ _ENV_FIELDS = {
     "TUSK_SCHEDULER_URL": "scheduler_url",
     "TUSK_WORKER_BACKEND": "worker_backend",
     "TUSK_TASK_ACK_WAIT": "task_ack_wait",
+    "TUSK_SECRETS_KEY_FILE": "secrets_key_file",
 }
 _S3_ENV_FIELDS = {
     "TUSK_S3_ENDPOINT_URL": "endpoint_url",

@@ -1,12 +1,13 @@
-"""The HTTP client SDK for PPS: pipelines, jobs, datums and logs."""
+"""The HTTP client SDK for PPS: pipelines, jobs, datums, logs and secrets."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 from urllib.parse import quote
 
 from shared.pfs_client import ServiceClient
-from shared.pps.models import DatumInfo, JobInfo, LogLine, PipelineInfo
+from shared.pps.models import DatumInfo, JobInfo, LogLine, PipelineInfo, SecretInfo
 
 
 def _q(part: str) -> str:
@@ -91,3 +92,27 @@ class PpsClient(ServiceClient):
             params={"job": job, "datum": datum, "after": after, "limit": limit},
         )
         return [LogLine.from_json(line) for line in body["logs"]]
+
+    # Secrets
+
+    async def create_secret(self, manifest: dict[str, Any], *, update: bool = False) -> SecretInfo:
+        """Store a secret from a Kubernetes Secret manifest; ``update`` replaces one."""
+        body = await self.request(
+            "POST", "/v1/secrets", json_body={"secret": manifest}, params={"update": update}
+        )
+        return SecretInfo.from_json(body)
+
+    async def list_secrets(self) -> list[SecretInfo]:
+        body = await self.request("GET", "/v1/secrets")
+        return [SecretInfo.from_json(s) for s in body["secrets"]]
+
+    async def inspect_secret(self, name: str) -> SecretInfo:
+        return SecretInfo.from_json(await self.request("GET", f"/v1/secrets/{_q(name)}"))
+
+    async def delete_secret(self, name: str) -> None:
+        await self.request("DELETE", f"/v1/secrets/{_q(name)}")
+
+    async def secret_data(self, name: str) -> dict[str, bytes]:
+        """A secret's values by key (for workers: PPS's internal endpoint)."""
+        body = await self.request("GET", f"/v1/internal/secrets/{_q(name)}/data")
+        return {key: base64.b64decode(value) for key, value in body["data"].items()}

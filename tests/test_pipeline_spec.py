@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import blake3
 import pytest
 
 from shared.errors import InvalidArgument
 from shared.pps.durations import format_duration, parse_cron_spec, parse_duration
 from shared.pps.spec import (
+    BranchTrigger,
     CronInput,
     CrossInput,
     GroupInput,
@@ -19,14 +22,18 @@ from shared.pps.spec import (
     PfsInput,
     PipelineSpec,
     Resources,
+    SecretUse,
     Transform,
     UnionInput,
     expand_template,
+    format_size,
     input_branches,
+    json_name,
     load_spec_documents,
     parse_pipeline_spec,
     parse_pipeline_specs,
     parse_quantity,
+    parse_size,
     pfs_inputs,
     spec_to_json,
     template_groups,
@@ -417,8 +424,8 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
         "parallelism_spec.constant: must be at least 1, got 0",
     ),
     (
-        "parallelism str",
-        base_spec(parallelism_spec={"constant": "2"}),
+        "parallelism text",
+        base_spec(parallelism_spec={"constant": "two"}),
         "parallelism_spec.constant: expected a whole number",
     ),
     (
@@ -450,8 +457,8 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("output branch", base_spec(output_branch="a b"), "output_branch: invalid branch name"),
     (
-        "cpu string",
-        base_spec(resource_limits={"cpu": "2"}),
+        "cpu text",
+        base_spec(resource_limits={"cpu": "two"}),
         "resource_limits.cpu: expected a number of cores",
     ),
     (
@@ -704,3 +711,445 @@ def test_bad_cron_specs_are_refused_naming_the_part(spec: str, fragment: str) ->
 def test_cron_needs_aware_times() -> None:
     with pytest.raises(InvalidArgument, match="time zone"):
         parse_cron_spec("@hourly").next_after(datetime(2024, 1, 1))
+
+
+# --- Pachyderm's two spellings ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("proto", "camel"),
+    [
+        ("join_on", "joinOn"),
+        ("parallelism_spec", "parallelismSpec"),
+        ("accept_return_code", "acceptReturnCode"),
+        ("s3_out", "s3Out"),
+        ("cron_spec", "cronSpec"),
+        ("glob", "glob"),
+    ],
+)
+def test_json_names_are_protojsons_lower_camel_case(proto: str, camel: str) -> None:
+    assert json_name(proto) == camel
+
+
+SNAKE_FULL: dict[str, Any] = {
+    "pipeline": {"name": "full", "project": {"name": "default"}},
+    "transform": {
+        "cmd": ["sh"],
+        "err_cmd": ["true"],
+        "err_stdin": ["x"],
+        "accept_return_code": [3, 4],
+        "working_dir": "/work",
+        "user": "1000:1000",
+        "env": {"MY_VAR": "1"},
+        "secrets": [
+            {"name": "creds", "key": "token", "env_var": "TOKEN"},
+            {"name": "certs", "mount_path": "/etc/certs"},
+        ],
+    },
+    "input": {
+        "cross": [
+            {
+                "join": [
+                    pfs("a", "/(*)", join_on="$1", outer_join=True, empty_files=True),
+                    pfs("b", "/(*)", join_on="$1", project="default"),
+                ]
+            },
+            {"group": [pfs("c", "/(*)", group_by="$1")]},
+            pfs(
+                "d",
+                branch="prod",
+                trigger={"branch": "staging", "all": True, "size": "1MB", "commits": 2},
+            ),
+            {"cron": {"name": "tick", "spec": "@daily", "project": "default"}},
+        ]
+    },
+    "parallelism_spec": {"constant": 2},
+    "datum_tries": 4,
+    "datum_timeout": "10s",
+    "job_timeout": "1m30s",
+    "output_branch": "out",
+    "reprocess_spec": "every_job",
+    "resource_requests": {"cpu": 1, "memory": "1G"},
+    "resource_limits": {"gpu": {"type": "nvidia.com/gpu", "number": 1}},
+}
+
+
+def _camel_keys(value: Any, *, inside_map: bool = False) -> Any:
+    """``value`` with every field name in protojson's spelling (map keys such as env's kept)."""
+    if isinstance(value, list):
+        return [_camel_keys(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    return {
+        (key if inside_map else json_name(key)): _camel_keys(item, inside_map=key == "env")
+        for key, item in value.items()
+    }
+
+
+def test_every_field_reads_the_same_in_both_spellings() -> None:
+    camel = _camel_keys(SNAKE_FULL)
+    assert camel["parallelismSpec"] == {"constant": 2}
+    assert camel["transform"]["env"] == {"MY_VAR": "1"}
+    assert camel["input"]["cross"][0]["join"][0]["pfs"]["joinOn"] == "$1"
+    snake_spec = parse_pipeline_spec(SNAKE_FULL)
+    camel_spec = parse_pipeline_spec(camel)
+    assert camel_spec == snake_spec
+    # The stored form is always the proto spelling, so one spec reads one way everywhere.
+    assert camel_spec.raw == snake_spec.raw
+    assert "accept_return_code" in camel_spec.raw["transform"]
+
+
+def test_both_spellings_in_json_and_yaml_files_with_several_pipelines() -> None:
+    yaml_text = """
+pipeline: {name: first}
+transform: {cmd: [sh], workingDir: /pfs}
+input: {pfs: {repo: a, glob: /*, emptyFiles: true}}
+parallelismSpec: {constant: 3}
+---
+pipeline: {name: second}
+transform: {cmd: [sh], working_dir: /pfs}
+input: {pfs: {repo: first, glob: /*, empty_files: true}}
+parallelism_spec: {constant: 3}
+"""
+    first, second = parse_pipeline_specs(yaml_text)
+    assert (first.parallelism, second.parallelism) == (3, 3)
+    assert first.transform.working_dir == second.transform.working_dir == "/pfs"
+    assert isinstance(first.input, PfsInput) and first.input.empty_files
+    json_text = json.dumps([_camel_keys(base_spec()), base_spec(pipeline={"name": "two"})])
+    assert [s.name for s in parse_pipeline_specs(json_text)] == ["edges", "two"]
+
+
+def test_specs_as_pachyderms_examples_write_them() -> None:
+    outer = {
+        "pipeline": {"name": "outer_join"},
+        "input": {
+            "join": [
+                pfs("stores", "/STOREID(*).txt", branch="master", joinOn="$1", outerJoin=True),
+                pfs("returns", "/*_STOREID(*).txt", branch="master", joinOn="$1", outerJoin=True),
+            ]
+        },
+        "transform": {"cmd": ["python", "outer/main.py"], "image": "example/joins:2.1.0"},
+    }
+    spec = parse_pipeline_spec(outer)
+    assert isinstance(spec.input, JoinInput)
+    assert all(p.outer_join and p.join_on == "$1" for p in spec.input.inputs)
+    mover = {
+        "pipeline": {"name": "branch-mover"},
+        "input": {"cron": {"name": "tick", "spec": "@every 1m", "overwrite": True}},
+        "transform": {
+            "cmd": ["sh"],
+            "secrets": [{"name": "user-secret", "envVar": "AUTH_TOKEN", "key": "auth_token"}],
+        },
+    }
+    assert parse_pipeline_spec(mover).transform.secrets == (
+        SecretUse(name="user-secret", key="auth_token", env_var="AUTH_TOKEN"),
+    )
+
+
+def test_protojson_integers_written_as_strings_are_read() -> None:
+    spec = parse_pipeline_spec(
+        _camel_keys(
+            base_spec(
+                datum_tries="5",
+                parallelism_spec={"constant": "2"},
+                resource_limits={"cpu": "0.5"},
+                transform={"cmd": ["sh"], "accept_return_code": ["1"]},
+            )
+        )
+    )
+    assert (spec.datum_tries, spec.parallelism) == (5, 2)
+    assert spec.resource_limits == Resources(cpu=0.5)
+    assert spec.transform.accept_return_code == (1,)
+
+
+def test_errors_name_the_field_as_the_user_spelled_it() -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        (
+            base_spec(parallelismSpec={"constant": 0}),
+            "parallelismSpec.constant: must be at least 1",
+        ),
+        (base_spec(datumTimeout="soon"), "datumTimeout: invalid duration 'soon'"),
+        (base_spec(outputBranch="a b"), "outputBranch: invalid branch name"),
+        (base_spec(reprocessSpec="never"), "reprocessSpec: expected one of"),
+        (base_spec(input=pfs("a", "/(*)", joinOn="$1")), "input.pfs.joinOn: only meaningful"),
+        (
+            base_spec(resourceLimits={"gpu": {"type": "g", "numbr": 1}}),
+            "resourceLimits.gpu: unknown field 'numbr' (did you mean 'number'?)",
+        ),
+        (base_spec(input=pfs("a", joinOm="$1")), "unknown field 'joinOm' (did you mean 'joinOn'?)"),
+        (base_spec(s3Out=True), "'s3Out' is a Pachyderm field that Tusk does not support"),
+        (
+            base_spec(transform={"cmd": ["a"], "workingDir": "rel"}),
+            "transform.workingDir: expected an absolute path",
+        ),
+    ]
+    for raw, fragment in cases:
+        with pytest.raises(InvalidArgument) as info:
+            parse_pipeline_spec(raw)
+        assert fragment in info.value.message, (fragment, info.value.message)
+
+
+@pytest.mark.parametrize(
+    ("raw", "path", "first", "second"),
+    [
+        (base_spec(datum_tries=2, datumTries=2), "", "datum_tries", "datumTries"),
+        (
+            base_spec(input={"join": [pfs("a", "/(*)", join_on="$1", joinOn="$1")]}),
+            "input.join[0].pfs",
+            "join_on",
+            "joinOn",
+        ),
+        (
+            base_spec(transform={"cmd": ["a"], "errCmd": ["x"], "err_cmd": ["y"]}),
+            "transform",
+            "errCmd",
+            "err_cmd",
+        ),
+    ],
+)
+def test_both_spellings_of_one_field_are_refused(
+    raw: dict[str, Any], path: str, first: str, second: str
+) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_pipeline_spec(raw)
+    where = f"{path}: " if path else ""
+    assert info.value.message == (
+        f"pipeline spec: {where}{first!r} and {second!r} are two spellings of one field; give it once"
+    )
+    assert info.value.details["field"] == (f"{path}.{second}" if path else second)
+
+
+# --- projects ----------------------------------------------------------------------------------
+
+
+def test_the_default_project_is_accepted_everywhere() -> None:
+    spec = parse_pipeline_spec(
+        base_spec(
+            pipeline={"name": "p", "project": {"name": "default"}},
+            input={
+                "cross": [
+                    pfs("a", project="default"),
+                    {"cron": {"name": "t", "spec": "@daily", "project": "default"}},
+                ]
+            },
+        )
+    )
+    assert spec.name == "p"
+    assert parse_pipeline_spec(base_spec(pipeline={"name": "p", "project": {}})).name == "p"
+
+
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [
+        (base_spec(pipeline={"name": "p", "project": {"name": "ml"}}), "pipeline.project.name"),
+        (base_spec(input=pfs("a", project="ml")), "input.pfs.project"),
+        (
+            base_spec(input={"cron": {"name": "t", "spec": "@daily", "project": "ml"}}),
+            "input.cron.project",
+        ),
+    ],
+)
+def test_another_project_is_refused_with_one_clear_line(raw: dict[str, Any], path: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_pipeline_spec(raw)
+    assert info.value.message == (
+        f"pipeline spec: {path}: 'ml': projects are not supported yet; "
+        "use project 'default' or leave it out"
+    )
+
+
+# --- transform: return codes, directory, user, secrets ------------------------------------------
+
+
+def test_transform_fields_pachyderm_specs_use_are_read() -> None:
+    spec = parse_pipeline_spec(SNAKE_FULL)
+    assert spec.transform.accept_return_code == (3, 4)
+    assert spec.transform.working_dir == "/work"
+    assert spec.transform.user == "1000:1000"
+    assert spec.transform.secrets == (
+        SecretUse(name="creds", key="token", env_var="TOKEN"),
+        SecretUse(name="certs", mount_path="/etc/certs"),
+    )
+    assert spec.raw["transform"]["secrets"] == [
+        {"name": "creds", "key": "token", "env_var": "TOKEN"},
+        {"name": "certs", "mount_path": "/etc/certs"},
+    ]
+    assert parse_pipeline_spec(spec.raw) == spec
+    for user in ("0", "root", "65534", "1000:0"):
+        assert parse_pipeline_spec(base_spec(transform={"cmd": ["a"], "user": user})).transform.user
+
+
+def _transform(**fields: Any) -> dict[str, Any]:
+    return base_spec(transform={"cmd": ["a"], **fields})
+
+
+TRANSFORM_REFUSALS: list[tuple[str, dict[str, Any], str]] = [
+    ("code text", _transform(accept_return_code=["x"]), "accept_return_code[0]: expected a whole"),
+    ("code range", _transform(accept_return_code=[1, 256]), "accept_return_code[1]: an exit code"),
+    ("codes not list", _transform(accept_return_code=1), "accept_return_code: expected a list"),
+    ("dir relative", _transform(working_dir="pfs"), "working_dir: expected an absolute path"),
+    ("dir dotdot", _transform(working_dir="/pfs/../etc"), "working_dir: '..' is not allowed"),
+    ("user name", _transform(user="alice"), "transform.user: 'alice': give a numeric id"),
+    ("user group name", _transform(user="1000:staff"), "give a numeric id"),
+    ("user huge", _transform(user="4294967295"), "id 4294967295 is out of range"),
+    ("user number", _transform(user=1000), "transform.user: expected a string"),
+    ("secrets object", _transform(secrets={"name": "x"}), "transform.secrets: expected a list"),
+    ("secret no name", _transform(secrets=[{"mount_path": "/s"}]), "secrets[0].name: required"),
+    (
+        "secret bad name",
+        _transform(secrets=[{"name": "My_Secret", "mount_path": "/s"}]),
+        "transform.secrets[0].name: invalid secret name 'My_Secret'",
+    ),
+    (
+        "secret neither",
+        _transform(secrets=[{"name": "s"}]),
+        "transform.secrets[0]: give exactly one of env_var (with key) or mount_path",
+    ),
+    (
+        "secret both",
+        _transform(secrets=[{"name": "s", "key": "k", "env_var": "V", "mount_path": "/s"}]),
+        "give exactly one of env_var",
+    ),
+    (
+        "secret env no key",
+        _transform(secrets=[{"name": "s", "envVar": "V"}]),
+        "transform.secrets[0].key: required with env_var",
+    ),
+    (
+        "secret env name",
+        _transform(secrets=[{"name": "s", "key": "k", "env_var": "1V"}]),
+        "secrets[0].env_var: invalid variable name '1V'",
+    ),
+    (
+        "secret mount key",
+        _transform(secrets=[{"name": "s", "key": "k", "mount_path": "/s"}]),
+        "secrets[0].key: only used with env_var",
+    ),
+    (
+        "secret mount relative",
+        _transform(secrets=[{"name": "s", "mountPath": "s"}]),
+        "secrets[0].mountPath: expected an absolute path",
+    ),
+    (
+        "secret over pfs",
+        _transform(secrets=[{"name": "s", "mount_path": "/pfs/in"}]),
+        "would hide the root or /pfs",
+    ),
+    (
+        "secret env twice",
+        _transform(env={"TOKEN": "x"}, secrets=[{"name": "s", "key": "k", "env_var": "TOKEN"}]),
+        "transform.secrets[0]: 'TOKEN' is already set by env or a secret",
+    ),
+    (
+        "secret mount twice",
+        _transform(secrets=[{"name": "a", "mount_path": "/s/"}, {"name": "b", "mount_path": "/s"}]),
+        "transform.secrets[1]: '/s' is already set",
+    ),
+    ("secret typo", _transform(secrets=[{"name": "s", "env": "X"}]), "unknown field 'env'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [(raw, frag) for _, raw, frag in TRANSFORM_REFUSALS],
+    ids=[c[0] for c in TRANSFORM_REFUSALS],
+)
+def test_bad_transform_fields_are_refused(raw: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_pipeline_spec(raw)
+    assert fragment in info.value.message
+
+
+def test_new_transform_fields_change_the_fingerprint_only_when_set() -> None:
+    base = Transform(cmd=("sh",), stdin=("echo 1",), env={"A": "1"}, image="img")
+    # The fingerprint of a transform without the newer fields is the one it always had.
+    body = {"v": "tusk-transform-v1", "cmd": ["sh"], "stdin": ["echo 1"], "env": {"A": "1"}}
+    body["image"] = "img"
+    expected = blake3.blake3(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    assert transform_fingerprint(base) == expected
+    changed = [
+        replace(base, accept_return_code=(1,)),
+        replace(base, working_dir="/tmp"),
+        replace(base, user="1000"),
+        replace(base, secrets=(SecretUse("s", key="k", env_var="V"),)),
+        replace(base, secrets=(SecretUse("s", key="other", env_var="V"),)),
+        replace(base, secrets=(SecretUse("s", mount_path="/s"),)),
+    ]
+    fingerprints = {transform_fingerprint(t) for t in changed}
+    assert len(fingerprints) == len(changed) and expected not in fingerprints
+
+
+# --- triggers ----------------------------------------------------------------------------------
+
+
+def _triggered(**trigger: Any) -> BranchTrigger:
+    spec = parse_pipeline_spec(base_spec(input=pfs("a", trigger=trigger)))
+    assert isinstance(spec.input, PfsInput) and spec.input.trigger is not None
+    assert parse_pipeline_spec(spec.raw) == spec
+    return spec.input.trigger
+
+
+def test_triggers_are_read_like_pachyderm() -> None:
+    assert _triggered(branch="staging", size="1MB") == BranchTrigger("staging", size=1_000_000)
+    assert _triggered(branch="staging", commits=10, all=True) == BranchTrigger(
+        "staging", commits=10, all=True
+    )
+    assert _triggered(branch="staging", cronSpec="@every 1h") == BranchTrigger(
+        "staging", cron="@every 1h"
+    )
+    combined = _triggered(branch="staging", rate_limit_spec="@daily", size="10K", commits="3")
+    assert combined == BranchTrigger("staging", size=10_000, commits=3, cron="@daily")
+    raw = parse_pipeline_spec(base_spec(input=pfs("a", trigger={"branch": "s", "size": "2GiB"})))
+    assert raw.raw["input"]["pfs"]["trigger"] == {"branch": "s", "size": "2GiB"}
+
+
+TRIGGER_REFUSALS: list[tuple[dict[str, Any], str]] = [
+    ({"size": "1MB"}, "input.pfs.trigger.branch: required"),
+    ({"branch": "master", "size": "1MB"}, "trigger.branch: must differ from the input's branch"),
+    ({"branch": "s"}, "input.pfs.trigger: needs a condition: size, commits, cron_spec"),
+    ({"branch": "s", "size": "lots"}, "trigger.size: invalid size 'lots'"),
+    ({"branch": "s", "size": "0"}, "trigger.size: must be more than 0 bytes"),
+    ({"branch": "s", "size": 100}, "trigger.size: expected a string"),
+    ({"branch": "s", "commits": -1}, "trigger.commits: must be at least 0"),
+    ({"branch": "s", "cron_spec": "61 * * * *"}, "trigger.cron_spec: invalid cron spec"),
+    ({"branch": "s", "rateLimitSpec": "@often"}, "trigger.rateLimitSpec: invalid cron spec"),
+    (
+        {"branch": "s", "cron_spec": "@daily", "commits": 2},
+        "trigger.cron_spec: fires on its schedule alone",
+    ),
+    ({"branch": "s", "all": "yes", "commits": 1}, "trigger.all: expected true or false"),
+    ({"branch": "s", "size_bytes": 1}, "unknown field 'size_bytes'"),
+]
+
+
+@pytest.mark.parametrize(("trigger", "fragment"), TRIGGER_REFUSALS)
+def test_bad_triggers_are_refused(trigger: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_pipeline_spec(base_spec(input=pfs("a", trigger=trigger)))
+    assert fragment in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("100", 100),
+        ("100B", 100),
+        ("10K", 10_000),
+        ("10kb", 10_000),
+        ("1MB", 1_000_000),
+        ("1.5 GB", 1_500_000_000),
+        ("1Ki", 1024),
+        ("2MiB", 2 * 1024**2),
+        ("1tb", 10**12),
+        ("1P", 10**15),
+    ],
+)
+def test_sizes_read_like_pachyderms_triggers(text: str, size: int) -> None:
+    assert parse_size(text) == size
+    assert parse_size(format_size(size)) == size
+
+
+@pytest.mark.parametrize("text", ["", "MB", "1 MB B", "1XB", "-1K", "1KiBB", "1  K", "1e3"])
+def test_bad_sizes_are_refused(text: str) -> None:
+    with pytest.raises(InvalidArgument, match="invalid size"):
+        parse_size(text)

@@ -1,4 +1,4 @@
-"""PPS HTTP API: pipelines, jobs, datums and logs (documented at /openapi.json)."""
+"""PPS HTTP API: pipelines, jobs, datums, logs and secrets (documented at /openapi.json)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from aiohttp import web
 from services.pps.service import PpsService
 from shared.errors import InvalidArgument
 from shared.http import field, query_bool, query_int, query_seconds, read_json
+from shared.pps.secrets import check_secret_name, encode_values, parse_secret_manifest
 from shared.pps.spec import load_spec_documents
 
 SERVICE: web.AppKey[PpsService] = web.AppKey("pps_service", PpsService)
@@ -149,3 +150,46 @@ async def logs(request: web.Request) -> web.Response:
         query_int(request, "limit", 1000, low=1, high=100000),
     )
     return web.json_response({"logs": [line.to_json() for line in lines]})
+
+
+# Secrets: only names, keys and times leave PPS, except through the workers' endpoint.
+
+
+def _secret_name(request: web.Request) -> str:
+    return check_secret_name(request.match_info["secret"])
+
+
+@routes.post("/v1/secrets")
+async def create_secret(request: web.Request) -> web.Response:
+    """Store a secret from a Kubernetes Secret manifest {secret: {...}} (?update=true replaces)."""
+    manifest = parse_secret_manifest(field(await read_json(request), "secret", dict))
+    info = await _svc(request).secrets.create(manifest, update=query_bool(request, "update"))
+    return web.json_response(info.to_json(), status=201)
+
+
+@routes.get("/v1/secrets")
+async def list_secrets(request: web.Request) -> web.Response:
+    """List secrets: names, types, keys and times, never values."""
+    infos = await _svc(request).secrets.list()
+    return web.json_response({"secrets": [s.to_json() for s in infos]})
+
+
+@routes.get("/v1/secrets/{secret}")
+async def inspect_secret(request: web.Request) -> web.Response:
+    """One secret's name, type, keys and times (never its values)."""
+    return web.json_response((await _svc(request).secrets.inspect(_secret_name(request))).to_json())
+
+
+@routes.delete("/v1/secrets/{secret}")
+async def delete_secret(request: web.Request) -> web.Response:
+    """Delete a secret that no pipeline uses."""
+    await _svc(request).secrets.delete(_secret_name(request))
+    return web.json_response({})
+
+
+@routes.get("/v1/internal/secrets/{secret}/data")
+async def secret_data(request: web.Request) -> web.Response:
+    """Internal, for workers: the secret's values, base64. Keep PPS's port private."""
+    name = _secret_name(request)
+    values = await _svc(request).secrets.data(name)
+    return web.json_response({"name": name, "data": encode_values(values)})

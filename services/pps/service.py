@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from services.pps.secret_box import SecretBox, key_file_path
+from services.pps.secrets import SecretService
 from shared.config import Config
 from shared.db import Conn, db_ready
 from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -57,6 +59,7 @@ class PpsService:
         self.config = config
         self.pool = pool
         self.pfs = pfs
+        self.secrets = SecretService(pool, SecretBox(key_file_path(config)))
 
     # Pipelines
 
@@ -67,6 +70,7 @@ class PpsService:
         spec = parse_pipeline_spec(raw)
         async with self.pool.acquire() as conn:
             existing = await _maybe_pipeline(conn, spec.name)
+            await self.secrets.check_uses(conn, spec.transform.secrets, lock=False)
         if existing is not None and not update:
             raise AlreadyExists(
                 f"pipeline {spec.name} already exists; use tusk update pipeline to change it"
@@ -77,6 +81,7 @@ class PpsService:
         created_repo = await self._ensure_output_repo(spec, new=existing is None)
         try:
             async with self.pool.acquire() as conn, conn.transaction():
+                await self.secrets.check_uses(conn, spec.transform.secrets, lock=True)
                 if existing is None:
                     info = await store.insert_pipeline(conn, spec.name, spec.raw, PIPELINE_RUNNING)
                     trigger = "create:1"

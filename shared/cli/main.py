@@ -25,16 +25,17 @@ from shared.cli import (
     mount_commands,
     pipeline_commands,
     repo_commands,
+    secret_commands,
 )
 from shared.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, report
 
 # Verb groups, in the order ``tusk --help`` lists them.
 VERBS: dict[str, str] = {
-    "create": "Create a repo, a branch or pipelines.",
-    "update": "Update pipelines.",
-    "list": "List repos, branches, commits, files, pipelines, jobs or datums.",
-    "inspect": "Show one repo, branch, commit, file, pipeline, job or datum.",
-    "delete": "Delete a repo, branch, commit, file or pipeline.",
+    "create": "Create a repo, a branch, pipelines or a secret.",
+    "update": "Update pipelines or a secret.",
+    "list": "List repos, branches, commits, files, pipelines, jobs, datums or secrets.",
+    "inspect": "Show one repo, branch, commit, file, pipeline, job, datum or secret.",
+    "delete": "Delete a repo, branch, commit, file, pipeline or secret.",
     "start": "Start a commit or a stopped pipeline.",
     "stop": "Stop a pipeline.",
     "finish": "Finish a commit.",
@@ -115,7 +116,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _build() -> None:
     groups = {verb: click.Group(verb, help=text) for verb, text in VERBS.items()}
-    for module in (repo_commands, commit_commands, file_commands, pipeline_commands):
+    for module in (
+        repo_commands,
+        commit_commands,
+        file_commands,
+        pipeline_commands,
+        secret_commands,
+    ):
         for verb, command in module.COMMANDS:
             groups[verb].add_command(command)
     for group in groups.values():

@@ -95,7 +95,7 @@ PIPELINE = PipelineNameType()
 # --- spec files -------------------------------------------------------------------------------
 
 
-def read_spec_text(source: str) -> str:
+def read_spec_text(source: str, what: str = "a pipeline spec") -> str:
     """The text of ``-f FILE`` (``-`` reads stdin)."""
     if source == "-":
         data = sys.stdin.buffer.read()
@@ -107,7 +107,7 @@ def read_spec_text(source: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidArgument(f"{where}: a pipeline spec must be UTF-8 text") from None
+        raise InvalidArgument(f"{where}: {what} must be UTF-8 text") from None
 
 
 def read_specs(source: str) -> list[dict[str, Any]]:

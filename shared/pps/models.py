@@ -115,3 +115,14 @@ class LogLine(Record):
     ts: str
     message: str
     id: int = 0
+
+
+@dataclass(frozen=True)
+class SecretInfo(Record):
+    """What PPS tells about a secret (``tusk list secret``): never its values."""
+
+    name: str
+    type: str
+    keys: list[str]
+    created: str
+    updated: str = ""

@@ -20,12 +20,13 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
 
 import blake3
-import yaml
 
+from shared.documents import load_documents
 from shared.errors import InvalidArgument
 from shared.glob import compile_glob
 from shared.names import COMMIT_ID_RE, check_name
 from shared.pps.durations import format_duration, parse_cron_spec, parse_duration
+from shared.pps.secrets import check_secret_key, check_secret_name
 
 DEFAULT_BRANCH = "master"
 DEFAULT_DATUM_TRIES = 3
@@ -33,7 +34,14 @@ REPROCESS_SPECS = ("until_success", "every_job")
 # /pfs/out is the datum's output directory, so no input may be called "out".
 RESERVED_INPUT_NAMES = frozenset({"out"})
 
-# The fields each kind of spec object takes.
+DEFAULT_PROJECT = "default"
+# Exit codes a command can return; accept_return_code lists some of them.
+_MAX_EXIT_CODE = 255
+# Numeric user and group ids the sandbox can switch to (2**32 - 1 is "no id" to the kernel).
+_MAX_ID = 2**32 - 2
+
+# The fields each kind of spec object takes, in Pachyderm's proto names; every field is
+# also accepted in its protojson name (lowerCamelCase: ``join_on`` → ``joinOn``).
 _FIELDS: dict[str, tuple[str, ...]] = {
     "": (
         "pipeline",
@@ -49,11 +57,25 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "resource_requests",
         "resource_limits",
     ),
-    "pipeline": ("name",),
-    "transform": ("cmd", "stdin", "env", "err_cmd", "err_stdin", "image"),
+    "pipeline": ("name", "project"),
+    "project": ("name",),
+    "transform": (
+        "cmd",
+        "stdin",
+        "env",
+        "err_cmd",
+        "err_stdin",
+        "image",
+        "accept_return_code",
+        "working_dir",
+        "user",
+        "secrets",
+    ),
+    "secret": ("name", "key", "env_var", "mount_path"),
     "input": ("pfs", "cross", "union", "join", "group", "cron"),
     "pfs": (
         "name",
+        "project",
         "repo",
         "branch",
         "commit",
@@ -63,8 +85,10 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "outer_join",
         "lazy",
         "empty_files",
+        "trigger",
     ),
-    "cron": ("name", "repo", "spec", "overwrite", "start"),
+    "trigger": ("branch", "all", "cron_spec", "rate_limit_spec", "size", "commits"),
+    "cron": ("name", "project", "repo", "spec", "overwrite", "start"),
     "parallelism_spec": ("constant",),
     "resources": ("cpu", "memory", "gpu", "disk"),
     "gpu": ("type", "number"),
@@ -77,22 +101,37 @@ def _words(text: str) -> frozenset[str]:
 
 # Pachyderm fields Tusk knows but does not implement: refused with a clearer word than
 # "unknown field", so a user porting a spec knows it is a gap, not a typo.
+# docs/pipeline-spec.md says why for each.
 _UNSUPPORTED: dict[str, frozenset[str]] = {
     "": _words(
         """egress spout service s3_out autoscaling pod_spec pod_patch scheduling_spec
         sidecar_resource_limits sidecar_resource_requests datum_set_spec tolerations metadata
         salt spec_commit update reprocess tf_job determined max_queue_size chunk_spec standby
-        cache_size enable_stats maximum_expected_uptime"""
+        cache_size enable_stats maximum_expected_uptime dry_run"""
     ),
-    "pipeline": _words("project"),
-    "transform": _words(
-        """secrets image_pull_secrets accept_return_code debug user working_dir dockerfile
-        memory_volume"""
-    ),
-    "pfs": _words("project s3 trigger repo_type"),
-    "cron": _words("project"),
+    "transform": _words("image_pull_secrets debug dockerfile memory_volume datum_batching"),
+    "pfs": _words("s3 repo_type reference propagation_spec"),
+    "cron": _words("commit"),
     "input": _words("git"),
 }
+
+
+def json_name(proto_name: str) -> str:
+    """protojson's name for a proto field: lowerCamelCase (``parallelism_spec`` →
+    ``parallelismSpec``), as Pachyderm's parser accepts besides the proto name."""
+    head, *rest = proto_name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _spellings(kind: str) -> dict[str, str]:
+    """Every accepted spelling of ``kind``'s fields (known and unsupported) → proto name."""
+    names = (*_FIELDS.get(kind, ()), *_UNSUPPORTED.get(kind, ()))
+    out = {name: name for name in names}
+    out.update((json_name(name), name) for name in names)
+    return out
+
+
+_SPELLINGS: dict[str, dict[str, str]] = {kind: _spellings(kind) for kind in _FIELDS}
 
 
 # --- the typed spec -----------------------------------------------------------------------
@@ -245,52 +284,12 @@ class PipelineSpec:
 # --- reading documents --------------------------------------------------------------------
 
 
-class _SpecLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and keeps timestamps as strings."""
-
-
-# Timestamps stay strings so `start:` is validated the same way from YAML and JSON.
-_SpecLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _construct_mapping(loader: _SpecLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    out: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in out:
-            mark = key_node.start_mark
-            raise InvalidArgument(
-                f"pipeline spec: line {mark.line + 1}, column {mark.column + 1}: "
-                f"duplicate key {key!r}"
-            )
-        out[key] = loader.construct_object(value_node, deep=True)
-    return out
-
-
-_SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise InvalidArgument(f"pipeline spec: duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def load_spec_documents(text: str) -> list[dict[str, Any]]:
     """The pipeline spec objects in ``text``: JSON (an object, an array of objects, or objects
     one after another) or YAML (documents separated by ``---``). Malformed input raises
     ``InvalidArgument`` naming the line and column."""
-    stripped = text.lstrip("\ufeff \t\r\n")
-    docs = _load_json(stripped) if stripped[:1] in ("{", "[") else _load_yaml(text)
     out: list[dict[str, Any]] = []
-    for number, doc in enumerate(docs, 1):
+    for number, doc in enumerate(load_documents(text, "pipeline spec"), 1):
         items = doc if isinstance(doc, list) else [doc]
         for item in items:
             if not isinstance(item, dict):
@@ -302,35 +301,6 @@ def load_spec_documents(text: str) -> list[dict[str, Any]]:
     if not out:
         raise InvalidArgument("pipeline spec: no pipeline spec found in the input")
     return out
-
-
-def _load_json(text: str) -> list[Any]:
-    decoder = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
-    docs: list[Any] = []
-    pos = 0
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n":
-            pos += 1
-        if pos == len(text):
-            return docs
-        try:
-            doc, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise InvalidArgument(
-                f"pipeline spec: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-            ) from None
-        docs.append(doc)
-
-
-def _load_yaml(text: str) -> list[Any]:
-    try:
-        return [doc for doc in yaml.load_all(text, Loader=_SpecLoader) if doc is not None]
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InvalidArgument(f"pipeline spec: invalid YAML{where}: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise InvalidArgument(f"pipeline spec: invalid YAML: {exc}") from None
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -364,25 +334,46 @@ def _join(path: str, key: str) -> str:
 
 
 class _Obj:
-    """One spec object being read: unknown keys are refused at once (so a typo is reported
-    before the "required" error it causes); typed getters know the field path."""
+    """One spec object being read. Fields are looked up by proto name whichever way the
+    user spelled them (``join_on`` or ``joinOn``); paths in errors use the user's spelling.
+    Unknown keys are refused at once (so a typo is reported before the "required" error it
+    causes); typed getters know the field path."""
 
     def __init__(self, value: Any, path: str, kind: str) -> None:
         if not isinstance(value, dict):
             _fail(path, f"expected an object, got {_type_name(value)}")
-        self.data: dict[str, Any] = value
         self.path = path
-        allowed = _FIELDS[kind]
-        for key in value:
-            if key in allowed:
-                continue
-            if not isinstance(key, str):
-                _fail(path, f"field names must be strings, got {key!r}")
-            if key in _UNSUPPORTED.get(kind, ()):
-                _fail(path, f"{key!r} is a Pachyderm field that Tusk does not support")
-            hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+        self.data: dict[str, Any] = {}
+        # proto name → the key as the user wrote it
+        self.spelled: dict[str, str] = {}
+        for key, item in value.items():
+            name = self._field_name(key, kind)
+            if name in self.spelled:
+                _fail(
+                    path,
+                    f"{self.spelled[name]!r} and {key!r} are two spellings of one field; "
+                    "give it once",
+                    field_path=_join(path, key),
+                )
+            self.spelled[name] = key
+            self.data[name] = item
+
+    def _field_name(self, key: Any, kind: str) -> str:
+        if not isinstance(key, str):
+            _fail(self.path, f"field names must be strings, got {key!r}")
+        spellings = _SPELLINGS[kind]
+        name = spellings.get(key)
+        if name is None:
+            hint = difflib.get_close_matches(key, list(spellings), n=1, cutoff=0.6)
             suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-            _fail(path, f"unknown field {key!r}{suggestion}")
+            _fail(self.path, f"unknown field {key!r}{suggestion}", field_path=_join(self.path, key))
+        if name in _UNSUPPORTED.get(kind, ()):
+            _fail(
+                self.path,
+                f"{key!r} is a Pachyderm field that Tusk does not support",
+                field_path=_join(self.path, key),
+            )
+        return name
 
     def has(self, key: str) -> bool:
         return self.data.get(key) is not None
@@ -391,7 +382,12 @@ class _Obj:
         return self.data.get(key)
 
     def at(self, key: str) -> str:
-        return _join(self.path, key)
+        """The path of field ``key`` (a proto name), spelled as the user spelled it."""
+        return _join(self.path, self.spelled.get(key, key))
+
+    def child(self, key: str, kind: str) -> _Obj:
+        """The object in field ``key``, read as a ``kind``."""
+        return _Obj(self.raw(key), self.at(key), kind)
 
     def string(self, key: str, *, required: bool = False, default: str | None = None) -> str | None:
         value = self.raw(key)
@@ -420,13 +416,10 @@ class _Obj:
         value = self.raw(key)
         if value is None:
             return default
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(self.at(key), f"expected a whole number, got {_type_name(value)} {value!r}")
-        if value < minimum:
-            _fail(self.at(key), f"must be at least {minimum}, got {value}")
-        return value
+        number = _whole_number(self.at(key), value)
+        if number < minimum:
+            _fail(self.at(key), f"must be at least {minimum}, got {number}")
+        return number
 
     def strings(self, key: str, *, required: bool = False) -> tuple[str, ...]:
         value = self.raw(key)
@@ -444,6 +437,30 @@ class _Obj:
                 )
         return tuple(value)
 
+    def items(self, key: str) -> list[tuple[str, Any]]:
+        """(path, value) of each element of the list in field ``key`` (none if unset)."""
+        value = self.raw(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            _fail(self.at(key), f"expected a list, got {_type_name(value)}")
+        return [(f"{self.at(key)}[{i}]", item) for i, item in enumerate(value)]
+
+
+_WHOLE_NUMBER_TEXT = re.compile(r"^-?[0-9]+$")
+
+
+def _whole_number(path: str, value: Any) -> int:
+    """An integer field's value. protojson also takes 64-bit integers as decimal strings
+    (``"3"``), as Pachyderm's own JSON output writes them, so those are read too."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _WHOLE_NUMBER_TEXT.match(value):
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(path, f"expected a whole number, got {_type_name(value)} {value!r}")
+    return value
+
 
 def _checked_name(path: str, kind: str, name: str) -> str:
     try:
@@ -457,32 +474,29 @@ def parse_pipeline_spec(raw: Mapping[str, Any]) -> PipelineSpec:
     top = _Obj(dict(raw) if isinstance(raw, Mapping) else raw, "", "")
     if not top.has("pipeline"):
         _fail("pipeline.name", "required")
-    pipeline = _Obj(top.raw("pipeline"), "pipeline", "pipeline")
-    name = _checked_name("pipeline.name", "pipeline", pipeline.req_string("name"))
+    pipeline = top.child("pipeline", "pipeline")
+    name = _checked_name(pipeline.at("name"), "pipeline", pipeline.req_string("name"))
+    if pipeline.has("project"):
+        _project_object(pipeline)
     description = top.string("description", default="") or ""
     if not top.has("transform"):
         _fail("transform", "required")
-    transform = _parse_transform(_Obj(top.raw("transform"), "transform", "transform"))
+    transform = _parse_transform(top.child("transform", "transform"))
     if not top.has("input"):
         _fail("input", "required")
-    parsed_input = _parse_input(top.raw("input"), "input", name, None)
+    parsed_input = _parse_input(top.raw("input"), top.at("input"), name, None)
     _check_unique_names(parsed_input)
-
-    parallelism = 1
-    if top.has("parallelism_spec"):
-        par = _Obj(top.raw("parallelism_spec"), "parallelism_spec", "parallelism_spec")
-        parallelism = par.integer("constant", 1, 1)
     spec = PipelineSpec(
         name=name,
         description=description,
         transform=transform,
         input=parsed_input,
-        parallelism=parallelism,
+        parallelism=_parallelism(top),
         datum_tries=top.integer("datum_tries", DEFAULT_DATUM_TRIES, 1),
         datum_timeout=_timeout(top, "datum_timeout"),
         job_timeout=_timeout(top, "job_timeout"),
         output_branch=_checked_name(
-            "output_branch",
+            top.at("output_branch"),
             "branch",
             top.string("output_branch", default=DEFAULT_BRANCH) or DEFAULT_BRANCH,
         ),
@@ -493,35 +507,171 @@ def parse_pipeline_spec(raw: Mapping[str, Any]) -> PipelineSpec:
     return replace(spec, raw=spec_to_json(spec))
 
 
+def _parallelism(top: _Obj) -> int:
+    if not top.has("parallelism_spec"):
+        return 1
+    return top.child("parallelism_spec", "parallelism_spec").integer("constant", 1, 1)
+
+
+_PROJECTS_UNSUPPORTED = "projects are not supported yet; use project 'default' or leave it out"
+
+
+def _project_object(pipeline: _Obj) -> None:
+    """``pipeline.project``: ``{"name": "default"}`` (or no name) is the only project."""
+    if not isinstance(pipeline.raw("project"), dict):
+        found = _type_name(pipeline.raw("project"))
+        _fail(pipeline.at("project"), f"expected an object like {{'name': 'default'}}, got {found}")
+    project = pipeline.child("project", "project")
+    _project_name(project.at("name"), project.raw("name"))
+
+
+def _project_name(path: str, value: Any) -> None:
+    """An input's ``project`` (a name): only the default project exists."""
+    if value is None or value == "":
+        return
+    if not isinstance(value, str):
+        _fail(path, f"expected a project name, got {_type_name(value)} {value!r}")
+    if value != DEFAULT_PROJECT:
+        _fail(path, f"{value!r}: {_PROJECTS_UNSUPPORTED}")
+
+
+# --- transform ----------------------------------------------------------------------------
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 def _parse_transform(obj: _Obj) -> Transform:
-    cmd = obj.strings("cmd", required=True)
-    stdin = obj.strings("stdin")
-    env_value = obj.raw("env")
-    env: dict[str, str] = {}
-    if env_value is not None:
-        if not isinstance(env_value, dict):
-            _fail(obj.at("env"), f"expected an object of strings, got {_type_name(env_value)}")
-        for key, value in env_value.items():
-            if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                _fail(obj.at("env"), f"invalid variable name {key!r}")
-            if not isinstance(value, str):
-                _fail(
-                    f"{obj.at('env')}.{key}",
-                    f"expected a string, got {_type_name(value)} {value!r} (quote it in YAML)",
-                )
-            env[key] = value
     transform = Transform(
-        cmd=cmd,
-        stdin=stdin,
-        env=env,
+        cmd=obj.strings("cmd", required=True),
+        stdin=obj.strings("stdin"),
+        env=_env(obj),
         err_cmd=obj.strings("err_cmd"),
         err_stdin=obj.strings("err_stdin"),
         image=obj.string("image"),
+        accept_return_code=_accept_return_codes(obj),
+        working_dir=_working_dir(obj),
+        user=_user(obj),
+        secrets=tuple(_secret_use(path, value) for path, value in obj.items("secrets")),
     )
     if transform.err_stdin and not transform.err_cmd:
         _fail(obj.at("err_stdin"), "needs err_cmd")
+    _check_secret_targets(obj, transform)
     return transform
 
+
+def _env(obj: _Obj) -> dict[str, str]:
+    value = obj.raw("env")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        _fail(obj.at("env"), f"expected an object of strings, got {_type_name(value)}")
+    env: dict[str, str] = {}
+    for key, text in value.items():
+        if not isinstance(key, str) or not _ENV_NAME_RE.match(key):
+            _fail(obj.at("env"), f"invalid variable name {key!r}")
+        if not isinstance(text, str):
+            _fail(
+                f"{obj.at('env')}.{key}",
+                f"expected a string, got {_type_name(text)} {text!r} (quote it in YAML)",
+            )
+        env[key] = text
+    return env
+
+
+def _accept_return_codes(obj: _Obj) -> tuple[int, ...]:
+    codes: list[int] = []
+    for path, value in obj.items("accept_return_code"):
+        code = _whole_number(path, value)
+        if not 0 <= code <= _MAX_EXIT_CODE:
+            _fail(path, f"an exit code is 0-{_MAX_EXIT_CODE}, got {code}")
+        codes.append(code)
+    return tuple(codes)
+
+
+def _working_dir(obj: _Obj) -> str | None:
+    path = obj.string("working_dir")
+    if path is None:
+        return None
+    if not path.startswith("/") or "\x00" in path:
+        _fail(obj.at("working_dir"), f"expected an absolute path, e.g. '/pfs', got {path!r}")
+    if ".." in path.split("/"):
+        _fail(obj.at("working_dir"), f"'..' is not allowed in {path!r}")
+    return path
+
+
+_USER_RE = re.compile(r"^([0-9]+)(?::([0-9]+))?$")
+
+
+def _user(obj: _Obj) -> str | None:
+    """``uid``, ``uid:gid`` or ``root``. Names are refused: the sandbox has no user
+    database to look them up in (an image's /etc/passwd is not read)."""
+    user = obj.string("user")
+    if user is None or user == "root":
+        return user
+    match = _USER_RE.match(user)
+    if match is None:
+        _fail(
+            obj.at("user"),
+            f"{user!r}: give a numeric id ('1000' or '1000:1000') or 'root'; "
+            "user names cannot be looked up",
+        )
+    for number in match.groups():
+        if number is not None and int(number) > _MAX_ID:
+            _fail(obj.at("user"), f"id {number} is out of range 0-{_MAX_ID}")
+    return user
+
+
+def _secret_use(path: str, value: Any) -> SecretUse:
+    obj = _Obj(value, path, "secret")
+    name = obj.req_string("name")
+    try:
+        check_secret_name(name)
+    except InvalidArgument as exc:
+        _fail(obj.at("name"), exc.message)
+    use = SecretUse(
+        name=name,
+        key=obj.string("key"),
+        env_var=obj.string("env_var"),
+        mount_path=obj.string("mount_path"),
+    )
+    _check_secret_use(obj, use)
+    return use
+
+
+def _check_secret_use(obj: _Obj, use: SecretUse) -> None:
+    if (use.env_var is None) == (use.mount_path is None):
+        _fail(obj.path, "give exactly one of env_var (with key) or mount_path")
+    if use.env_var is not None:
+        if not _ENV_NAME_RE.match(use.env_var):
+            _fail(obj.at("env_var"), f"invalid variable name {use.env_var!r}")
+        if use.key is None:
+            _fail(obj.at("key"), "required with env_var: the secret's key to put in it")
+        try:
+            check_secret_key(use.key)
+        except InvalidArgument as exc:
+            _fail(obj.at("key"), exc.message)
+        return
+    assert use.mount_path is not None
+    if use.key is not None:
+        _fail(obj.at("key"), "only used with env_var; mount_path mounts every key as a file")
+    mount = use.mount_path.rstrip("/") or "/"
+    if not mount.startswith("/") or ".." in mount.split("/") or "\x00" in mount:
+        _fail(obj.at("mount_path"), f"expected an absolute path, got {use.mount_path!r}")
+    if mount == "/" or mount == "/pfs" or mount.startswith("/pfs/"):
+        _fail(obj.at("mount_path"), f"{use.mount_path!r} would hide the root or /pfs")
+
+
+def _check_secret_targets(obj: _Obj, transform: Transform) -> None:
+    """No two secrets (or a secret and ``env``) may set one variable or share a mount."""
+    seen: set[str] = set(transform.env)
+    for i, use in enumerate(transform.secrets):
+        target = use.env_var or (use.mount_path or "").rstrip("/")
+        if target in seen:
+            _fail(f"{obj.at('secrets')}[{i}]", f"{target!r} is already set by env or a secret")
+        seen.add(target)
+
+
+# --- inputs -------------------------------------------------------------------------------
 
 _INPUT_KINDS = ("pfs", "cross", "union", "join", "group", "cron")
 
@@ -533,76 +683,48 @@ def _parse_input(value: Any, path: str, pipeline: str, parent: str | None) -> In
         found = f"got {', '.join(present)}" if present else "got none"
         _fail(path, f"expected exactly one of {', '.join(_INPUT_KINDS)}; {found}")
     kind = present[0]
-    sub = _join(path, kind)
+    sub = obj.at(kind)
     if kind == "pfs":
-        return _parse_pfs(_Obj(obj.data[kind], sub, "pfs"), pipeline, parent)
+        return _parse_pfs(obj.child(kind, "pfs"), pipeline, parent)
+    if parent in ("join", "group"):
+        _fail(sub, f"a {parent} input takes only pfs inputs")
     if kind == "cron":
-        if parent in ("join", "group"):
-            _fail(sub, f"a {parent} input takes only pfs inputs")
-        return _parse_cron(_Obj(obj.data[kind], sub, "cron"), pipeline)
+        return _parse_cron(obj.child(kind, "cron"), pipeline)
     items = obj.data[kind]
     if not isinstance(items, list):
         _fail(sub, f"expected a list of inputs, got {_type_name(items)}")
     if not items:
         _fail(sub, "needs at least one input")
-    if parent in ("join", "group"):
-        _fail(sub, f"a {parent} input takes only pfs inputs")
     children = [_parse_input(item, f"{sub}[{i}]", pipeline, kind) for i, item in enumerate(items)]
     if kind == "cross":
         return CrossInput(tuple(children))
     if kind == "union":
         return UnionInput(tuple(children))
     pfs_children = tuple(child for child in children if isinstance(child, PfsInput))
-    key = "join_on" if kind == "join" else "group_by"
-    for i, child in enumerate(pfs_children):
-        if getattr(child, key) is None:
-            _fail(f"{sub}[{i}].pfs.{key}", f"required for every input of a {kind}")
     return JoinInput(pfs_children) if kind == "join" else GroupInput(pfs_children)
 
 
 def _parse_pfs(obj: _Obj, pipeline: str, parent: str | None) -> PfsInput:
+    _project_name(obj.at("project"), obj.raw("project"))
     repo = _checked_name(obj.at("repo"), "repo", obj.req_string("repo"))
     if repo == pipeline:
         _fail(obj.at("repo"), f"a pipeline cannot read its own output repo {repo!r}")
     glob_text = obj.req_string("glob")
     try:
-        glob = compile_glob(glob_text)
+        groups = compile_glob(glob_text).regex.groups
     except InvalidArgument as exc:
         _fail(obj.at("glob"), exc.message)
-    name = _checked_name(obj.at("name"), "input", obj.string("name", default=repo) or repo)
-    if name in RESERVED_INPUT_NAMES:
-        _fail(obj.at("name"), f"{name!r} is reserved for the output directory /pfs/out")
+    name = _input_name(obj, obj.string("name", default=repo) or repo)
     branch = _checked_name(
         obj.at("branch"), "branch", obj.string("branch", default=DEFAULT_BRANCH) or DEFAULT_BRANCH
     )
     commit = obj.string("commit")
     if commit is not None and not COMMIT_ID_RE.match(commit):
         _fail(obj.at("commit"), f"invalid commit id {commit!r}: expected 32 hex digits")
-    join_on = obj.string("join_on")
-    group_by = obj.string("group_by")
     outer_join = obj.boolean("outer_join")
-    groups = glob.regex.groups
-    for key, text, allowed_in in (("join_on", join_on, "join"), ("group_by", group_by, "group")):
-        if text is None:
-            continue
-        if parent != allowed_in:
-            _fail(obj.at(key), f"only meaningful for an input inside a {allowed_in}")
-        try:
-            refs = template_groups(text)
-        except InvalidArgument as exc:
-            _fail(obj.at(key), exc.message)
-        if not refs:
-            _fail(obj.at(key), f"{text!r} refers to no capture group; use e.g. '$1'")
-        for ref in refs:
-            if ref > groups:
-                have = f"has {groups}" if groups else "has none; add one, e.g. '/(*).csv'"
-                _fail(
-                    obj.at(key),
-                    f"'${ref}' needs capture group {ref}, but glob {glob_text!r} {have}",
-                )
     if outer_join and parent != "join":
         _fail(obj.at("outer_join"), "only meaningful for an input inside a join")
-    pfs = PfsInput(
+    return PfsInput(
         name=name,
         repo=repo,
         glob=glob_text,
@@ -610,17 +732,115 @@ def _parse_pfs(obj: _Obj, pipeline: str, parent: str | None) -> PfsInput:
         commit=commit,
         lazy=obj.boolean("lazy"),
         empty_files=obj.boolean("empty_files"),
-        join_on=join_on,
-        group_by=group_by,
+        join_on=_match_key(obj, "join_on", "join", parent, groups),
+        group_by=_match_key(obj, "group_by", "group", parent, groups),
         outer_join=outer_join,
+        trigger=_trigger(obj.child("trigger", "trigger"), branch) if obj.has("trigger") else None,
     )
-    return pfs
+
+
+def _input_name(obj: _Obj, name: str) -> str:
+    name = _checked_name(obj.at("name"), "input", name)
+    if name in RESERVED_INPUT_NAMES:
+        _fail(obj.at("name"), f"{name!r} is reserved for the output directory /pfs/out")
+    return name
+
+
+def _match_key(obj: _Obj, key: str, kind: str, parent: str | None, groups: int) -> str | None:
+    """``join_on`` (inside a join) or ``group_by`` (inside a group): a template over the
+    glob's capture groups, required there and refused elsewhere."""
+    text = obj.string(key)
+    if text is None:
+        if parent == kind:
+            _fail(obj.at(key), f"required for every input of a {kind}")
+        return None
+    if parent != kind:
+        _fail(obj.at(key), f"only meaningful for an input inside a {kind}")
+    try:
+        refs = template_groups(text)
+    except InvalidArgument as exc:
+        _fail(obj.at(key), exc.message)
+    if not refs:
+        _fail(obj.at(key), f"{text!r} refers to no capture group; use e.g. '$1'")
+    for ref in refs:
+        if ref > groups:
+            have = f"has {groups}" if groups else "has none; add one, e.g. '/(*).csv'"
+            glob_text = obj.raw("glob")
+            _fail(obj.at(key), f"'${ref}' needs capture group {ref}, but glob {glob_text!r} {have}")
+    return text
+
+
+def _trigger(obj: _Obj, input_branch: str) -> BranchTrigger:
+    """``input.pfs.trigger``: when the input branch moves to the head of ``branch``."""
+    branch = _checked_name(obj.at("branch"), "branch", obj.req_string("branch"))
+    if branch == input_branch:
+        _fail(obj.at("branch"), f"must differ from the input's branch {input_branch!r}")
+    size_text = obj.string("size")
+    size = _trigger_size(obj.at("size"), size_text) if size_text is not None else None
+    commits = obj.integer("commits", 0, 0) or None
+    cron = _trigger_schedule(obj, "cron_spec")
+    rate_limit = _trigger_schedule(obj, "rate_limit_spec")
+    if cron is not None and (size is not None or commits is not None or rate_limit is not None):
+        _fail(
+            obj.at("cron_spec"),
+            "fires on its schedule alone; to combine a schedule with size or commits "
+            "use rate_limit_spec",
+        )
+    schedule = cron or rate_limit
+    if size is None and commits is None and schedule is None:
+        _fail(obj.path, "needs a condition: size, commits, cron_spec or rate_limit_spec")
+    return BranchTrigger(branch, size=size, commits=commits, cron=schedule, all=obj.boolean("all"))
+
+
+def _trigger_schedule(obj: _Obj, key: str) -> str | None:
+    spec = obj.string(key)
+    if spec is not None:
+        try:
+            parse_cron_spec(spec)
+        except InvalidArgument as exc:
+            _fail(obj.at(key), exc.message)
+    return spec
+
+
+# A trigger's size, as Pachyderm reads it (go-units): "1MB", "10K", "512 kb", "2GiB", "100".
+_SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+) ?(?:([kmgtp])(i)?b?|b)?$", re.IGNORECASE)
+_SIZE_PREFIXES = "kmgtp"
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a human size: ``K``/``KB`` = 1000, ``Ki``/``KiB`` = 1024, up to ``P``; a bare
+    number or ``B`` is bytes. Raises ``InvalidArgument`` otherwise."""
+    match = _SIZE_RE.match(text)
+    if match is None:
+        raise InvalidArgument(f"invalid size {text!r}: expected e.g. '100', '10K', '1MB' or '2GiB'")
+    number, prefix, binary = match.groups()
+    power = _SIZE_PREFIXES.index(prefix.lower()) + 1 if prefix else 0
+    return int(float(number) * (1024 if binary else 1000) ** power)
+
+
+def format_size(size: int) -> str:
+    """The shortest exact form of ``size`` that ``parse_size`` reads back (``"1MB"``)."""
+    for power in range(len(_SIZE_PREFIXES), 0, -1):
+        letter = _SIZE_PREFIXES[power - 1].upper()
+        for base, suffix in ((1024, f"{letter}iB"), (1000, f"{letter}B")):
+            if size % base**power == 0:
+                return f"{size // base**power}{suffix}"
+    return str(size)
+
+
+def _trigger_size(path: str, text: str) -> int:
+    try:
+        size = parse_size(text)
+    except InvalidArgument as exc:
+        _fail(path, exc.message)
+    if size <= 0:
+        _fail(path, f"must be more than 0 bytes, got {text!r}")
+    return size
 
 
 def _parse_cron(obj: _Obj, pipeline: str) -> CronInput:
-    name = _checked_name(obj.at("name"), "input", obj.req_string("name"))
-    if name in RESERVED_INPUT_NAMES:
-        _fail(obj.at("name"), f"{name!r} is reserved for the output directory /pfs/out")
+    _project_name(obj.at("project"), obj.raw("project"))
+    name = _input_name(obj, obj.req_string("name"))
     spec = obj.req_string("spec")
     try:
         parse_cron_spec(spec)
@@ -628,24 +848,32 @@ def _parse_cron(obj: _Obj, pipeline: str) -> CronInput:
         _fail(obj.at("spec"), exc.message)
     default_repo = f"{pipeline}_{name}"
     repo = _checked_name(obj.at("repo"), "repo", obj.string("repo", default=default_repo) or "")
-    start_text = obj.string("start")
-    start = None
-    if start_text is not None:
-        try:
-            start = datetime.fromisoformat(start_text)
-        except ValueError:
-            start = None
-        if start is None or start.tzinfo is None:
-            _fail(
-                obj.at("start"),
-                f"expected an RFC 3339 time with a zone, e.g. '2024-01-01T00:00:00Z', "
-                f"got {start_text!r}",
-            )
-        start = start.astimezone(UTC)
-    cron = CronInput(
-        name=name, repo=repo, spec=spec, overwrite=obj.boolean("overwrite"), start=start
+    return CronInput(
+        name=name,
+        repo=repo,
+        spec=spec,
+        overwrite=obj.boolean("overwrite"),
+        start=_cron_start(obj),
     )
-    return cron
+
+
+def _cron_start(obj: _Obj) -> datetime | None:
+    text = obj.string("start")
+    if text is None:
+        return None
+    try:
+        start = datetime.fromisoformat(text)
+    except ValueError:
+        start = None
+    if start is None or start.tzinfo is None:
+        _fail(
+            obj.at("start"),
+            f"expected an RFC 3339 time with a zone, e.g. '2024-01-01T00:00:00Z', got {text!r}",
+        )
+    return start.astimezone(UTC)
+
+
+# --- the rest of the top level --------------------------------------------------------------
 
 
 def _timeout(top: _Obj, key: str) -> float | None:
@@ -655,16 +883,19 @@ def _timeout(top: _Obj, key: str) -> float | None:
     try:
         seconds = parse_duration(text)
     except InvalidArgument as exc:
-        _fail(key, exc.message)
+        _fail(top.at(key), exc.message)
     if seconds <= 0:
-        _fail(key, f"must be positive, got {text!r}")
+        _fail(top.at(key), f"must be positive, got {text!r}")
     return seconds
 
 
 def _reprocess_spec(top: _Obj) -> str:
     value = top.string("reprocess_spec", default=REPROCESS_SPECS[0]) or REPROCESS_SPECS[0]
     if value not in REPROCESS_SPECS:
-        _fail("reprocess_spec", f"expected one of {', '.join(REPROCESS_SPECS)}, got {value!r}")
+        _fail(
+            top.at("reprocess_spec"),
+            f"expected one of {', '.join(REPROCESS_SPECS)}, got {value!r}",
+        )
     return value
 
 
@@ -697,15 +928,7 @@ def parse_quantity(text: str) -> float:
 def _resources(top: _Obj, key: str) -> Resources | None:
     if not top.has(key):
         return None
-    obj = _Obj(top.raw(key), key, "resources")
-    cpu_value = obj.raw("cpu")
-    cpu: float | None = None
-    if cpu_value is not None:
-        if isinstance(cpu_value, bool) or not isinstance(cpu_value, int | float):
-            _fail(obj.at("cpu"), f"expected a number of cores, got {_type_name(cpu_value)}")
-        if cpu_value < 0:
-            _fail(obj.at("cpu"), f"must not be negative, got {cpu_value}")
-        cpu = float(cpu_value)
+    obj = top.child(key, "resources")
     quantities: dict[str, str | None] = {}
     for name in ("memory", "disk"):
         text = obj.string(name)
@@ -717,9 +940,30 @@ def _resources(top: _Obj, key: str) -> Resources | None:
         quantities[name] = text
     gpu: Gpu | None = None
     if obj.has("gpu"):
-        gobj = _Obj(obj.raw("gpu"), obj.at("gpu"), "gpu")
+        gobj = obj.child("gpu", "gpu")
         gpu = Gpu(gobj.req_string("type"), gobj.integer("number", 1, 1))
-    return Resources(cpu=cpu, memory=quantities["memory"], gpu=gpu, disk=quantities["disk"])
+    return Resources(cpu=_cpu(obj), memory=quantities["memory"], gpu=gpu, disk=quantities["disk"])
+
+
+def _cpu(obj: _Obj) -> float | None:
+    value = obj.raw("cpu")
+    if value is None:
+        return None
+    cpu = _float_text(value) if isinstance(value, str) else value
+    if isinstance(cpu, bool) or not isinstance(cpu, int | float):
+        _fail(obj.at("cpu"), f"expected a number of cores, got {_type_name(value)} {value!r}")
+    if cpu < 0:
+        _fail(obj.at("cpu"), f"must not be negative, got {value}")
+    return float(cpu)
+
+
+def _float_text(text: str) -> float | None:
+    """A number written as a string, as protojson allows for a float field ("0.5")."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value == value and abs(value) != float("inf") else None
 
 
 # --- join_on / group_by templates ------------------------------------------------------------
@@ -840,37 +1084,82 @@ _FINGERPRINT_VERSION = "tusk-transform-v1"
 
 
 def transform_fingerprint(transform: Transform) -> str:
-    """BLAKE3 hex over what decides a datum's output: cmd, stdin, env and image.
+    """BLAKE3 hex over what decides a datum's output: cmd, stdin, env, image and, when set,
+    accept_return_code, working_dir, user and the secrets used (names, keys and where they
+    go — not their values, so rotating a secret's value reprocesses nothing).
 
     ``err_cmd``/``err_stdin`` are left out: they only decide whether a failed datum may be
     ignored, never what a successful datum wrote, so changing them reprocesses nothing.
+    The fields added later enter only when set, so a transform without them keeps the
+    fingerprint (and skipped datums) it had before they existed.
     """
-    body = {
+    body: dict[str, Any] = {
         "v": _FINGERPRINT_VERSION,
         "cmd": list(transform.cmd),
         "stdin": list(transform.stdin),
         "env": dict(sorted(transform.env.items())),
         "image": transform.image,
     }
+    body.update(_transform_extras(transform))
     return blake3.blake3(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _transform_extras(transform: Transform) -> list[tuple[str, Any]]:
+    """The optional transform fields in JSON form, only those that are set."""
+    extras: list[tuple[str, Any]] = [
+        ("accept_return_code", list(transform.accept_return_code)),
+        ("working_dir", transform.working_dir),
+        ("user", transform.user),
+        ("secrets", [_secret_use_to_json(use) for use in transform.secrets]),
+    ]
+    return [(key, value) for key, value in extras if value]
+
+
+def _secret_use_to_json(use: SecretUse) -> dict[str, str]:
+    out = {"name": use.name}
+    for key in ("key", "env_var", "mount_path"):
+        if getattr(use, key) is not None:
+            out[key] = getattr(use, key)
+    return out
+
+
+def _pfs_to_json(input: PfsInput) -> dict[str, Any]:
+    pfs: dict[str, Any] = {
+        "name": input.name,
+        "repo": input.repo,
+        "branch": input.branch,
+        "glob": input.glob,
+    }
+    for key in ("commit", "join_on", "group_by"):
+        if getattr(input, key) is not None:
+            pfs[key] = getattr(input, key)
+    for key in ("outer_join", "lazy", "empty_files"):
+        if getattr(input, key):
+            pfs[key] = True
+    if input.trigger is not None:
+        pfs["trigger"] = _trigger_to_json(input.trigger)
+    return pfs
+
+
+def _trigger_to_json(trigger: BranchTrigger) -> dict[str, Any]:
+    out: dict[str, Any] = {"branch": trigger.branch}
+    if trigger.all:
+        out["all"] = True
+    if trigger.size is not None:
+        out["size"] = format_size(trigger.size)
+    if trigger.commits is not None:
+        out["commits"] = trigger.commits
+    if trigger.cron is not None:
+        # A schedule alone is Pachyderm's cron_spec; with other conditions, rate_limit_spec.
+        alone = trigger.size is None and trigger.commits is None
+        out["cron_spec" if alone else "rate_limit_spec"] = trigger.cron
+    return out
 
 
 def input_to_json(input: Input) -> dict[str, Any]:
     """A typed input tree back in Pachyderm's JSON form, defaults spelled out."""
     if isinstance(input, PfsInput):
-        pfs: dict[str, Any] = {
-            "name": input.name,
-            "repo": input.repo,
-            "branch": input.branch,
-            "glob": input.glob,
-        }
-        for key in ("commit", "join_on", "group_by"):
-            if getattr(input, key) is not None:
-                pfs[key] = getattr(input, key)
-        for key in ("outer_join", "lazy", "empty_files"):
-            if getattr(input, key):
-                pfs[key] = True
-        return {"pfs": pfs}
+        return {"pfs": _pfs_to_json(input)}
     if isinstance(input, CronInput):
         cron: dict[str, Any] = {"name": input.name, "repo": input.repo, "spec": input.spec}
         if input.overwrite:
@@ -897,24 +1186,30 @@ def _resources_to_json(res: Resources) -> dict[str, Any]:
     return out
 
 
+def _transform_to_json(transform: Transform) -> dict[str, Any]:
+    out: dict[str, Any] = {"cmd": list(transform.cmd)}
+    optional: list[tuple[str, Any]] = [
+        ("image", transform.image),
+        ("stdin", list(transform.stdin)),
+        ("env", dict(transform.env)),
+        ("err_cmd", list(transform.err_cmd)),
+        ("err_stdin", list(transform.err_stdin)),
+    ]
+    out.update((key, value) for key, value in optional if value)
+    out.update(_transform_extras(transform))
+    return out
+
+
 def spec_to_json(spec: PipelineSpec) -> dict[str, Any]:
-    """The spec in Pachyderm's field names with defaults spelled out (inspect/API output).
+    """The spec in Pachyderm's proto field names with defaults spelled out (inspect/API
+    output), whichever spelling it was written in.
 
     ``parse_pipeline_spec(spec_to_json(s))`` gives back ``s``.
     """
-    transform: dict[str, Any] = {"cmd": list(spec.transform.cmd)}
-    optional: list[tuple[str, Any]] = [
-        ("image", spec.transform.image),
-        ("stdin", list(spec.transform.stdin)),
-        ("env", dict(spec.transform.env)),
-        ("err_cmd", list(spec.transform.err_cmd)),
-        ("err_stdin", list(spec.transform.err_stdin)),
-    ]
-    transform.update((key, value) for key, value in optional if value)
     out: dict[str, Any] = {"pipeline": {"name": spec.name}}
     if spec.description:
         out["description"] = spec.description
-    out["transform"] = transform
+    out["transform"] = _transform_to_json(spec.transform)
     out["input"] = input_to_json(spec.input)
     out["parallelism_spec"] = {"constant": spec.parallelism}
     out["datum_tries"] = spec.datum_tries
