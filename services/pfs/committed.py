@@ -6,16 +6,21 @@ records; the index itself is path → JSON ``FileEntry``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from shared.chunking import FileEntry
 from shared.errors import InvalidArgument, NotFound
 from shared.file_entries import dir_range, from_index_entry, to_index_entry
-from shared.file_index import FileIndex, list_dir
+from shared.file_index import FileIndex, IndexEntry, list_dir
 from shared.glob import Glob, compile_glob
 from shared.pfs_models import FileChange, FileInfo
 
 Change = tuple[str, FileEntry | None]
+
+# Glob tests run this many paths at a time away from the event loop (or between yields to
+# it): each test is linear in its path, but a scan of a million paths is seconds of work.
+GLOB_SLICE = 1024
 
 
 def file_info(path: str, entry: FileEntry, commit: str | None) -> FileInfo:
@@ -155,8 +160,12 @@ class CommittedFiles:
                 await self._walk(root, glob, path, depth + 1, commit, out)
             return
         assert segment is not None
+        tested = 0
         async for child in list_dir(self.index, root, directory):
-            if not segment.fullmatch(child.name):
+            tested += 1
+            if tested % GLOB_SLICE == 0:
+                await asyncio.sleep(0)  # let other requests run during a huge directory
+            if not segment.match(child.name):
                 continue
             path = f"{base}/{child.name}"
             if last:
@@ -170,20 +179,34 @@ class CommittedFiles:
     async def _scan_match(
         self, root: str | None, glob: Glob, commit: str | None, out: list[FileInfo]
     ) -> None:
-        # '**' patterns: scan under the literal prefix, testing each file and its directories.
+        # '**' patterns: scan under the literal prefix, testing each file and its directories,
+        # a slice at a time in a worker thread so the event loop keeps serving meanwhile.
         start, end = dir_range(glob.literal_prefix)
         seen_dirs: set[str] = set()
+        batch: list[IndexEntry] = []
         async for item in self.index.scan(root, start, end):
-            parts = item.key.split("/")
-            for i in range(2, len(parts)):
-                d = "/".join(parts[:i])
-                if d not in seen_dirs:
-                    seen_dirs.add(d)
-                    if glob.match(d):
-                        out.append(await self.inspect(root, d, commit))
-            if glob.match(item.key):
-                out.append(file_info(item.key, from_index_entry(item), commit))
+            batch.append(item)
+            if len(batch) == GLOB_SLICE:
+                await self._collect_matches(root, glob, commit, batch, seen_dirs, out)
+                batch = []
+        await self._collect_matches(root, glob, commit, batch, seen_dirs, out)
         out.sort(key=lambda f: f.path)
+
+    async def _collect_matches(
+        self,
+        root: str | None,
+        glob: Glob,
+        commit: str | None,
+        items: list[IndexEntry],
+        seen_dirs: set[str],
+        out: list[FileInfo],
+    ) -> None:
+        if not items:
+            return
+        dirs, files = await asyncio.to_thread(_glob_slice, glob, items, seen_dirs)
+        for d in dirs:
+            out.append(await self.inspect(root, d, commit))
+        out.extend(file_info(item.key, from_index_entry(item), commit) for item in files)
 
     async def diff(
         self, old_root: str | None, new_root: str | None, path: str, old_path: str | None = None
@@ -224,6 +247,26 @@ class CommittedFiles:
             if change:
                 changes.append(change)
         return changes
+
+
+def _glob_slice(
+    glob: Glob, items: list[IndexEntry], seen_dirs: set[str]
+) -> tuple[list[str], list[IndexEntry]]:
+    """The directories (not in ``seen_dirs``, which grows) and files of ``items`` that
+    ``glob`` matches. Pure, so it can run in a worker thread."""
+    dirs: list[str] = []
+    files: list[IndexEntry] = []
+    for item in items:
+        parts = item.key.split("/")
+        for i in range(2, len(parts)):
+            d = "/".join(parts[:i])
+            if d not in seen_dirs:
+                seen_dirs.add(d)
+                if glob.match(d):
+                    dirs.append(d)
+        if glob.match(item.key):
+            files.append(item)
+    return dirs, files
 
 
 def _change(path: str, old: FileEntry | None, new: FileEntry | None) -> FileChange | None:

@@ -711,7 +711,7 @@ def _parse_pfs(obj: _Obj, pipeline: str, parent: str | None) -> PfsInput:
         _fail(obj.at("repo"), f"a pipeline cannot read its own output repo {repo!r}")
     glob_text = obj.req_string("glob")
     try:
-        groups = compile_glob(glob_text).regex.groups
+        groups = compile_glob(glob_text).group_count
     except InvalidArgument as exc:
         _fail(obj.at("glob"), exc.message)
     name = _input_name(obj, obj.string("name", default=repo) or repo)
