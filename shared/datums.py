@@ -114,7 +114,7 @@ def _make_datum(inputs: tuple[DatumInput, ...]) -> Datum:
 
 def _selects_root(glob: Glob) -> bool:
     # Only the glob '/' selects the root: '*' and '**' never match the root's empty name.
-    return glob.regex.pattern == "/"
+    return glob.selects_root
 
 
 def _fixed_depth(glob: Glob) -> int | None:
@@ -162,13 +162,14 @@ def match_listing(glob: Glob, listing: Listing) -> dict[str, list[tuple[str, Fil
     """Group a sorted listing by glob match: match path → its files, matches sorted.
 
     Each distinct candidate is tested once, so a listing of N files costs O(N) string
-    work plus one regex test per distinct directory or file that could match.
+    work plus one glob test (linear in the path) per distinct directory or file that
+    could match.
     """
     if _selects_root(glob):
         return {"/": list(listing)} if listing else {}
     out: dict[str, list[tuple[str, FileEntry]]] = {}
     verdicts: dict[str, bool] = {}
-    fullmatch = glob.regex.fullmatch
+    matches = glob.match
     depth = _fixed_depth(glob)
     for item in listing:
         path = item[0]
@@ -181,7 +182,7 @@ def match_listing(glob: Glob, listing: Listing) -> dict[str, list[tuple[str, Fil
         for candidate in candidates:
             verdict = verdicts.get(candidate)
             if verdict is None:
-                verdict = verdicts[candidate] = fullmatch(candidate) is not None
+                verdict = verdicts[candidate] = matches(candidate)
             if verdict:
                 files = out.get(candidate)
                 if files is None:
