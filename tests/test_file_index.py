@@ -263,6 +263,27 @@ async def test_concurrent_builds_share_writes_and_return_only_stored_trees(
     await slow.close()
 
 
+async def test_a_top_node_still_being_written_is_not_read_back_as_missing(
+    tmp_path: Path,
+) -> None:
+    # With fanout 2 the top of many trees closes with their last key, so the node an
+    # apply ends with was handed to the (slow) writer before the apply finishes. The
+    # apply must wait for that write rather than read the node back from the store.
+    for n in range(2, 40):
+        slow = SlowPuts(LocalStore(tmp_path / f"objects{n}"))
+        keys = [f"/k{i:04d}" for i in range(n)]
+        root = await FileIndex(slow, fanout=2).build([entry(k) for k in keys])
+        index = FileIndex(slow, fanout=2)
+
+        new_root = await index.apply(root, [(keys[-1], entry(keys[-1], "v2"))])
+
+        assert await collect(FileIndex(slow, fanout=2), new_root) == [
+            *(entry(k) for k in keys[:-1]),
+            entry(keys[-1], "v2"),
+        ]
+        await slow.close()
+
+
 async def test_a_corrupt_node_is_reported_not_returned(store: CountingStore) -> None:
     index = FileIndex(store, fanout=8)
     root = await index.build(entry(f"/c/{i:04d}") for i in range(100))

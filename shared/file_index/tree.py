@@ -221,14 +221,16 @@ class FileIndex:
 
     async def _finish(self, builder: TreeBuilder, tasks: set[asyncio.Task[None]]) -> str | None:
         root = builder.finish()
+        # Store every node first: the top may be a node this operation closed and handed
+        # to the writer earlier (no longer in ``pending``), and reading it back before
+        # its write lands would report it missing from the store.
+        await self._drain(builder, tasks, final=True)
         # A reused old node can end up alone at the top; collapse it like the builder does.
         while root is not None:
-            pending = builder.pending.get(root)
-            node = pending[1] if pending is not None else await self.node(root)
+            node = await self.node(root)
             if not isinstance(node, InternalNode) or len(node.children) != 1:
                 break
             root = node.children[0].hash
-        await self._drain(builder, tasks, final=True)
         return root
 
     # -- building and applying changes ---------------------------------------------------
