@@ -95,7 +95,7 @@ def test_string_data_wins_over_data_for_one_key_as_in_kubernetes() -> None:
         (manifest(stringData={"a b": "x"}), "stringData: invalid secret key 'a b'"),
         (manifest(spec={}), "unknown field 'spec'"),
         (manifest(stringData={"n": 5}), "stringData.n: expected a string"),
-        (manifest(data={"p": "%%" + PASSWORD}), "is not valid base64"),
+        (manifest(data={"p": "%%" + PASSWORD}), "data.p: not valid base64"),
     ],
 )
 def test_bad_manifests_are_refused_without_echoing_values(doc: Any, fragment: str) -> None:
@@ -314,6 +314,9 @@ async def test_secret_commands_end_to_end(pps: RunningPps, tmp_path: Path) -> No
     outputs += [inspected.text, json.dumps(listed), "\n".join(table)]
 
     assert "already exists" in await tusk.fails("create", "secret", "-f", str(secret_file))
+    secret_file.write_text(secret_file.read_text().replace(TOKEN, "rotated"))
+    outputs.append((await tusk.ok("update", "secret", "-f", str(secret_file))).stdout.decode())
+    assert (await pps.client.secret_data("creds"))["token"] == b"rotated"
     secret_file.write_text(secret_file.read_text().replace("Secret", "ConfigMap"))
     assert "kind: Secret" in await tusk.fails("create", "secret", "-f", str(secret_file))
     assert "invalid secret name" in await tusk.fails("inspect", "secret", "No_Such")

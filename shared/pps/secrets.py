@@ -12,9 +12,8 @@ names and keys do. PPS stores the values sealed (``services/pps/secret_box.py``)
 from __future__ import annotations
 
 import base64
-import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,7 +92,10 @@ def parse_secret_manifest(doc: Any) -> SecretManifest:
     kind = doc.get("type") or DEFAULT_TYPE
     if not isinstance(kind, str):
         raise InvalidArgument("secret: type: expected a string, e.g. 'Opaque'")
-    data = {**_values(doc, "data", _from_base64), **_values(doc, "stringData", str.encode)}
+    data = {
+        **_values(doc, "data", _from_base64, "not valid base64 (use 'stringData' for plain text)"),
+        **_values(doc, "stringData", str.encode, "not valid Unicode text"),
+    }
     if not data:
         raise InvalidArgument(f"secret {name}: no data; give 'data' or 'stringData'")
     size = sum(len(k) + len(v) for k, v in data.items())
@@ -108,7 +110,9 @@ def _metadata_name(metadata: Any) -> str:
     return str(metadata["name"])
 
 
-def _values(doc: dict[str, Any], field_name: str, decode: Any) -> dict[str, bytes]:
+def _values(
+    doc: dict[str, Any], field_name: str, decode: Callable[[str], bytes], invalid: str
+) -> dict[str, bytes]:
     values = doc.get(field_name)
     if values is None:
         return {}
@@ -123,17 +127,15 @@ def _values(doc: dict[str, Any], field_name: str, decode: Any) -> dict[str, byte
         if not isinstance(value, str):
             # The value itself is never echoed back: it may be the secret.
             raise InvalidArgument(f"secret: {field_name}.{key}: expected a string")
-        out[str(key)] = decode(value)
+        try:
+            out[str(key)] = decode(value)
+        except ValueError:  # binascii.Error and UnicodeEncodeError are ones
+            raise InvalidArgument(f"secret: {field_name}.{key}: {invalid}") from None
     return out
 
 
 def _from_base64(text: str) -> bytes:
-    try:
-        return base64.b64decode(text.encode(), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidArgument(
-            "secret: a value in 'data' is not valid base64 (use 'stringData' for plain text)"
-        ) from None
+    return base64.b64decode(text.encode(), validate=True)
 
 
 def encode_values(data: Mapping[str, bytes]) -> dict[str, str]:
