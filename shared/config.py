@@ -16,6 +16,9 @@ from typing import Any
 
 from shared.errors import InvalidArgument
 
+# The response header in which a service names its cluster (``Config.cluster_id``).
+CLUSTER_HEADER = "Tusk-Cluster"
+
 
 def tusk_home() -> Path:
     return Path(os.environ.get("TUSK_HOME", str(Path.home() / ".tusk")))
@@ -57,6 +60,15 @@ class Config:
     # PPS's key for sealing secrets' values in the database (made on first use, mode 0600);
     # empty means $TUSK_HOME/pps-secrets.key. PPS replicas must share one.
     secrets_key_file: str = ""
+    # Host names a service answers to besides IP literals and ``localhost`` (DNS rebinding
+    # guard): exact names, ``.example.com`` for a domain and its subdomains, ``*`` for any.
+    allowed_hosts: tuple[str, ...] = ()
+    # Browser origins (``scheme://host[:port]``) besides a service's own that may send it
+    # state-changing requests, e.g. a console served from another address.
+    allowed_origins: tuple[str, ...] = ()
+    # Written by ``tusk up``: every service of the cluster reports it (``Tusk-Cluster``
+    # header) and clients configured with it refuse a service that reports another.
+    cluster_id: str = ""
 
     @property
     def stream_name(self) -> str:
@@ -81,6 +93,9 @@ _ENV_FIELDS = {
     "TUSK_WORKER_BACKEND": "worker_backend",
     "TUSK_TASK_ACK_WAIT": "task_ack_wait",
     "TUSK_SECRETS_KEY_FILE": "secrets_key_file",
+    "TUSK_ALLOWED_HOSTS": "allowed_hosts",
+    "TUSK_ALLOWED_ORIGINS": "allowed_origins",
+    "TUSK_CLUSTER_ID": "cluster_id",
 }
 _S3_ENV_FIELDS = {
     "TUSK_S3_ENDPOINT_URL": "endpoint_url",
@@ -98,6 +113,12 @@ def config_file() -> Path:
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
+    if isinstance(default, tuple):
+        # A TOML array, or a comma-separated environment variable.
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise InvalidArgument(f"config {name}: expected a list of strings, got {value!r}")
+        return tuple(i.strip() for i in items if i.strip())
     if isinstance(default, int) and not isinstance(value, int):
         try:
             return int(value)
@@ -135,7 +156,7 @@ def load_config(path: Path | None = None, environ: dict[str, str] | None = None)
 
 
 def dump_config_toml(config: Config) -> str:
-    """Render a config as TOML (only str/int values and the [s3] table)."""
+    """Render a config as TOML (str/int values, lists of str and the [s3] table)."""
     lines = []
     s3_lines = []
     for f in dataclasses.fields(Config):
@@ -154,6 +175,8 @@ def dump_config_toml(config: Config) -> str:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

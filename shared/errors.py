@@ -53,6 +53,24 @@ class Conflict(TuskError):
     code = "conflict"
 
 
+class UnsupportedMediaType(InvalidArgument):
+    """Raised when a request body's Content-Type is not one the endpoint declares."""
+
+    code = "unsupported_media_type"
+
+
+class PermissionDenied(TuskError):
+    """Raised when a request is refused for where it comes from (e.g. a foreign web page's Origin)."""
+
+    code = "permission_denied"
+
+
+class MisdirectedRequest(PermissionDenied):
+    """Raised when a request names a Host this service does not answer to (DNS rebinding)."""
+
+    code = "misdirected_request"
+
+
 class FailedPrecondition(TuskError):
     """Raised when the system is not in a state that allows the operation (e.g. finishing a finished commit)."""
 
@@ -100,9 +118,12 @@ ERRORS_BY_CODE: dict[str, type[TuskError]] = {
     cls.code: cls
     for cls in (
         InvalidArgument,
+        UnsupportedMediaType,
         NotFound,
         AlreadyExists,
         Conflict,
+        PermissionDenied,
+        MisdirectedRequest,
         FailedPrecondition,
         TooLarge,
         Unavailable,

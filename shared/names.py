@@ -16,6 +16,8 @@ COMMIT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 # A ref is a branch name or commit id followed by any number of ^ / ^N / ~N suffixes.
 ANCESTRY_RE = re.compile(r"^(?P<base>[A-Za-z0-9_-]{1,63})(?P<suffix>(?:[\^~][0-9]*)*)$")
 MAX_PATH_BYTES = 4096
+# Longest free text (a description, a commit's error) Tusk stores.
+MAX_TEXT_CHARS = 64 * 1024
 
 
 def check_name(kind: str, name: str) -> str:

@@ -15,8 +15,10 @@ from urllib.parse import quote
 import aiohttp
 
 from shared.chunking import FileEntry
+from shared.config import CLUSTER_HEADER
 from shared.errors import InvalidArgument, TuskError, Unavailable, error_from_json
 from shared.filestream import CONTENT_TYPE, FileStreamReader, encode_files
+from shared.names import MAX_TEXT_CHARS
 from shared.pfs_models import (
     BranchInfo,
     CommitInfo,
@@ -40,10 +42,18 @@ def _qpath(path: str) -> str:
 
 
 class ServiceClient:
-    """Shared plumbing: one aiohttp session, JSON calls, error translation."""
+    """Shared plumbing: one aiohttp session, JSON calls, error translation.
 
-    def __init__(self, base_url: str, *, timeout: float | None = None) -> None:
+    With ``cluster_id`` (``Config.cluster_id``, set by ``tusk up``) every response must
+    come from a service of that cluster: after a ``tusk down`` another cluster may have
+    taken the same ports, and its answers would be about other data.
+    """
+
+    def __init__(
+        self, base_url: str, *, timeout: float | None = None, cluster_id: str | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.cluster_id = cluster_id or None
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=10)
         self._session: aiohttp.ClientSession | None = None
 
@@ -69,7 +79,21 @@ class ServiceClient:
             self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)
         return self._session
 
+    def _check_cluster(self, resp: aiohttp.ClientResponse) -> None:
+        if self.cluster_id is None:
+            return
+        served = resp.headers.get(CLUSTER_HEADER)
+        if served == self.cluster_id:
+            return
+        where = resp.url.raw_authority
+        if served:
+            raise Unavailable(
+                f"the service at {where} belongs to another Tusk cluster; run `tusk up`"
+            )
+        raise Unavailable(f"the service at {where} is not part of this Tusk cluster; run `tusk up`")
+
     async def _raise_for(self, resp: aiohttp.ClientResponse) -> None:
+        self._check_cluster(resp)
         if resp.status < 400:
             return
         raw = await resp.read()
@@ -125,6 +149,12 @@ class ServiceClient:
             resp.release()
             raise
         return resp
+
+
+def _clip(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_TEXT_CHARS:
+        return text
+    return text[: MAX_TEXT_CHARS - 1] + "…"
 
 
 def _param(value: Any) -> str:
@@ -215,7 +245,8 @@ class PfsClient(ServiceClient):
         body = await self.request(
             "POST",
             f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/finish",
-            json_body={"description": description, "error": error},
+            # A job's failure must be recordable however long its message: PFS keeps 64 KiB.
+            json_body={"description": description, "error": _clip(error)},
         )
         return CommitInfo.from_json(body)
 
@@ -396,18 +427,30 @@ class PfsClient(ServiceClient):
         *,
         commit: str | None = None,
     ) -> PutResult:
-        """Land files already in the chunk store by reference (None deletes the path)."""
-        body = await self.request(
-            "POST",
-            f"/v1/repos/{_q(repo)}/branches/{_q(branch)}/entries",
-            json_body={
-                "commit": commit,
-                "changes": [
-                    {"path": p, "entry": e.to_json() if e is not None else None} for p, e in changes
-                ],
-            },
-        )
-        return PutResult.from_json(body)
+        """Land files already in the chunk store by reference (None deletes the path).
+
+        With ``commit`` (an open commit), a long list goes in several requests, each under
+        the service's body limit; all of them land in that commit.
+        """
+        batches = _entry_batches(changes) if commit is not None else [changes]
+        result: PutResult | None = None
+        files = size = 0
+        for batch in batches:
+            body = await self.request(
+                "POST",
+                f"/v1/repos/{_q(repo)}/branches/{_q(branch)}/entries",
+                json_body={
+                    "commit": commit,
+                    "changes": [
+                        {"path": p, "entry": e.to_json() if e is not None else None}
+                        for p, e in batch
+                    ],
+                },
+            )
+            result = PutResult.from_json(body)
+            files, size = files + result.files, size + result.bytes
+        assert result is not None
+        return PutResult(result.commit, files, size)
 
     async def commit_subvenance(self, repo: str, ref: str) -> list[CommitInfo]:
         """Commits whose provenance includes ``repo@ref`` (e.g. a pipeline's outputs of it)."""
@@ -443,6 +486,27 @@ class PfsClient(ServiceClient):
             },
         )
         return PutResult.from_json(body)
+
+
+# Bytes of JSON one put_entries request carries at most (PFS accepts 64 MiB).
+ENTRIES_BATCH_BYTES = 16 << 20
+
+
+def _entry_batches(
+    changes: list[tuple[str, FileEntry | None]],
+) -> list[list[tuple[str, FileEntry | None]]]:
+    """``changes`` cut into lists whose JSON stays under ``ENTRIES_BATCH_BYTES`` (estimated)."""
+    batches: list[list[tuple[str, FileEntry | None]]] = [[]]
+    size = 0
+    for path, entry in changes:
+        # A chunk reference is a 64-hex hash and two integers: under 100 bytes of JSON.
+        cost = len(path.encode()) + 120 + (100 * len(entry.chunks) if entry is not None else 0)
+        if batches[-1] and size + cost > ENTRIES_BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append((path, entry))
+        size += cost
+    return batches
 
 
 def require_branch(ref: str | None, what: str) -> str:

@@ -140,7 +140,9 @@ async def test_cut_off_upload_leaves_no_commit(pfs: RunningPfs, pfs_client: PfsC
 
 async def test_malformed_json_body_is_a_clear_400(pfs: RunningPfs, pfs_client: PfsClient) -> None:
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{pfs.url}/v1/repos", data=b"{nope") as resp:
+        async with session.post(
+            f"{pfs.url}/v1/repos", data=b"{nope", headers={"Content-Type": "application/json"}
+        ) as resp:
             assert resp.status == 400
             assert (await resp.json())["error"]["code"] == "invalid_argument"
         async with session.post(f"{pfs.url}/v1/repos", json={"name": 5}) as resp:

@@ -14,7 +14,18 @@ from aiohttp import web
 from services.mountd.mounts import MountManager
 from services.mountd.runtime import MountSettings, mount_tree
 from shared.config import Config
-from shared.http import add_health_routes, error_middleware, field, query_bool, read_json
+from shared.http import (
+    NAME,
+    REF,
+    add_health_routes,
+    endpoint,
+    field,
+    flag,
+    json_body,
+    query_bool,
+    read_json,
+    service_application,
+)
 from shared.mount_client import MountSpec
 
 VERSION = "0.1.0"
@@ -29,6 +40,13 @@ def _manager(request: web.Request) -> MountManager:
 
 
 @routes.post("/mounts")
+@endpoint(
+    body=json_body(
+        {"repo": NAME, "ref": REF, "name": NAME, "mode": {"type": "string", "enum": ["ro", "rw"]}},
+        required=["repo"],
+    ),
+    status=201,
+)
 async def create_mount(request: web.Request) -> web.Response:
     """Mount a repo. Body: {repo, ref? (branch or commit, default master), name? (default repo), mode?: "ro"|"rw"}."""
     body = await read_json(request)
@@ -57,6 +75,7 @@ async def inspect_mount(request: web.Request) -> web.Response:
 
 
 @routes.delete("/mounts/{name}")
+@endpoint(query=[flag("force", "drop files still open for writing")])
 async def delete_mount(request: web.Request) -> web.Response:
     """Unmount; a rw mount's open commit is finished first. ?force=true drops files still open for writing."""
     commit = await _manager(request).unmount(
@@ -66,6 +85,7 @@ async def delete_mount(request: web.Request) -> web.Response:
 
 
 @routes.post("/mounts/{name}/commit")
+@endpoint()
 async def commit_mount(request: web.Request) -> web.Response:
     """Finish a rw mount's open commit now; the next write starts a new one."""
     commit = await _manager(request).commit(request.match_info["name"])
@@ -73,6 +93,7 @@ async def commit_mount(request: web.Request) -> web.Response:
 
 
 @routes.post("/mounts/{name}/refresh")
+@endpoint()
 async def refresh_mount(request: web.Request) -> web.Response:
     """Show the branch's newest finished commit now."""
     mount = await _manager(request).refresh(request.match_info["name"])
@@ -82,7 +103,7 @@ async def refresh_mount(request: web.Request) -> web.Response:
 def build_app(config: Config, settings: MountSettings | None = None) -> web.Application:
     """The mountd application: the FUSE tree lives as long as the app."""
     settings = settings or MountSettings.from_env()
-    app = web.Application(middlewares=[error_middleware])
+    app = service_application(config)
     app.add_routes(routes)
 
     async def tree(app: web.Application) -> AsyncIterator[None]:

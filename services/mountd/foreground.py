@@ -27,7 +27,7 @@ log = logging.getLogger("tusk.mountd")
 
 async def _default_specs(config: Config) -> list[MountSpec]:
     """Pachyderm's default: every repo that has a master branch, read-only."""
-    async with PfsClient(config.pfs_url) as client:
+    async with PfsClient(config.pfs_url, cluster_id=config.cluster_id) as client:
         return [
             MountSpec(repo.name) for repo in await client.list_repos() if "master" in repo.branches
         ]
@@ -105,7 +105,7 @@ def unmount(config: Config, directory: str | Path | None, *, all_: bool = False)
     if is_mounted(path.parent):
 
         async def ask_mountd() -> None:
-            async with MountClient(config.mountd_url) as client:
+            async with MountClient(config.mountd_url, cluster_id=config.cluster_id) as client:
                 await client.unmount(path.name)
 
         asyncio.run(ask_mountd())

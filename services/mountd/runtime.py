@@ -82,7 +82,10 @@ async def mount_tree(
     """
     settings.scratch.mkdir(parents=True, exist_ok=True)
     cache = BlockCache(settings.cache_bytes)
-    async with PfsClient(config.pfs_url) as client, open_object_store(config) as objects:
+    async with (
+        PfsClient(config.pfs_url, cluster_id=config.cluster_id) as client,
+        open_object_store(config) as objects,
+    ):
         source = BlockSource(
             client,
             cache,

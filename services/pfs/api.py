@@ -14,7 +14,27 @@ from shared.chunking import FileEntry
 from shared.errors import InvalidArgument
 from shared.events import CommitFinished, subject_filter
 from shared.filestream import CONTENT_TYPE, FileStreamReader, encode_block, encode_header
-from shared.http import field, query_bool, query_int, query_seconds, read_json
+from shared.http import (
+    BOOLEAN,
+    FILE_PATH,
+    NAME,
+    REF,
+    SECONDS,
+    STRING,
+    TEXT,
+    Body,
+    Query,
+    endpoint,
+    field,
+    flag,
+    integer,
+    json_body,
+    query_bool,
+    query_int,
+    query_seconds,
+    read_json,
+    while_connected,
+)
 from shared.pfs_models import CommitInfo, CommitRef, Trigger
 
 SERVICE: web.AppKey[PfsService] = web.AppKey("pfs_service", PfsService)
@@ -22,7 +42,45 @@ BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
 # Set when the app shuts down, so long-lived streams end instead of holding shutdown up.
 STOPPING: web.AppKey[asyncio.Event] = web.AppKey("stopping", asyncio.Event)
 HEARTBEAT_S = 1.0
+# put_entries carries a chunk list per file: a job's outputs go in batches (PfsClient).
+ENTRIES_BODY_LIMIT = 64 << 20
 routes = web.RouteTableDef()
+
+# Request-body schemas of the declarations below.
+_COMMIT_REF = {
+    "type": "object",
+    "properties": {"repo": NAME, "branch": NAME, "id": STRING},
+    "required": ["repo", "id"],
+}
+_FILE_ENTRY = {
+    "type": "object",
+    "properties": {
+        "size": {"type": "integer", "minimum": 0},
+        "hash": STRING,
+        "chunks": {
+            "type": "array",
+            # [chunk, offset, length]
+            "items": {
+                "type": "array",
+                "items": {"oneOf": [STRING, {"type": "integer", "minimum": 0}]},
+                "minItems": 3,
+                "maxItems": 3,
+            },
+        },
+    },
+    "required": ["size", "hash", "chunks"],
+}
+_TRIGGER = {
+    "type": "object",
+    "properties": {
+        "branch": NAME,
+        "size": {"type": "integer", "minimum": 0},
+        "commits": {"type": "integer", "minimum": 0},
+        "cron": STRING,
+        "all": BOOLEAN,
+    },
+    "required": ["branch"],
+}
 
 
 def _svc(request: web.Request) -> PfsService:
@@ -37,6 +95,7 @@ def _path(request: web.Request) -> str:
 
 
 @routes.post("/v1/repos")
+@endpoint(body=json_body({"name": NAME, "description": TEXT}, required=["name"]), status=201)
 async def create_repo(request: web.Request) -> web.Response:
     """Create a repo. Body: {name, description?}."""
     body = await read_json(request)
@@ -61,6 +120,7 @@ async def inspect_repo(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/repos/{repo}")
+@endpoint(query=[flag("force", "delete even if other branches have provenance on it")])
 async def delete_repo(request: web.Request) -> web.Response:
     """Delete a repo; refused while other branches have provenance on it unless ?force=true."""
     await _svc(request).delete_repo(request.match_info["repo"], force=query_bool(request, "force"))
@@ -71,6 +131,18 @@ async def delete_repo(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/repos/{repo}/branches")
+@endpoint(
+    body=json_body(
+        {
+            "name": NAME,
+            "head": REF,
+            "provenance": {"type": "array", "items": STRING},
+            "trigger": _TRIGGER,
+        },
+        required=["name"],
+    ),
+    status=201,
+)
 async def create_branch(request: web.Request) -> web.Response:
     """Create (or move/re-provenance/re-trigger) a branch.
 
@@ -119,6 +191,7 @@ async def inspect_branch(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/repos/{repo}/branches/{branch}")
+@endpoint(query=[flag("force")])
 async def delete_branch(request: web.Request) -> web.Response:
     """Delete a branch (its commits stay reachable by id)."""
     await _svc(request).delete_branch(
@@ -131,6 +204,16 @@ async def delete_branch(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/repos/{repo}/commits")
+@endpoint(
+    body=json_body(
+        {
+            "branch": NAME,
+            "description": TEXT,
+            "provenance": {"type": "array", "items": _COMMIT_REF},
+        }
+    ),
+    status=201,
+)
 async def start_commit(request: web.Request) -> web.Response:
     """Start a commit on a branch. Body: {branch, description?, provenance?: [{repo, branch, id}]}."""
     body = await read_json(request)
@@ -153,6 +236,13 @@ async def start_commit(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/repos/{repo}/commits")
+@endpoint(
+    query=[
+        Query("branch", NAME),
+        Query("limit", integer(1, 10000)),
+        Query("before", STRING, "the cursor a previous page returned"),
+    ]
+)
 async def list_commits(request: web.Request) -> web.Response:
     """List commits newest first, one page (?branch=&limit=&before=<cursor>)."""
     commits, cursor = await _svc(request).list_commits(
@@ -179,6 +269,7 @@ async def commit_subvenance(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/repos/{repo}/commits/{ref}/finish")
+@endpoint(body=json_body({"description": TEXT, "error": TEXT}))
 async def finish_commit(request: web.Request) -> web.Response:
     """Finish an open commit. Body: {description?, error?}."""
     body = await read_json(request)
@@ -192,11 +283,13 @@ async def finish_commit(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/repos/{repo}/commits/{ref}/wait")
+@endpoint(query=[Query("timeout", SECONDS)])
 async def wait_commit(request: web.Request) -> web.Response:
     """Block until the commit is finished (?timeout=seconds)."""
     timeout = query_seconds(request, "timeout")
-    info = await _svc(request).wait_commit(
-        request.match_info["repo"], request.match_info["ref"], timeout
+    info = await while_connected(
+        request,
+        _svc(request).wait_commit(request.match_info["repo"], request.match_info["ref"], timeout),
     )
     return web.json_response(info.to_json())
 
@@ -209,6 +302,7 @@ async def delete_commit(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/repos/{repo}/commits/{ref}/squash")
+@endpoint()
 async def squash_commit(request: web.Request) -> web.Response:
     """Remove a finished commit from history; its children keep their content."""
     await _svc(request).squash_commit(request.match_info["repo"], request.match_info["ref"])
@@ -216,6 +310,7 @@ async def squash_commit(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/repos/{repo}/branches/{branch}/subscribe")
+@endpoint(query=[flag("all", "existing finished commits first")])
 async def subscribe_commits(request: web.Request) -> web.StreamResponse:
     """Stream finished commits of a branch as NDJSON, as they happen (?all=true: existing first)."""
     svc = _svc(request)
@@ -264,10 +359,13 @@ async def subscribe_commits(request: web.Request) -> web.StreamResponse:
 
 
 @routes.post("/v1/repos/{repo}/branches/{branch}/files")
+@endpoint(
+    body=Body({CONTENT_TYPE: {"type": "string", "format": "binary"}}, max_bytes=None),
+    query=[flag("append"), Query("description", TEXT)],
+    status=201,
+)
 async def put_files(request: web.Request) -> web.Response:
     """Upload files (body: application/x-tusk-files stream) into one commit on the branch."""
-    if request.content_type != CONTENT_TYPE:
-        raise InvalidArgument(f"put expects Content-Type {CONTENT_TYPE}")
     result = await _svc(request).put_files(
         request.match_info["repo"],
         request.match_info["branch"],
@@ -279,6 +377,24 @@ async def put_files(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/repos/{repo}/branches/{branch}/entries")
+@endpoint(
+    body=json_body(
+        {
+            "commit": STRING,
+            "changes": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"path": FILE_PATH, "entry": {**_FILE_ENTRY, "nullable": True}},
+                    "required": ["path"],
+                },
+            },
+        },
+        required=["changes"],
+        max_bytes=ENTRIES_BODY_LIMIT,
+    ),
+    status=201,
+)
 async def put_entries(request: web.Request) -> web.Response:
     """Land already-stored files by reference. Body: {commit?, changes: [{path, entry|null}]}."""
     body = await read_json(request)
@@ -312,6 +428,19 @@ async def delete_file(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/repos/{repo}/branches/{branch}/copy")
+@endpoint(
+    body=json_body(
+        {
+            "src_repo": NAME,
+            "src_ref": REF,
+            "src_path": FILE_PATH,
+            "path": FILE_PATH,
+            "append": BOOLEAN,
+        },
+        required=["src_repo", "src_ref", "src_path", "path"],
+    ),
+    status=201,
+)
 async def copy_file(request: web.Request) -> web.Response:
     """Copy files between commits without copying bytes. Body: {src_repo, src_ref, src_path, path, append?}."""
     body = await read_json(request)
@@ -328,6 +457,13 @@ async def copy_file(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/repos/{repo}/commits/{ref}/files/{path:.*}")
+@endpoint(
+    query=[
+        flag("recursive", "the tree under the path, as application/x-tusk-files"),
+        Query("offset", integer(0, 1 << 62)),
+        Query("length", integer(0, 1 << 62)),
+    ]
+)
 async def get_file(request: web.Request) -> web.StreamResponse:
     """Read a file (raw bytes; ?offset=&length=) or, with ?recursive=true, a tree as x-tusk-files."""
     svc = _svc(request)
@@ -389,6 +525,12 @@ async def inspect_file(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/repos/{repo}/commits/{ref}/list/{path:.*}")
+@endpoint(
+    query=[
+        Query("after", STRING, "the cursor a previous page returned"),
+        Query("limit", integer(1, 100000)),
+    ]
+)
 async def list_files(request: web.Request) -> web.Response:
     """List a directory's children, one page (?limit=&after=<name>)."""
     files, cursor = await _svc(request).list_files(
@@ -402,6 +544,7 @@ async def list_files(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/repos/{repo}/commits/{ref}/glob")
+@endpoint(query=[Query("pattern", STRING, "a Pachyderm glob", required=True)])
 async def glob_files(request: web.Request) -> web.Response:
     """Files and directories matching a Pachyderm glob (?pattern=)."""
     pattern = request.query.get("pattern")
@@ -414,6 +557,14 @@ async def glob_files(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/repos/{repo}/commits/{ref}/diff")
+@endpoint(
+    query=[
+        Query("path", FILE_PATH),
+        Query("old_repo", NAME),
+        Query("old_ref", REF),
+        Query("old_path", FILE_PATH),
+    ]
+)
 async def diff_files(request: web.Request) -> web.Response:
     """Changes from old (default: the parent) to this commit (?path=&old_repo=&old_ref=&old_path=)."""
     changes = await _svc(request).diff_files(

@@ -17,14 +17,12 @@ from services.pfs.service import PfsService
 from shared.config import Config
 from shared.db import migrate
 from shared.file_index import FileIndex
-from shared.http import add_health_routes, error_middleware
+from shared.http import add_health_routes, service_application
 from shared.objstore import open_object_store
 from shared.service_resources import core_resources
 
 log = logging.getLogger("tusk.pfs")
 VERSION = "0.1.0"
-# Largest request body a put accepts is governed by Config.max_file_bytes; aiohttp's own cap is lifted.
-CLIENT_MAX_SIZE = 1 << 62
 
 
 async def migrate_pfs(pool: asyncpg.Pool) -> list[int]:
@@ -32,7 +30,7 @@ async def migrate_pfs(pool: asyncpg.Pool) -> list[int]:
 
 
 def build_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
+    app = service_application(config)
     app.add_routes(routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

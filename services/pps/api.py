@@ -6,7 +6,23 @@ from aiohttp import web
 
 from services.pps.service import PpsService
 from shared.errors import InvalidArgument
-from shared.http import field, query_bool, query_int, query_seconds, read_json
+from shared.http import (
+    NAME,
+    SECONDS,
+    YAML,
+    Query,
+    endpoint,
+    field,
+    flag,
+    integer,
+    json_body,
+    query_bool,
+    query_int,
+    query_seconds,
+    read_json,
+    read_text,
+    while_connected,
+)
 from shared.pps.secrets import check_secret_name, encode_values, parse_secret_manifest
 from shared.pps.spec import load_spec_documents
 
@@ -23,13 +39,24 @@ async def _spec_body(request: web.Request) -> dict[str, object]:
     if request.content_type == "application/json":
         body = await read_json(request)
         return field(body, "spec", dict)
-    docs = load_spec_documents(await request.text())
+    docs = load_spec_documents(await read_text(request))
     if len(docs) != 1:
         raise InvalidArgument(f"expected one pipeline spec in the body, got {len(docs)}")
     return docs[0]
 
 
 @routes.post("/v1/pipelines")
+@endpoint(
+    # JSON {spec: {...}}, or the spec's own YAML (or JSON) text as application/yaml.
+    body=json_body(
+        {"spec": {"type": "object"}},
+        required=["spec"],
+        max_bytes=8 << 20,
+        also={t: {"type": "object"} for t in YAML},
+    ),
+    query=[flag("update", "replace an existing pipeline"), flag("reprocess")],
+    status=201,
+)
 async def create_pipeline(request: web.Request) -> web.Response:
     """Create a pipeline from a Pachyderm spec (?update=true replaces it; ?reprocess=true)."""
     info = await _svc(request).create_pipeline(
@@ -64,6 +91,7 @@ async def pipeline_history(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/pipelines/{name}/stop")
+@endpoint()
 async def stop_pipeline(request: web.Request) -> web.Response:
     """Pause a pipeline: no new jobs, workers stop."""
     return web.json_response(
@@ -72,6 +100,7 @@ async def stop_pipeline(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/pipelines/{name}/start")
+@endpoint()
 async def start_pipeline(request: web.Request) -> web.Response:
     """Resume a paused pipeline (a job runs if its inputs moved meanwhile)."""
     return web.json_response(
@@ -80,6 +109,7 @@ async def start_pipeline(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/pipelines/{name}")
+@endpoint(query=[flag("keep_repo")])
 async def delete_pipeline(request: web.Request) -> web.Response:
     """Delete a pipeline and its output repo (?keep_repo=true keeps the repo)."""
     await _svc(request).delete_pipeline(
@@ -89,6 +119,7 @@ async def delete_pipeline(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/jobs")
+@endpoint(query=[Query("pipeline", NAME), Query("limit", integer(1, 10000))])
 async def list_jobs(request: web.Request) -> web.Response:
     """List jobs, newest first (?pipeline=&limit=)."""
     jobs = await _svc(request).list_jobs(
@@ -105,11 +136,13 @@ async def inspect_job(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/pipelines/{name}/jobs/{job}/wait")
+@endpoint(query=[Query("timeout", SECONDS)])
 async def wait_job(request: web.Request) -> web.Response:
     """Block until the job is done (?timeout=seconds)."""
     timeout = query_seconds(request, "timeout")
-    job = await _svc(request).wait_job(
-        request.match_info["name"], request.match_info["job"], timeout
+    job = await while_connected(
+        request,
+        _svc(request).wait_job(request.match_info["name"], request.match_info["job"], timeout),
     )
     return web.json_response(job.to_json())
 
@@ -131,6 +164,7 @@ async def inspect_datum(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/pipelines/{name}/jobs/{job}/datums/{datum}/restart")
+@endpoint()
 async def restart_datum(request: web.Request) -> web.Response:
     """Run a datum again in a new job over the latest inputs."""
     job = await _svc(request).restart_datum(
@@ -140,6 +174,14 @@ async def restart_datum(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/pipelines/{name}/logs")
+@endpoint(
+    query=[
+        Query("job", {"type": "string"}),
+        Query("datum", {"type": "string"}),
+        Query("after", integer(0, 1 << 62), "the id of the last line already read"),
+        Query("limit", integer(1, 100000)),
+    ]
+)
 async def logs(request: web.Request) -> web.Response:
     """Log lines of a pipeline's datums (?job=&datum=&after=<id>&limit=)."""
     lines = await _svc(request).logs(

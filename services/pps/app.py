@@ -9,7 +9,7 @@ from aiohttp import web
 from services.pps.api import SERVICE, routes
 from services.pps.service import PpsService
 from shared.config import Config
-from shared.http import add_health_routes, error_middleware
+from shared.http import add_health_routes, service_application
 from shared.pfs_client import PfsClient
 from shared.pps.store import migrate_pps
 from shared.service_resources import core_resources
@@ -18,13 +18,13 @@ VERSION = "0.1.0"
 
 
 def build_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    app = service_application(config)
     app.add_routes(routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with (
             core_resources(config, name="tusk-pps", migrations=[migrate_pps]) as (pool, _bus),
-            PfsClient(config.pfs_url) as pfs,
+            PfsClient(config.pfs_url, cluster_id=config.cluster_id) as pfs,
         ):
             app[SERVICE] = PpsService(config, pool, pfs)
             yield

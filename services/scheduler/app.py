@@ -14,7 +14,7 @@ from services.scheduler.backends import WorkerBackend
 from services.scheduler.engine import Engine
 from shared.config import Config, tusk_home
 from shared.errors import InvalidArgument
-from shared.http import add_health_routes, error_middleware
+from shared.http import add_health_routes, service_application
 from shared.objstore import open_object_store
 from shared.pfs_client import PfsClient
 from shared.pps.store import migrate_pps
@@ -53,7 +53,7 @@ def make_backend(config: Config) -> WorkerBackend:
 
 
 def build_app(config: Config, backend: WorkerBackend | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    app = service_application(config)
     app.add_routes(routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -64,7 +64,7 @@ def build_app(config: Config, backend: WorkerBackend | None = None) -> web.Appli
                     pool,
                     bus,
                 ),
-                PfsClient(config.pfs_url) as pfs,
+                PfsClient(config.pfs_url, cluster_id=config.cluster_id) as pfs,
                 open_object_store(config) as objects,
             ):
                 engine = Engine(config, pool, bus, pfs, objects, workers)

@@ -45,7 +45,8 @@ def run_pps(call: Callable[[PpsClient], Awaitable[T]]) -> T:
     """Run ``call(client)`` against the configured PPS on a fresh event loop."""
 
     async def with_client() -> T:
-        async with PpsClient(load_config().pps_url) as client:
+        config = load_config()
+        async with PpsClient(config.pps_url, cluster_id=config.cluster_id) as client:
             return await call(client)
 
     return asyncio.run(with_client())

@@ -15,7 +15,8 @@ T = TypeVar("T")
 
 def open_pfs() -> PfsClient:
     """A client for the PFS named by the configuration ($TUSK_PFS_URL, $TUSK_HOME/config.toml)."""
-    return PfsClient(load_config().pfs_url)
+    config = load_config()
+    return PfsClient(config.pfs_url, cluster_id=config.cluster_id)
 
 
 def run_pfs(call: Callable[[PfsClient], Awaitable[T]]) -> T:
