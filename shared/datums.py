@@ -22,7 +22,8 @@ import contextlib
 import gc
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import blake3
 
@@ -55,7 +56,14 @@ class DatumFile:
 
 @dataclass(frozen=True, slots=True)
 class DatumInput:
-    """The part of a datum that one input contributes: one glob match and its files."""
+    """The part of a datum that one input contributes: one glob match and its files.
+
+    A datum may hold several parts of one input (a ``group`` gathers every match with
+    one key; a ``join`` or ``cross`` may combine an input's matches). ``join_on`` /
+    ``group_by`` is the key that brought the match into the datum, for the worker's
+    ``PACH_DATUM_<name>_JOIN_ON`` / ``_GROUP_BY``; neither is part of the datum's id
+    or hash (the key follows from the match path and the spec, which those cover).
+    """
 
     input: str
     repo: str
@@ -63,6 +71,8 @@ class DatumInput:
     commit: str
     match: str
     files: tuple[DatumFile, ...]
+    join_on: str | None = None
+    group_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,21 +269,27 @@ def _leaf_parts(
 
 
 def _keyed_parts(
-    pfs: PfsInput, template: str, listings: Mapping[str, Listing], commits: Mapping[str, str]
+    pfs: PfsInput,
+    kind: Literal["join_on", "group_by"],
+    listings: Mapping[str, Listing],
+    commits: Mapping[str, str],
 ) -> dict[str, list[DatumInput]]:
-    """The input's matches grouped by their ``join_on``/``group_by`` key, in match order."""
+    """The input's matches grouped by their ``join_on``/``group_by`` key, in match order;
+    each part carries its key in the field named by ``kind``."""
     glob = compile_glob(pfs.glob)
+    template = getattr(pfs, kind) or ""
     by_key: dict[str, list[DatumInput]] = {}
     for part in _leaf_parts(pfs, listings, commits):
         key = expand_template(template, glob.groups(part.match))
-        by_key.setdefault(key, []).append(part)
+        keyed = replace(part, join_on=key) if kind == "join_on" else replace(part, group_by=key)
+        by_key.setdefault(key, []).append(keyed)
     return by_key
 
 
 def _plan_join(
     join: JoinInput, listings: Mapping[str, Listing], commits: Mapping[str, str]
 ) -> list[_Parts]:
-    keyed = [_keyed_parts(pfs, pfs.join_on or "", listings, commits) for pfs in join.inputs]
+    keyed = [_keyed_parts(pfs, "join_on", listings, commits) for pfs in join.inputs]
     keys = sorted(set().union(*keyed))
     out: list[_Parts] = []
     for key in keys:
@@ -289,6 +305,6 @@ def _plan_join(
 def _plan_group(
     group: GroupInput, listings: Mapping[str, Listing], commits: Mapping[str, str]
 ) -> list[_Parts]:
-    keyed = [_keyed_parts(pfs, pfs.group_by or "", listings, commits) for pfs in group.inputs]
+    keyed = [_keyed_parts(pfs, "group_by", listings, commits) for pfs in group.inputs]
     keys = sorted(set().union(*keyed))
     return [tuple(part for by_key in keyed for part in by_key.get(key, ())) for key in keys]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.scheduler.sandbox import Sandbox, bwrap_available
+from services.scheduler.sandbox import Sandbox, SandboxSettings, bwrap_available
+from shared.errors import InvalidArgument
 
 pytestmark = pytest.mark.skipif(
     bwrap_available() is not None, reason=f"no bubblewrap sandbox: {bwrap_available()}"
@@ -39,7 +40,9 @@ async def sh(
     sandbox = sandbox or Sandbox()
     data, out = dirs
     argv = sandbox.argv(["sh", "-c", script], inputs={"in": data}, out=out)
-    return await sandbox.run(argv, stdin or [], sandbox.environment({"X": "1"}), timeout)
+    run = await sandbox.run(argv, stdin or [], sandbox.environment({"X": "1"}), timeout)
+    assert run.setup_error is None
+    return run.exit_code, run.logs, run.timed_out
 
 
 def processes_with(marker: str) -> dict[int, int]:
@@ -174,7 +177,7 @@ async def test_python3_is_the_projects_interpreter(dirs: tuple[Path, Path]) -> N
         inputs={"in": data},
         out=out,
     )
-    code, logs, _ = await sandbox.run(argv, [], sandbox.environment({}), 10.0)
+    code, logs, _, _ = await sandbox.run(argv, [], sandbox.environment({}), 10.0)
     assert code == 0, logs
     assert logs.strip() == "{}.{}".format(*sys.version_info[:2])
 
@@ -182,9 +185,60 @@ async def test_python3_is_the_projects_interpreter(dirs: tuple[Path, Path]) -> N
 async def test_missing_command_fails_with_a_message(dirs: tuple[Path, Path]) -> None:
     sandbox = Sandbox()
     argv = sandbox.argv(["no-such-command-xyz"], inputs={}, out=dirs[1])
-    code, logs, timed_out = await sandbox.run(argv, [], sandbox.environment({}), 10.0)
+    code, logs, timed_out, setup_error = await sandbox.run(argv, [], sandbox.environment({}), 10.0)
     assert code != 0 and not timed_out
     assert "no-such-command-xyz" in logs
+    assert setup_error == "execvp no-such-command-xyz: No such file or directory"
+
+
+async def test_a_sandbox_that_cannot_start_is_told_apart_from_a_failing_command(
+    dirs: tuple[Path, Path],
+) -> None:
+    sandbox = Sandbox()
+    settings = SandboxSettings(working_dir="/no/such/dir")
+    argv = sandbox.argv(["true"], inputs={}, out=dirs[1], settings=settings)
+    broken = await sandbox.run(argv, [], sandbox.environment({}), 10.0)
+    assert broken.setup_error == "Can't chdir to /no/such/dir: No such file or directory"
+    failing = await sandbox.run(
+        sandbox.argv(["sh", "-c", "echo 'bwrap: lookalike' >&2; exit 1"], inputs={}, out=dirs[1]),
+        [],
+        sandbox.environment({}),
+        10.0,
+    )
+    assert (failing.exit_code, failing.setup_error) == (1, None)
+
+
+async def test_settings_set_the_directory_the_ids_and_read_only_mounts(
+    dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, out = dirs
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "f").write_text("extra")
+    settings = SandboxSettings(
+        working_dir="/pfs/in", user=(4242, 4343), mounts=((tmp_path / "extra", "/opt/extra"),)
+    )
+    sandbox = Sandbox()
+    script = "pwd; id -u; id -g; cat /opt/extra/f; echo; touch /opt/extra/g || echo refused"
+    argv = sandbox.argv(["sh", "-c", script], inputs={"in": data}, out=out, settings=settings)
+    run = await sandbox.run(argv, [], sandbox.environment({}), 10.0)
+    assert run.exit_code == 0, run.logs
+    lines = run.logs.splitlines()
+    assert lines[:4] == ["/pfs/in", "4242", "4343", "extra"]
+    assert lines[-1] == "refused"
+
+
+@pytest.mark.parametrize(
+    ("user", "ids"),
+    [(None, None), ("1000", (1000, 1000)), ("1000:7", (1000, 7)), ("0:0", (0, 0))],
+)
+def test_transform_user_numbers_become_ids(user: str | None, ids: tuple[int, int] | None) -> None:
+    assert Sandbox().identity(user) == ids
+
+
+@pytest.mark.parametrize("user", ["-1", "1:x-no-such-group", "4294967295", "nobody-at-all"])
+def test_transform_user_that_names_no_id_is_refused(user: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"transform.user {user!r}"):
+        Sandbox().identity(user)
 
 
 def test_bwrap_missing_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

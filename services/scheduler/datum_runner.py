@@ -1,6 +1,11 @@
 """Running one datum on a worker: materialise its inputs, run the command, store /pfs/out.
 
-1. **Materialise**: each input file is streamed from the chunk store to
+1. **Materialise**: the datum's parts are gathered by input name: a datum may hold
+   any number of parts of one input (a ``group`` gathers every match of a key, a
+   ``join`` or a ``cross`` may combine an input's matches), and all their files appear
+   together at ``/pfs/<input name>/<path>``. The same path in two parts must be the
+   same entry (it is then placed once); two different entries for one path are a
+   planner bug and fail the datum. Each file is streamed from the chunk store to
    ``<scratch>/pfs/<input name>/<path>`` (``empty_files`` inputs get empty files, as
    in Pachyderm). ``lazy`` inputs are not copied when the worker has a lazy-input
    tree (``lazy_fs.LazyInputs``): their files are registered in it for the datum's
@@ -8,41 +13,65 @@
    ``/pfs/<input name>``, so the command's reads fetch only the chunks they touch.
    Without a tree (no FUSE here, or pod sandboxes) lazy inputs are copied.
 2. **Run** the transform's ``cmd`` in the bubblewrap sandbox (``sandbox.Sandbox``)
-   with its stdin lines and the datum environment. If it fails and ``err_cmd`` is
-   set, ``err_cmd`` runs in the same sandbox; its success makes the datum
-   ``RECOVERED`` (its output is discarded, as in Pachyderm).
-3. **Collect** ``/pfs/out`` of a successful run: regular files, sorted by path,
-   written through one ``PackWriter`` (so many small outputs share chunks) and
-   indexed in one ``FileIndex`` tree whose root the result carries. Symlinks and
-   other non-regular files are skipped with a line in the logs: a link's target
-   means something only inside the sandbox, and following it could read the
-   worker's own files. Nothing of a failed, recovered or killed run is stored.
+   with its stdin lines and the datum environment (Pachyderm's variables, see
+   ``_datum_env``), in ``working_dir`` (default ``/pfs``), as ``user`` when given,
+   with the transform's ``secrets`` as variables or read-only files
+   (``datum_secrets``). Exit 0 or a code in ``accept_return_code`` is success. If it
+   fails and ``err_cmd`` is set, ``err_cmd`` runs in the same sandbox; its success
+   makes the datum ``RECOVERED`` (its output is discarded, as in Pachyderm). A
+   sandbox that cannot start fails the datum with bwrap's reason.
+3. **Collect** ``/pfs/out`` of a successful run (``datum_output``): regular files are
+   stored with their bytes through one ``PackWriter``; symlinks are resolved in the
+   sandbox's view, never on the host: one to a file or directory of an input is
+   stored *by reference* (the input's own file entries: no byte copied or
+   uploaded), one to a path inside ``/pfs/out`` as its target's content. A symlink
+   leading anywhere else (``/etc/passwd``, outside paths, a loop, a dangling link), a
+   FIFO, socket or device, and a name PFS refuses fail the datum with one line naming
+   the path. Everything is indexed in one ``FileIndex`` tree whose root the result
+   carries. Nothing of a failed, recovered or killed run is stored.
 4. The datum's scratch directory is removed whatever happens, cancellation included.
 
-Errors of the environment rather than of the datum (bwrap missing, the object
-store down, a chunk missing) raise, so the worker can report them without burning
-one of the datum's tries.
+Faults of the datum (a bad input name, conflicting entries, a missing secret or
+chunk, a bad output) end it ``FAILED`` with a one-line ``error``. Errors of the
+environment rather than of the datum (bwrap missing: ``FailedPrecondition``; the
+object store or PPS down: ``Unavailable``) raise, so the worker can retry later
+without burning one of the datum's tries. Secret values never reach the result: the
+logs are masked (``datum_secrets.mask``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import stat
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.scheduler.sandbox import Sandbox, SandboxRun
-from services.scheduler.tasks import DatumResult, DatumState, DatumTask, DatumTaskInput
-from shared.chunking import ChunkCache, FileEntry, PackWriter, read_range
-from shared.errors import InvalidArgument
-from shared.file_entries import to_index_entry
+from services.scheduler.datum_output import (
+    MountedInput,
+    gather_output,
+    store_output,
+)
+from services.scheduler.datum_secrets import (
+    SecretValues,
+    mask,
+    secret_env,
+    used_values,
+    write_secret_mounts,
+)
+from services.scheduler.sandbox import Sandbox, SandboxRun, SandboxSettings
+from services.scheduler.tasks import (
+    DatumResult,
+    DatumState,
+    DatumTask,
+    DatumTaskInput,
+)
+from shared.chunking import ChunkCache, FileEntry, read_range
+from shared.errors import InvalidArgument, NotFound
 from shared.file_index import FileIndex
 from shared.objstore import ObjectStore
 
@@ -50,15 +79,15 @@ if TYPE_CHECKING:
     # Only a type here: importing lazy_fs needs pyfuse3, which a worker may lack.
     from services.scheduler.lazy_fs import LazyDatum, LazyInputs
 
-# Reads and writes at least this big leave the event loop for a thread.
+# Writes at least this big leave the event loop for a thread.
 _THREAD_IO_MIN = 256 << 10
-_READ_BLOCK = 1 << 20
 # Files of one datum fetched at once: enough to overlap object-store latency.
 _MATERIALISE_CONCURRENCY = 8
 # Scratch trees of at most this many files are removed on the event loop.
 _SMALL_TREE = 64
-# Lines about skipped outputs (symlinks, devices, bad names) kept in the logs.
-_SKIPS_LOGGED = 20
+# Lines about outputs that cannot be stored kept in the logs.
+_PROBLEMS_LOGGED = 20
+DEFAULT_WORKING_DIR = "/pfs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +95,32 @@ class _Outcome:
     state: DatumState
     exit_code: int | None
     error: str | None
+
+
+@dataclass(slots=True)
+class _Run:
+    """One datum's run as it goes: its scratch directory, logs and counters."""
+
+    scratch: Path
+    started: float
+    logs: list[str]
+    download_bytes: int = 0
+    small: bool = False
+
+    def result(self, outcome: _Outcome, stored: tuple[str | None, int, int, int]) -> DatumResult:
+        root, files, size, upload = stored
+        return DatumResult(
+            state=outcome.state,
+            output_root=root,
+            output_files=files,
+            output_bytes=size,
+            exit_code=outcome.exit_code,
+            error=outcome.error,
+            logs="".join(self.logs),
+            seconds=time.monotonic() - self.started,
+            download_bytes=self.download_bytes,
+            upload_bytes=upload,
+        )
 
 
 async def run_datum(
@@ -77,6 +132,7 @@ async def run_datum(
     sandbox: Sandbox | None = None,
     index: FileIndex | None = None,
     lazy: LazyInputs | None = None,
+    secrets: SecretValues | None = None,
 ) -> DatumResult:
     """Run one datum and return its result; on success its ``/pfs/out`` is stored.
 
@@ -85,63 +141,105 @@ async def run_datum(
     datums; ``index`` (a ``FileIndex`` over ``store``) is reused across datums when
     given, which saves its set-up per datum. ``lazy`` is the worker's lazy-input tree:
     with it, ``lazy`` inputs are served from the chunk store instead of copied.
+    ``secrets`` holds the data of the secrets ``task.secrets`` names.
     """
-    started = time.monotonic()
-    sandbox = sandbox if sandbox is not None else Sandbox()
-    _check_inputs(task.inputs)
-    scratch = Path(tempfile.mkdtemp(prefix="datum-", dir=workdir))
-    small = False
+    run = _Run(Path(tempfile.mkdtemp(prefix="datum-", dir=workdir)), time.monotonic(), [])
+    values = secrets or {}
     try:
-        pfs = scratch / "pfs"
-        out = pfs / "out"
-        out.mkdir(parents=True)
-        logs: list[str] = []
-        with _serve_lazy(lazy, task.inputs) as served:
-            directory = lazy.path(served) if lazy is not None and served is not None else None
-            inputs, download_bytes = await _materialise(store, task.inputs, pfs, cache, directory)
-            outcome = await _run_command(sandbox, task, inputs, out, logs)
-            # Lazy bytes count as downloaded when the command reads them.
-            download_bytes += served.bytes_read if served is not None else 0
-        root, files, size, upload = None, 0, 0, 0
-        if outcome.state == "SUCCESS":
-            root, files, size, upload = await _collect_output(store, out, logs, index)
-            small = files + sum(len(item.files) for item in task.inputs) <= _SMALL_TREE
-        return DatumResult(
-            state=outcome.state,
-            output_root=root,
-            output_files=files,
-            output_bytes=size,
-            exit_code=outcome.exit_code,
-            error=outcome.error,
-            logs="".join(logs),
-            seconds=time.monotonic() - started,
-            download_bytes=download_bytes,
-            upload_bytes=upload,
-        )
+        try:
+            result = await _run(store, task, run, cache, sandbox or Sandbox(), index, lazy, values)
+        except (InvalidArgument, NotFound) as exc:
+            # The datum's own fault (or its data's): this datum fails, the worker goes on.
+            run.logs.append(f"[tusk] {exc.message}\n")
+            result = run.result(_Outcome("FAILED", None, exc.message), (None, 0, 0, 0))
+        if task.secrets:
+            hidden = used_values(task.secrets, values)
+            error = mask(result.error, hidden) if result.error else None
+            result = replace(result, logs=mask(result.logs, hidden), error=error)
+        return result
     finally:
-        await _remove_tree(scratch, small=small)
+        await _remove_tree(run.scratch, small=run.small)
+
+
+async def _run(
+    store: ObjectStore,
+    task: DatumTask,
+    run: _Run,
+    cache: ChunkCache | None,
+    sandbox: Sandbox,
+    index: FileIndex | None,
+    lazy: LazyInputs | None,
+    secrets: SecretValues,
+) -> DatumResult:
+    mounted = mounted_inputs(task.inputs)
+    pfs = run.scratch / "pfs"
+    out = pfs / "out"
+    out.mkdir(parents=True)
+    settings = _settings(task, sandbox, secrets, run.scratch / "secrets")
+    env = {**_datum_env(task), **secret_env(task.secrets, secrets)}
+    with _serve_lazy(lazy, mounted) as served:
+        directory = lazy.path(served) if lazy is not None and served is not None else None
+        places, run.download_bytes = await _materialise(store, mounted, pfs, cache, directory)
+        outcome = await _run_command(sandbox, task, places, out, settings, env, run.logs)
+        # Lazy bytes count as downloaded when the command reads them.
+        run.download_bytes += served.bytes_read if served is not None else 0
+    if outcome.state != "SUCCESS":
+        return run.result(outcome, (None, 0, 0, 0))
+    gathered = await asyncio.to_thread(gather_output, out, mounted)
+    run.small = len(gathered.files) + sum(len(m.files) for m in mounted.values()) <= _SMALL_TREE
+    if gathered.problems:
+        for problem in gathered.problems[:_PROBLEMS_LOGGED]:
+            run.logs.append(f"[tusk] cannot store {problem.line}\n")
+        if len(gathered.problems) > _PROBLEMS_LOGGED:
+            more = len(gathered.problems) - _PROBLEMS_LOGGED
+            run.logs.append(f"[tusk] ... and {more} more entries of /pfs/out\n")
+        failed = _Outcome("FAILED", outcome.exit_code, gathered.problems[0].line)
+        return run.result(failed, (None, 0, 0, 0))
+    return run.result(outcome, await store_output(store, gathered.files, index))
+
+
+def _settings(
+    task: DatumTask, sandbox: Sandbox, secrets: SecretValues, directory: Path
+) -> SandboxSettings:
+    working_dir = task.working_dir or DEFAULT_WORKING_DIR
+    if not working_dir.startswith("/"):
+        raise InvalidArgument(f"working_dir {working_dir!r} must be an absolute path")
+    return SandboxSettings(
+        working_dir=working_dir,
+        user=sandbox.identity(task.user),
+        mounts=write_secret_mounts(task.secrets, secrets, directory),
+    )
 
 
 async def _run_command(
-    sandbox: Sandbox, task: DatumTask, inputs: Mapping[str, Path], out: Path, logs: list[str]
+    sandbox: Sandbox,
+    task: DatumTask,
+    inputs: Mapping[str, Path],
+    out: Path,
+    settings: SandboxSettings,
+    variables: Mapping[str, str],
+    logs: list[str],
 ) -> _Outcome:
     """Run ``cmd``, and ``err_cmd`` if it failed; their logs go to ``logs``."""
-    env = sandbox.environment(_datum_env(task))
+    env = sandbox.environment(variables)
     first = await sandbox.run(
-        sandbox.argv(task.cmd, inputs=inputs, out=out), task.stdin, env, task.datum_timeout
+        sandbox.argv(task.cmd, inputs=inputs, out=out, settings=settings),
+        task.stdin,
+        env,
+        task.datum_timeout,
     )
     logs.append(first.logs)
-    outcome = _outcome(first, task.datum_timeout)
-    if outcome.state == "FAILED" and task.err_cmd:
+    outcome = _outcome(first, task)
+    if outcome.state == "FAILED" and task.err_cmd and first.setup_error is None:
         logs.append(f"\n[tusk] {outcome.error}; running err_cmd\n")
         recovery = await sandbox.run(
-            sandbox.argv(task.err_cmd, inputs=inputs, out=out),
+            sandbox.argv(task.err_cmd, inputs=inputs, out=out, settings=settings),
             task.err_stdin,
             env,
             task.datum_timeout,
         )
         logs.append(recovery.logs)
-        outcome = _recovery_outcome(outcome, recovery, task.datum_timeout)
+        outcome = _recovery_outcome(outcome, recovery, task)
     return outcome
 
 
@@ -157,15 +255,9 @@ async def _remove_tree(path: Path, *, small: bool) -> None:
 # -- materialise ------------------------------------------------------------------------
 
 
-def _check_inputs(inputs: Sequence[DatumTaskInput]) -> None:
-    seen: set[str] = set()
-    for item in inputs:
-        name = item.name
-        if not name or name in (".", "..", "out") or "/" in name or "\0" in name:
-            raise InvalidArgument(f"input name {name!r} cannot be mounted at /pfs/{name}")
-        if name in seen:
-            raise InvalidArgument(f"two inputs of the datum are named {name!r}")
-        seen.add(name)
+def _check_name(name: str) -> None:
+    if not name or name in (".", "..", "out") or "/" in name or "\0" in name:
+        raise InvalidArgument(f"input name {name!r} cannot be mounted at /pfs/{name}")
 
 
 def _relative(path: str) -> str:
@@ -176,31 +268,67 @@ def _relative(path: str) -> str:
     return "/".join(parts)
 
 
-def _served_lazily(item: DatumTaskInput) -> bool:
+def mounted_inputs(parts: Sequence[DatumTaskInput]) -> dict[str, MountedInput]:
+    """The datum's parts gathered by input name, as the command sees each at
+    ``/pfs/<name>``; refuses names that cannot be mounted and paths that disagree."""
+    files: dict[str, dict[str, FileEntry]] = {}
+    first: dict[str, DatumTaskInput] = {}
+    for part in parts:
+        _check_name(part.name)
+        seen = first.setdefault(part.name, part)
+        if (seen.lazy, seen.empty_files) != (part.lazy, part.empty_files):
+            raise InvalidArgument(
+                f"parts of input {part.name!r} disagree on lazy/empty_files (a planner bug)"
+            )
+        placed = files.setdefault(part.name, {})
+        for file in part.files:
+            relative = _relative(file.path)
+            if placed.setdefault(relative, file.entry) != file.entry:
+                raise InvalidArgument(
+                    f"/pfs/{part.name}/{relative} has two different entries in this datum "
+                    "(a planner bug)"
+                )
+    for name, placed in files.items():
+        _check_tree(name, placed)
+    return {
+        name: MountedInput(name, dict(sorted(placed.items())), part.lazy, part.empty_files)
+        for (name, placed), part in zip(files.items(), first.values(), strict=True)
+    }
+
+
+def _check_tree(name: str, files: Mapping[str, FileEntry]) -> None:
+    """Refuse a path that is a file in one part and a directory in another."""
+    directories = {path[:at] for path in files for at, c in enumerate(path) if c == "/"}
+    clash = sorted(directories.intersection(files))
+    if clash:
+        raise InvalidArgument(
+            f"/pfs/{name}/{clash[0]} is both a file and a directory in this datum (a planner bug)"
+        )
+
+
+def _served_lazily(item: MountedInput) -> bool:
     # empty_files shows names only: empty files on disk cost less than a mount.
     return item.lazy and not item.empty_files
 
 
 @contextlib.contextmanager
 def _serve_lazy(
-    lazy: LazyInputs | None, inputs: Sequence[DatumTaskInput]
+    lazy: LazyInputs | None, mounted: Mapping[str, MountedInput]
 ) -> Iterator[LazyDatum | None]:
     """The datum's directory in the lazy-input tree for the block, holding its lazy
     inputs (``None`` when there is no tree or no lazy input); removed after."""
-    chosen = [item for item in inputs if _served_lazily(item)]
+    chosen = [item for item in mounted.values() if _served_lazily(item)]
     if lazy is None or not chosen:
         yield None
         return
-    files = {
-        item.name: [(_relative(file.path), file.entry) for file in item.files] for item in chosen
-    }
+    files = {item.name: list(item.files.items()) for item in chosen}
     with lazy.datum(files) as directory:
         yield directory
 
 
 async def _materialise(
     store: ObjectStore,
-    inputs: Sequence[DatumTaskInput],
+    mounted: Mapping[str, MountedInput],
     pfs: Path,
     cache: ChunkCache | None,
     served: Path | None,
@@ -213,15 +341,16 @@ async def _materialise(
     """
     places: dict[str, Path] = {}
     jobs: list[tuple[Path, FileEntry | None]] = []
-    for item in inputs:
+    for item in mounted.values():
         if served is not None and _served_lazily(item):
             places[item.name] = served / item.name
             continue
         root = places[item.name] = pfs / item.name
         root.mkdir()
-        for file in item.files:
-            target = root / _relative(file.path)
-            jobs.append((target, None if item.empty_files else file.entry))
+        jobs.extend(
+            (root / relative, None if item.empty_files else entry)
+            for relative, entry in item.files.items()
+        )
     directories = {target.parent for target, _ in jobs}
     for directory in sorted(directories):
         directory.mkdir(parents=True, exist_ok=True)
@@ -245,7 +374,7 @@ async def _write_file(
     store: ObjectStore, target: Path, entry: FileEntry | None, cache: ChunkCache | None
 ) -> int:
     """Stream one file from the chunk store to ``target`` (empty for ``None``)."""
-    # "x": two entries for one path would be a planner bug; do not let one hide the other.
+    # "x": each path is placed once (mounted_inputs merged the parts).
     with target.open("xb") as file:
         if entry is None or entry.size == 0:
             return 0
@@ -258,12 +387,22 @@ async def _write_file(
 
 
 def _datum_env(task: DatumTask) -> dict[str, str]:
-    """The variables Pachyderm gives a datum, then the spec's own ``env``."""
+    """The variables Pachyderm gives a datum, then the spec's own ``env``.
+
+    Per input: ``<name>`` (the match's path under ``/pfs/<name>``), ``<name>_COMMIT``,
+    and ``PACH_DATUM_<name>_JOIN_ON`` / ``PACH_DATUM_<name>_GROUP_BY`` when the input
+    is joined or grouped. Pachyderm's worker sets them once per part, so with several
+    parts of one input (a group) the last part's values stand; so do they here.
+    """
     env: dict[str, str] = {}
     for item in task.inputs:
         match = item.match.rstrip("/")
         env[item.name] = f"/pfs/{item.name}{match}"
         env[f"{item.name}_COMMIT"] = item.commit
+        if item.join_on is not None:
+            env[f"PACH_DATUM_{item.name}_JOIN_ON"] = item.join_on
+        if item.group_by is not None:
+            env[f"PACH_DATUM_{item.name}_GROUP_BY"] = item.group_by
     env.update(
         PACH_JOB_ID=task.job_id,
         PACH_DATUM_ID=task.datum_id,
@@ -280,95 +419,28 @@ def _datum_env(task: DatumTask) -> dict[str, str]:
 # -- outcome ----------------------------------------------------------------------------
 
 
-def _failure(run: SandboxRun, timeout: float | None, what: str) -> str | None:
+def _failure(run: SandboxRun, task: DatumTask, what: str) -> str | None:
+    if run.setup_error is not None:
+        return f"the sandbox could not start: {run.setup_error}"
     if run.timed_out:
-        return f"{what} timed out after {timeout:g} s"
-    if run.exit_code == 0:
+        return f"{what} timed out after {task.datum_timeout:g} s"
+    if run.exit_code == 0 or run.exit_code in task.accept_return_code:
         return None
     if run.exit_code is not None and run.exit_code < 0:
         return f"{what} was killed by signal {-run.exit_code}"
     return f"{what} exited with code {run.exit_code}"
 
 
-def _outcome(run: SandboxRun, timeout: float | None) -> _Outcome:
-    error = _failure(run, timeout, "command")
+def _outcome(run: SandboxRun, task: DatumTask) -> _Outcome:
+    error = _failure(run, task, "command")
     return _Outcome("FAILED" if error else "SUCCESS", run.exit_code, error)
 
 
-def _recovery_outcome(failed: _Outcome, run: SandboxRun, timeout: float | None) -> _Outcome:
-    error = _failure(run, timeout, "err_cmd")
+def _recovery_outcome(failed: _Outcome, run: SandboxRun, task: DatumTask) -> _Outcome:
+    error = _failure(run, task, "err_cmd")
     if error is None:
         return _Outcome("RECOVERED", failed.exit_code, f"{failed.error} (recovered by err_cmd)")
     return _Outcome("FAILED", failed.exit_code, f"{failed.error}; {error}")
 
 
-# -- collect ----------------------------------------------------------------------------
-
-
-def _output_files(out: Path, logs: list[str]) -> list[tuple[str, Path, int]]:
-    """(index path, host path, size) of the regular files under ``out``, sorted by path."""
-    found: list[tuple[str, Path, int]] = []
-    skipped: list[tuple[str, str]] = []
-    for dirpath, dirnames, filenames in os.walk(out):
-        directory = Path(dirpath)
-        for name in [*dirnames, *filenames]:
-            path = directory / name
-            info = path.lstat()
-            relative = "/" + path.relative_to(out).as_posix()
-            if not _is_utf8(relative):
-                shown = os.fsencode(relative).decode("utf-8", "backslashreplace")
-                skipped.append((relative, f"/pfs/out{shown}: its name is not UTF-8"))
-                dirnames[:] = [d for d in dirnames if d != name]
-            elif stat.S_ISREG(info.st_mode):
-                found.append((relative, path, info.st_size))
-            elif stat.S_ISLNK(info.st_mode):
-                skipped.append((relative, f"symlink /pfs/out{relative}: outputs are regular files"))
-            elif not stat.S_ISDIR(info.st_mode):
-                skipped.append((relative, f"/pfs/out{relative}: not a regular file"))
-    skipped.sort()
-    for _, line in skipped[:_SKIPS_LOGGED]:
-        logs.append(f"[tusk] skipped {line}\n")
-    if len(skipped) > _SKIPS_LOGGED:
-        logs.append(f"[tusk] skipped {len(skipped) - _SKIPS_LOGGED} more entries of /pfs/out\n")
-    # Index order is str order of whole paths ("/a.txt" < "/a/b"), not walk order.
-    found.sort()
-    return found
-
-
-def _is_utf8(path: str) -> bool:
-    # os.walk returns undecodable bytes as surrogates; index keys must be UTF-8.
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-async def _collect_output(
-    store: ObjectStore, out: Path, logs: list[str], index: FileIndex | None
-) -> tuple[str | None, int, int, int]:
-    """Store ``out``'s files; return (index root, file count, bytes, bytes uploaded)."""
-    files = await asyncio.to_thread(_output_files, out, logs)
-    if not files:
-        return None, 0, 0, 0
-    async with PackWriter(store) as writer:
-        for _, path, size in files:
-            writer.start_file()
-            with path.open("rb") as source:
-                if size < _THREAD_IO_MIN:
-                    # Read what is there, not what stat said: the file is ours now.
-                    await writer.write(source.read())
-                else:
-                    while block := await asyncio.to_thread(source.read, _READ_BLOCK):
-                        await writer.write(block)
-            writer.end_file()
-        entries = await writer.close()
-    index = index if index is not None else FileIndex(store)
-    root = await index.build(
-        to_index_entry(key, entry) for (key, _, _), entry in zip(files, entries, strict=True)
-    )
-    total = sum(entry.size for entry in entries)
-    return root, len(files), total, writer.bytes_written
-
-
-__all__ = ["run_datum"]
+__all__ = ["DEFAULT_WORKING_DIR", "mounted_inputs", "run_datum"]

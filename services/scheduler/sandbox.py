@@ -7,7 +7,14 @@ usual symlinks into ``/usr``, a fresh ``/proc``, a minimal ``/dev``, a private
 Everything else, ``/pfs`` itself included, is read-only. ``--unshare-all`` gives it
 its own PID, network (only ``lo``), IPC, UTS and user namespaces; ``--new-session``
 keeps it off the worker's terminal; ``--die-with-parent`` kills it if the worker
-dies. The environment is cleared and set explicitly.
+dies. The environment is cleared and set explicitly. ``SandboxSettings`` carries the
+transform's ``working_dir`` (``--chdir``), ``user`` (``--uid``/``--gid`` in the user
+namespace) and extra read-only mounts (secrets).
+
+A sandbox that cannot start (a ``working_dir`` that does not exist, a mount point
+bwrap cannot make) is told apart from a command that failed: bwrap reports on a
+status pipe (``--json-status-fd``) when the command exits, so a run without that
+report ends with ``SandboxRun.setup_error`` set to bwrap's own one-line reason.
 
 The project's Python lives outside ``/usr`` on some machines (pyenv, a venv); those
 directories are bound read-only at their own paths, and the base interpreter's
@@ -25,17 +32,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import grp
+import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
 import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from shared.errors import FailedPrecondition
+from shared.errors import FailedPrecondition, InvalidArgument
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Logs kept per run: the first and the last half of this many bytes.
@@ -50,11 +61,28 @@ _KILL_GRACE = 1.0
 
 class SandboxRun(NamedTuple):
     """How a sandboxed command ended: exit code (``None`` when killed for the timeout),
-    its stdout and stderr interleaved and capped, and whether the timeout hit."""
+    its stdout and stderr interleaved and capped, and whether the timeout hit.
+    ``setup_error`` is set, to bwrap's reason, when the sandbox could not start and the
+    command never ran."""
 
     exit_code: int | None
     logs: str
     timed_out: bool
+    setup_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSettings:
+    """How the command runs: its directory, its ``(uid, gid)`` in the sandbox (``None``:
+    the worker's own), and extra host directories shown read-only (host dir, sandbox
+    path), mounted after the inputs and the output."""
+
+    working_dir: str = "/pfs"
+    user: tuple[int, int] | None = None
+    mounts: tuple[tuple[Path, str], ...] = ()
+
+
+DEFAULT_SETTINGS = SandboxSettings()
 
 
 def python_dirs() -> tuple[Path, ...]:
@@ -94,7 +122,12 @@ class Sandbox:
         self.path = ":".join([*interpreter_bins[:1], DEFAULT_PATH])
 
     def argv(
-        self, cmd: Sequence[str], *, inputs: Mapping[str, Path], out: Path | None
+        self,
+        cmd: Sequence[str],
+        *,
+        inputs: Mapping[str, Path],
+        out: Path | None,
+        settings: SandboxSettings = DEFAULT_SETTINGS,
     ) -> list[str]:
         """The bwrap command line that runs ``cmd`` with ``inputs`` (name → host dir)
         read-only at ``/pfs/<name>`` and ``out`` writable at ``/pfs/out``."""
@@ -102,8 +135,8 @@ class Sandbox:
             raise FailedPrecondition(_NOT_INSTALLED)
         if not cmd:
             raise FailedPrecondition("the transform has no command to run")
-        args = [
-            self.bwrap,
+        args = [self.bwrap, *_identity_args(settings.user)]
+        args += [
             "--unshare-all",
             "--die-with-parent",
             "--new-session",
@@ -124,10 +157,23 @@ class Sandbox:
             args += ["--ro-bind", str(source), f"/pfs/{name}"]
         if out is not None:
             args += ["--bind", str(out), "/pfs/out"]
+        for source, target in settings.mounts:
+            args += ["--ro-bind", str(source), target]
         # The root tmpfs (and the mount points made in it, /pfs included) read-only; the
         # binds and /tmp are mounts of their own and keep their modes.
-        args += ["--remount-ro", "/", "--chdir", "/pfs", "--", *cmd]
+        args += ["--remount-ro", "/", "--chdir", settings.working_dir, "--", *cmd]
         return args
+
+    def identity(self, user: str | None) -> tuple[int, int] | None:
+        """The ``(uid, gid)`` a command runs as for ``transform.user``: ``uid[:gid]``
+        numbers or names from the ``/etc`` the sandbox shows; ``None`` keeps the
+        worker's. A uid without a gid takes its passwd group, else the same number."""
+        if user is None:
+            return None
+        name, _, group = user.partition(":")
+        uid, default_gid = _user_ids(name, user)
+        gid = _group_id(group, user) if group else default_gid
+        return uid, gid
 
     def environment(self, extra: Mapping[str, str]) -> dict[str, str]:
         """The whole environment of a sandboxed command: ``PATH``, ``HOME=/tmp``,
@@ -149,17 +195,41 @@ class Sandbox:
         """
         data = ("\n".join(stdin_lines) + "\n").encode() if stdin_lines else b""
         logs = _LogBuffer(self.log_limit)
+        # Only bwrap reports on the status pipe (a test may run a bare command).
+        reports = self.bwrap is not None and bool(argv) and argv[0] == self.bwrap
+        status_read, status_write = os.pipe()
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE if data else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=dict(env),
-                start_new_session=True,
-            )
-        except FileNotFoundError:
-            raise FailedPrecondition(f"cannot run {argv[0]!r}: not found") from None
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *(_with_status_fd(argv, status_write) if reports else argv),
+                    stdin=asyncio.subprocess.PIPE if data else asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=dict(env),
+                    start_new_session=True,
+                    pass_fds=(status_write,),
+                )
+            except FileNotFoundError:
+                raise FailedPrecondition(f"cannot run {argv[0]!r}: not found") from None
+            finally:
+                os.close(status_write)
+            exit_code, timed_out = await self._wait(process, data, logs, timeout)
+            text = logs.text()
+            if not reports or timed_out or exit_code is None or _command_exited(status_read):
+                return SandboxRun(exit_code, text, timed_out)
+            return SandboxRun(exit_code, text, timed_out, _setup_error(text, exit_code))
+        finally:
+            os.close(status_read)
+
+    async def _wait(
+        self,
+        process: asyncio.subprocess.Process,
+        data: bytes,
+        logs: _LogBuffer,
+        timeout: float | None,
+    ) -> tuple[int | None, bool]:
+        """Feed stdin, collect the logs and wait (killing on timeout or cancel); return
+        (exit code or ``None`` after a timeout, whether the timeout hit)."""
         timed_out = False
         try:
             async with asyncio.TaskGroup() as group:
@@ -182,7 +252,88 @@ class Sandbox:
                 if process.stdout is not None:
                     with contextlib.suppress(Exception):
                         await process.stdout.read()
-        return SandboxRun(None if timed_out else process.returncode, logs.text(), timed_out)
+        return (None if timed_out else process.returncode), timed_out
+
+
+# An id the kernel takes: 0 .. 2^32 - 2 (2^32 - 1 is "no id").
+_MAX_ID = (1 << 32) - 2
+
+
+def _number(text: str) -> int | None:
+    if not text.isascii() or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value <= _MAX_ID else None
+
+
+def _user_ids(name: str, user: str) -> tuple[int, int]:
+    uid = _number(name)
+    try:
+        entry = pwd.getpwuid(uid) if uid is not None else pwd.getpwnam(name)
+    except KeyError:
+        if uid is not None:
+            return uid, uid
+        raise InvalidArgument(
+            f"transform.user {user!r}: no user {name!r} in the sandbox; give uid[:gid] numbers"
+        ) from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _group_id(group: str, user: str) -> int:
+    gid = _number(group)
+    if gid is not None:
+        return gid
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise InvalidArgument(
+            f"transform.user {user!r}: no group {group!r} in the sandbox; give uid[:gid] numbers"
+        ) from None
+
+
+def _identity_args(user: tuple[int, int] | None) -> list[str]:
+    # bwrap maps the worker's uid to this one in the sandbox's user namespace.
+    if user is None:
+        return []
+    uid, gid = user
+    return ["--unshare-user", "--uid", str(uid), "--gid", str(gid)]
+
+
+def _with_status_fd(argv: Sequence[str], fd: int) -> list[str]:
+    """bwrap's ``argv`` with bwrap told to report on ``fd`` (the fd number is known only
+    when the pipe is made, after ``argv()`` built the line)."""
+    return [argv[0], "--json-status-fd", str(fd), *argv[1:]]
+
+
+def _command_exited(status: int) -> bool:
+    """Whether bwrap reported the command's exit on the status pipe (it reports only
+    once the command ran; a sandbox that failed to start reports no exit)."""
+    os.set_blocking(status, False)
+    chunks = []
+    with contextlib.suppress(BlockingIOError):
+        while piece := os.read(status, _READ_SIZE):
+            chunks.append(piece)
+    decoder = json.JSONDecoder()
+    text = b"".join(chunks).decode(errors="replace")
+    position = 0
+    while position < len(text):
+        if text[position].isspace():
+            position += 1
+            continue
+        try:
+            document, position = decoder.raw_decode(text, position)
+        except ValueError:
+            return False
+        if isinstance(document, dict) and "exit-code" in document:
+            return True
+    return False
+
+
+def _setup_error(logs: str, exit_code: int) -> str:
+    lines = [line for line in logs.splitlines() if line.startswith("bwrap: ")]
+    if lines:
+        return lines[-1].removeprefix("bwrap: ")
+    return f"bwrap exited with code {exit_code} before the command started"
 
 
 async def _kill_and_reap(process: asyncio.subprocess.Process) -> None:
@@ -302,4 +453,13 @@ def _probe(path: str) -> str | None:
     return None
 
 
-__all__ = ["DEFAULT_PATH", "LOG_LIMIT", "Sandbox", "SandboxRun", "bwrap_available", "python_dirs"]
+__all__ = [
+    "DEFAULT_PATH",
+    "DEFAULT_SETTINGS",
+    "LOG_LIMIT",
+    "Sandbox",
+    "SandboxRun",
+    "SandboxSettings",
+    "bwrap_available",
+    "python_dirs",
+]

@@ -7,7 +7,8 @@ the command as environment variables. A ``DatumResult`` reports the outcome and,
 on success, the file-index root of the datum's ``/pfs/out``.
 
 Both travel as JSON (``to_json`` / ``from_json``); ``from_json`` refuses a malformed
-record with ``InvalidArgument`` naming the field.
+record with ``InvalidArgument`` naming the field. Fields added after the first release
+are optional on the wire, so tasks queued by an older scheduler still parse.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Literal, TypeVar, cast, get_args
 
 from shared.chunking import FileEntry
 from shared.errors import InvalidArgument
+from shared.pps.spec import SecretUse
 
 DatumState = Literal["SUCCESS", "FAILED", "RECOVERED"]
 DATUM_STATES: tuple[str, ...] = get_args(DatumState)
@@ -66,6 +68,44 @@ def _records(data: Any, name: str, parse: Callable[[Any], T], record: str) -> tu
     return tuple(parse(item) for item in _field(data, name, list, record))
 
 
+def _optional_records(
+    data: Any, name: str, parse: Callable[[Any], T], record: str
+) -> tuple[T, ...]:
+    if isinstance(data, dict) and data.get(name) is None:
+        return ()
+    return _records(data, name, parse, record)
+
+
+def _ints(data: Any, name: str, record: str) -> tuple[int, ...]:
+    if isinstance(data, dict) and data.get(name) is None:
+        return ()
+    items = _field(data, name, list, record)
+    if not all(isinstance(item, int) and not isinstance(item, bool) for item in items):
+        raise InvalidArgument(f"malformed {record}: field {name!r} must be a list of integers")
+    return tuple(items)
+
+
+def secret_use_to_json(use: SecretUse) -> dict[str, Any]:
+    """JSON form of a ``transform.secrets`` item (names only: a task never holds values)."""
+    return {
+        "name": use.name,
+        "key": use.key,
+        "env_var": use.env_var,
+        "mount_path": use.mount_path,
+    }
+
+
+def secret_use_from_json(data: Any) -> SecretUse:
+    """Parse ``secret_use_to_json`` output."""
+    record = "datum task secret"
+    return SecretUse(
+        name=_field(data, "name", str, record),
+        key=_optional(data, "key", str, record),
+        env_var=_optional(data, "env_var", str, record),
+        mount_path=_optional(data, "mount_path", str, record),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class DatumTaskFile:
     """One input file of a datum: its input's name, its path in the input repo, its entry."""
@@ -94,7 +134,10 @@ class DatumTaskInput:
     """One PFS input of a datum: where it comes from, what the glob matched, and its files.
 
     ``match`` is the path the glob matched in the input repo (``/`` for glob ``/``);
-    the command sees it as ``$<name>`` = ``/pfs/<name><match>``.
+    the command sees it as ``$<name>`` = ``/pfs/<name><match>``. A datum may hold
+    several of these with one ``name`` (the matches a ``group`` gathered, say): their
+    files share ``/pfs/<name>``. ``join_on`` / ``group_by`` is the key that brought
+    the match in, when the input is part of a join or a group.
     """
 
     name: str
@@ -105,6 +148,8 @@ class DatumTaskInput:
     files: tuple[DatumTaskFile, ...]
     lazy: bool = False
     empty_files: bool = False
+    join_on: str | None = None
+    group_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON form."""
@@ -117,6 +162,8 @@ class DatumTaskInput:
             "files": [item.to_json() for item in self.files],
             "lazy": self.lazy,
             "empty_files": self.empty_files,
+            "join_on": self.join_on,
+            "group_by": self.group_by,
         }
 
     @classmethod
@@ -132,6 +179,8 @@ class DatumTaskInput:
             files=_records(data, "files", DatumTaskFile.from_json, record),
             lazy=_field(data, "lazy", bool, record),
             empty_files=_field(data, "empty_files", bool, record),
+            join_on=_optional(data, "join_on", str, record),
+            group_by=_optional(data, "group_by", str, record),
         )
 
 
@@ -140,7 +189,9 @@ class DatumTask:
     """One datum for a worker to run: inputs, transform, timeout and the ids it is known by.
 
     ``attempt`` counts from 1 (``datum_tries`` bounds it). ``datum_timeout`` is in
-    seconds; ``None`` means no limit.
+    seconds; ``None`` means no limit. ``accept_return_code``, ``working_dir``, ``user``
+    and ``secrets`` are the transform's fields of those names; ``secrets`` names what
+    the worker fetches for the datum, never a value.
     """
 
     pipeline: str
@@ -155,6 +206,15 @@ class DatumTask:
     err_stdin: tuple[str, ...] = ()
     datum_timeout: float | None = None
     output_commit: str = ""
+    accept_return_code: tuple[int, ...] = ()
+    working_dir: str | None = None
+    user: str | None = None
+    secrets: tuple[SecretUse, ...] = ()
+
+    @property
+    def ids(self) -> TaskIds:
+        """The pipeline, job and datum this task belongs to."""
+        return TaskIds(self.pipeline, self.job_id, self.datum_id)
 
     def to_json(self) -> dict[str, Any]:
         """JSON form."""
@@ -171,6 +231,10 @@ class DatumTask:
             "err_stdin": list(self.err_stdin),
             "datum_timeout": self.datum_timeout,
             "output_commit": self.output_commit,
+            "accept_return_code": list(self.accept_return_code),
+            "working_dir": self.working_dir,
+            "user": self.user,
+            "secrets": [secret_use_to_json(use) for use in self.secrets],
         }
 
     @classmethod
@@ -194,6 +258,10 @@ class DatumTask:
             err_stdin=_strings(data, "err_stdin", record),
             datum_timeout=_number(data, "datum_timeout", record),
             output_commit=_field(data, "output_commit", str, record),
+            accept_return_code=_ints(data, "accept_return_code", record),
+            working_dir=_optional(data, "working_dir", str, record),
+            user=_optional(data, "user", str, record),
+            secrets=_optional_records(data, "secrets", secret_use_from_json, record),
         )
 
 
@@ -256,20 +324,67 @@ class DatumResult:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class TaskIds:
+    """What a task's result is filed under."""
+
+    pipeline: str
+    job_id: str
+    datum_id: str
+
+
 def task_envelope(task: DatumTask, datum_tries: int) -> dict[str, Any]:
     """A task message: the task and how many times its datum may be tried."""
     return {"task": task.to_json(), "datum_tries": datum_tries}
 
 
-def result_envelope(task: DatumTask, result: DatumResult, attempts: int) -> dict[str, Any]:
+def task_ref_envelope(ids: TaskIds, key: str) -> dict[str, Any]:
+    """A task message whose envelope is stored at ``key`` in the object store (too big
+    for NATS). The ids ride along, so a worker that cannot fetch or read the stored
+    envelope can still fail the datum instead of leaving its job waiting."""
+    return {"ref": key, **_ids_json(ids)}
+
+
+def readable_ids(body: Any, msg_id: str | None, pipeline: str) -> TaskIds | None:
+    """The ids of a task message that did not parse, from whatever is readable: the
+    task's own fields, a stored task's envelope, or the message id ``<job>:<datum>``;
+    ``None`` when nothing names a job and a datum. The pipeline is always the worker's:
+    a message in its queue cannot file a result under another pipeline."""
+    for record in (body.get("task") if isinstance(body, dict) else None, body):
+        if not isinstance(record, dict):
+            continue
+        job, datum = record.get("job_id"), record.get("datum_id")
+        if isinstance(job, str) and isinstance(datum, str) and job and datum:
+            return TaskIds(pipeline, job, datum)
+    job, _, datum = (msg_id or "").partition(":")
+    if job and datum:
+        return TaskIds(pipeline, job, datum)
+    return None
+
+
+def _ids_json(ids: TaskIds) -> dict[str, str]:
+    return {"pipeline": ids.pipeline, "job_id": ids.job_id, "datum_id": ids.datum_id}
+
+
+def result_envelope(ids: TaskIds, result: DatumResult, attempts: int) -> dict[str, Any]:
     """A result message, keyed by the job and datum it belongs to."""
-    return {
-        "pipeline": task.pipeline,
-        "job_id": task.job_id,
-        "datum_id": task.datum_id,
-        "attempts": attempts,
-        "result": result.to_json(),
-    }
+    return {**_ids_json(ids), "attempts": attempts, "result": result.to_json()}
+
+
+def failed_result(error: str, *, logs: str = "", seconds: float = 0.0) -> DatumResult:
+    """A ``FAILED`` result with nothing stored, for a datum that could not run to the end."""
+    return DatumResult(
+        state="FAILED",
+        output_root=None,
+        output_files=0,
+        output_bytes=0,
+        exit_code=None,
+        error=error,
+        logs=logs,
+        seconds=seconds,
+        download_bytes=0,
+        upload_bytes=0,
+    )
 
 
 def worker_consumer_name(pipeline: str) -> str:
@@ -284,7 +399,13 @@ __all__ = [
     "DatumTask",
     "DatumTaskFile",
     "DatumTaskInput",
+    "TaskIds",
+    "failed_result",
+    "readable_ids",
     "result_envelope",
+    "secret_use_from_json",
+    "secret_use_to_json",
     "task_envelope",
+    "task_ref_envelope",
     "worker_consumer_name",
 ]

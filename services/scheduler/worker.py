@@ -13,6 +13,25 @@ from it. Where it cannot (pyfuse3 missing, no ``/dev/fuse``, the mount refused, 
 datums running in a pod's user container, which cannot see a FUSE mount made in the
 worker's), lazy inputs are copied like the others, and the first datum with a lazy
 input logs one warning saying why.
+
+No datum can hang its job, and no task can crash-loop a worker (``handle`` never
+raises but for a cancel):
+
+- Anything wrong with one datum — its task cannot be decoded, a bad input, a bad
+  output, a sandbox that cannot start, an unexpected exception in the runner — ends
+  that datum ``FAILED`` with a one-line reason; ``FAILED`` runs are retried in place
+  up to ``datum_tries``.
+- A task that cannot be decoded still gets a ``FAILED`` result when its job and datum
+  ids can be read (``tasks.readable_ids``), so its job finishes; otherwise it is
+  terminated (never redelivered) with a line in the worker's log.
+- Environment faults (the object store or PPS down, the sandbox unusable on this
+  worker) do not count as tries: the run is retried in place with backoff for up to
+  ``environment_patience`` seconds, then the datum fails with the fault's reason.
+- Each redelivery (a worker died mid-datum) counts as a try. The consumer's
+  ``max_deliver`` is ``datum_tries`` + ``DELIVERY_MARGIN``, so a task is never
+  redelivered forever; once a datum's tries are spent by deaths, the next delivery
+  publishes its ``FAILED`` result without running it. The margin leaves room for that
+  delivery itself to be lost.
 """
 
 from __future__ import annotations
@@ -20,57 +39,129 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import json
 import logging
 import os
 import signal
 import sys
 import tempfile
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from services.scheduler.backends.pod_sandbox import PodSandbox
 from services.scheduler.datum_runner import run_datum
+from services.scheduler.datum_secrets import SecretSource, fetch_secrets
 from services.scheduler.sandbox import Sandbox
 from services.scheduler.tasks import (
     DatumResult,
     DatumTask,
+    TaskIds,
+    failed_result,
+    readable_ids,
     result_envelope,
     worker_consumer_name,
 )
 from shared.bus import Bus, connect, results_subject, tasks_stream_name, tasks_subject
 from shared.chunking import ChunkCache
 from shared.config import Config, load_config
-from shared.errors import InvalidArgument, NotFound, Unavailable
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound, TuskError, Unavailable
 from shared.file_index import FileIndex
 from shared.objstore import ObjectStore, open_object_store
+from shared.pps.spec import DEFAULT_DATUM_TRIES
+from shared.pps_client import PpsClient
 
 if TYPE_CHECKING:
     from services.scheduler.lazy_fs import LazyInputs
 
 log = logging.getLogger("tusk.worker")
 
+# Deliveries of a task beyond its datum_tries (see the module doc).
+DELIVERY_MARGIN = 3
+# How long environment faults are retried in place before the datum fails (seconds).
+ENVIRONMENT_PATIENCE = 300.0
+_BACKOFF_FIRST = 1.0
+_BACKOFF_MAX = 30.0
+# OS errors of the worker's machine rather than of the datum.
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EMFILE, errno.ENFILE})
+# Secrets fetched per (job, name), kept for the datums of a few recent jobs.
+_SECRET_CACHE = 32
+_REASON_MAX = 500
 
-def worker_consumer_config(config: Config, pipeline: str) -> ConsumerConfig:
+
+def worker_consumer_config(config: Config, pipeline: str, max_deliver: int) -> ConsumerConfig:
+    """The pipeline's shared worker consumer; created, or updated in place, with this."""
+    name = worker_consumer_name(pipeline)
     return ConsumerConfig(
-        durable_name=worker_consumer_name(pipeline),
+        name=name,
+        durable_name=name,
+        filter_subject=tasks_subject(config, pipeline),
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=config.task_ack_wait,
         max_ack_pending=1000,
+        max_deliver=max_deliver,
     )
 
 
+async def ensure_worker_consumer(
+    js: JetStreamContext, config: Config, pipeline: str, max_deliver: int
+) -> int:
+    """Make sure the pipeline's worker consumer exists and redelivers a task at least
+    ``max_deliver`` times (never fewer than it already allowed: workers of one pipeline
+    may see tasks of different ``datum_tries``); return its ``max_deliver``."""
+    stream = tasks_stream_name(config)
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        info = await js.consumer_info(stream, worker_consumer_name(pipeline))
+        current = info.config.max_deliver
+        # -1 (unlimited) comes from consumers made before max_deliver was set: bound them.
+        if current is not None and current >= max_deliver:
+            return current
+    # JetStream creates the consumer, or updates it when it exists with another max_deliver.
+    info = await js.add_consumer(stream, worker_consumer_config(config, pipeline, max_deliver))
+    return info.config.max_deliver or max_deliver
+
+
 async def load_task(objects: ObjectStore, data: bytes) -> tuple[DatumTask, int]:
+    """The task of a message and its datum_tries; a stored envelope is fetched first."""
     body: dict[str, Any] = json.loads(data)
     if "ref" in body:
         body = json.loads(await objects.get(body["ref"]))
-    return DatumTask.from_json(body["task"]), int(body["datum_tries"])
+    tries = body["datum_tries"]
+    if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
+        raise InvalidArgument(f"malformed task message: datum_tries {tries!r}")
+    return DatumTask.from_json(body["task"]), tries
+
+
+def _body(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for a datum's ``error``."""
+    text = exc.message if isinstance(exc, TuskError) else f"{type(exc).__name__}: {exc}"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first if len(first) <= _REASON_MAX else first[: _REASON_MAX - 3] + "..."
+
+
+def is_environment_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is this worker's environment failing rather than the datum: a
+    dependency down (``Unavailable``), the sandbox unusable here (``FailedPrecondition``),
+    the machine out of disk or file descriptors."""
+    if isinstance(exc, Unavailable | FailedPrecondition):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS
 
 
 async def _heartbeat(msg: Msg, every: float) -> None:
@@ -91,6 +182,9 @@ class Worker:
         sandbox: Sandbox | None = None,
         lazy: LazyInputs | None = None,
         lazy_unavailable: str | None = None,
+        *,
+        secrets: SecretSource | None = None,
+        environment_patience: float = ENVIRONMENT_PATIENCE,
     ) -> None:
         self.config = config
         # None: bubblewrap on this machine; a PodSandbox in a Kubernetes worker pod.
@@ -105,13 +199,19 @@ class Worker:
         # The lazy-input tree, or why there is none (said once, at the first lazy input).
         self.lazy = lazy
         self.lazy_unavailable = lazy_unavailable
+        # Where secret data comes from (PPS); None: a task naming secrets fails.
+        self.secrets = secrets
+        self._secret_cache: OrderedDict[tuple[str, str], dict[str, bytes]] = OrderedDict()
+        self.environment_patience = environment_patience
+        # The consumer's max_deliver as this worker last made sure of it.
+        self.max_deliver = 0
 
     async def run(self) -> None:
-        sub = await self.bus.js.pull_subscribe(
-            tasks_subject(self.config, self.pipeline),
-            durable=worker_consumer_name(self.pipeline),
-            stream=tasks_stream_name(self.config),
-            config=worker_consumer_config(self.config, self.pipeline),
+        self.max_deliver = await ensure_worker_consumer(
+            self.bus.js, self.config, self.pipeline, DEFAULT_DATUM_TRIES + DELIVERY_MARGIN
+        )
+        sub = await self.bus.js.pull_subscribe_bind(
+            durable=worker_consumer_name(self.pipeline), stream=tasks_stream_name(self.config)
         )
         log.info("worker for %s ready (%d datums at a time)", self.pipeline, self.concurrency)
         slots = asyncio.Semaphore(self.concurrency)
@@ -139,21 +239,35 @@ class Worker:
                     group.create_task(handle_then_free(msg))
 
     async def handle(self, msg: Msg) -> None:
+        """Take one task message to a published result (then ack it), or leave it for
+        redelivery; never raises but for a cancel, so no task can stop the worker."""
+        try:
+            await self._handle(msg)
+        except Exception:
+            # NATS gone while publishing, say: unacked, the task comes back after ack_wait.
+            log.exception("task on %s not finished; it will be redelivered", msg.subject)
+
+    async def _handle(self, msg: Msg) -> None:
+        delivered = msg.metadata.num_delivered or 1
         try:
             task, tries = await load_task(self.objects, msg.data)
-        except (InvalidArgument, NotFound, ValueError, KeyError) as exc:
-            # A task no worker can read would crash every worker it reaches: drop it loudly.
-            log.error("dropping unreadable task %s: %s", msg.subject, exc)
-            await msg.term()
+        except Exception as exc:
+            if is_environment_fault(exc) and delivered + 1 < self.max_deliver:
+                log.warning("task on %s cannot be fetched now: %s", msg.subject, one_line(exc))
+                await msg.nak(delay=_BACKOFF_MAX)
+                return
+            await self._refuse(msg, f"the datum's task cannot be read: {one_line(exc)}", delivered)
             return
         if self.lazy is None and self.lazy_unavailable and any(i.lazy for i in task.inputs):
             log.warning("lazy inputs are copied on this worker: %s", self.lazy_unavailable)
             self.lazy_unavailable = None
-        delivered = msg.metadata.num_delivered or 1
+        if tries + DELIVERY_MARGIN > self.max_deliver:
+            self.max_deliver = await ensure_worker_consumer(
+                self.bus.js, self.config, self.pipeline, tries + DELIVERY_MARGIN
+            )
         left = tries - (delivered - 1)
-        if left <= 0:
-            result = _died(delivered - 1)
-            attempts = delivered - 1
+        if left <= 0 or delivered >= self.max_deliver:
+            result, attempts = _died(delivered - 1), delivered - 1
         else:
             async with asyncio.TaskGroup() as group:
                 beat = group.create_task(_heartbeat(msg, max(1.0, self.config.task_ack_wait / 3)))
@@ -161,46 +275,103 @@ class Worker:
                     result, attempts = await self._run_with_retries(task, left, delivered)
                 finally:
                     beat.cancel()
-        envelope = result_envelope(task, result, attempts)
-        await self.bus.js.publish(
-            results_subject(self.config, task.pipeline),
-            json.dumps(envelope).encode(),
-            headers={"Nats-Msg-Id": f"{task.job_id}:{task.datum_id}"},
-        )
+        await self._publish(task.ids, result, attempts)
         await msg.ack()
+
+    async def _refuse(self, msg: Msg, reason: str, delivered: int) -> None:
+        """A task that cannot run: fail its datum if the message says which, else drop it."""
+        headers = msg.headers or {}
+        ids = readable_ids(_body(msg.data), headers.get("Nats-Msg-Id"), self.pipeline)
+        if ids is None:
+            log.error(
+                "terminating a task on %s that names no job and datum: %s", msg.subject, reason
+            )
+            await msg.term()
+            return
+        log.error("datum %s of job %s fails: %s", ids.datum_id, ids.job_id, reason)
+        await self._publish(ids, failed_result(reason), delivered)
+        await msg.ack()
+
+    async def _publish(self, ids: TaskIds, result: DatumResult, attempts: int) -> None:
+        await self.bus.js.publish(
+            results_subject(self.config, ids.pipeline),
+            json.dumps(result_envelope(ids, result, attempts)).encode(),
+            headers={"Nats-Msg-Id": f"{ids.job_id}:{ids.datum_id}"},
+        )
 
     async def _run_with_retries(
         self, task: DatumTask, left: int, delivered: int
     ) -> tuple[DatumResult, int]:
         attempt = delivered
         while True:
-            result = await run_datum(
-                self.objects,
-                replace(task, attempt=attempt),
-                workdir=self.workdir,
-                cache=self.cache,
-                index=self.index,
-                sandbox=self.sandbox,
-                lazy=self.lazy,
-            )
+            result = await self._attempt(replace(task, attempt=attempt))
             left -= 1
             if result.state != "FAILED" or left <= 0:
                 return result, attempt
             attempt += 1
 
+    async def _attempt(self, task: DatumTask) -> DatumResult:
+        """One try of the datum. Faults of the datum are a ``FAILED`` result; faults of
+        the environment are retried here with backoff (not counted as tries) for up to
+        ``environment_patience`` seconds, then fail the datum with their reason."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.environment_patience
+        delay = _BACKOFF_FIRST
+        while True:
+            try:
+                return await run_datum(
+                    self.objects,
+                    task,
+                    workdir=self.workdir,
+                    cache=self.cache,
+                    index=self.index,
+                    sandbox=self.sandbox,
+                    lazy=self.lazy,
+                    secrets=await self._secrets_for(task),
+                )
+            except (InvalidArgument, NotFound) as exc:  # a secret that is not there, say
+                return failed_result(exc.message)
+            except Exception as exc:
+                if not is_environment_fault(exc):
+                    log.exception(
+                        "datum %s of job %s: the runner failed", task.datum_id, task.job_id
+                    )
+                    return failed_result(f"the worker failed running this datum: {one_line(exc)}")
+                left = deadline - loop.time()
+                if left <= 0:
+                    return failed_result(
+                        f"environment fault for {self.environment_patience:g} s: {one_line(exc)}"
+                    )
+                log.warning(
+                    "datum %s of job %s: %s; trying again in %.0f s (not counted as a try)",
+                    task.datum_id, task.job_id, one_line(exc), min(delay, left),
+                )  # fmt: skip
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, _BACKOFF_MAX)
+
+    async def _secrets_for(self, task: DatumTask) -> dict[str, dict[str, bytes]]:
+        """The data of the secrets ``task`` names, fetched once per job and secret."""
+        if not task.secrets:
+            return {}
+        if self.secrets is None:
+            raise InvalidArgument("this worker has no way to fetch secrets")
+        found: dict[str, dict[str, bytes]] = {}
+        for name in sorted({use.name for use in task.secrets}):
+            key = (task.job_id, name)
+            if key not in self._secret_cache:
+                fetched = await fetch_secrets(
+                    self.secrets, [use for use in task.secrets if use.name == name]
+                )
+                self._secret_cache[key] = fetched[name]
+                while len(self._secret_cache) > _SECRET_CACHE:
+                    self._secret_cache.popitem(last=False)
+            found[name] = self._secret_cache[key]
+        return found
+
 
 def _died(times: int) -> DatumResult:
-    return DatumResult(
-        state="FAILED",
-        output_root=None,
-        output_files=0,
-        output_bytes=0,
-        exit_code=None,
-        error=f"the worker running this datum died {times} time(s)",
-        logs="",
-        seconds=0.0,
-        download_bytes=0,
-        upload_bytes=0,
+    return failed_result(
+        f"no result after {times} deliveries: the worker running this datum died {times} time(s)"
     )
 
 
@@ -248,9 +419,11 @@ async def main_async(pipeline: str) -> None:
     config = load_config()
     bus = await connect(config, name=f"tusk-worker-{pipeline}")
     try:
-        async with open_object_store(config) as objects:
+        async with open_object_store(config) as objects, PpsClient(config.pps_url) as pps:
             with tempfile.TemporaryDirectory(prefix=f"tusk-worker-{pipeline}-") as workdir:
-                worker = Worker(config, pipeline, bus, objects, Path(workdir), _sandbox())
+                worker = Worker(
+                    config, pipeline, bus, objects, Path(workdir), _sandbox(), secrets=pps
+                )
                 # Unmounted before the scratch directory holding it is removed.
                 async with lazy_inputs(
                     objects, worker.cache, Path(workdir) / "lazy", worker.sandbox

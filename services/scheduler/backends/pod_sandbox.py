@@ -40,8 +40,14 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from services.scheduler.sandbox import LOG_LIMIT, Sandbox, SandboxRun
-from shared.errors import FailedPrecondition
+from services.scheduler.sandbox import (
+    DEFAULT_SETTINGS,
+    LOG_LIMIT,
+    Sandbox,
+    SandboxRun,
+    SandboxSettings,
+)
+from shared.errors import FailedPrecondition, InvalidArgument
 
 PFS_DIR = "/pfs"
 CTL_DIR = "/tusk"
@@ -83,11 +89,12 @@ done
 """
 
 
-def run_script(cmd: Sequence[str], env: Mapping[str, str]) -> str:
-    """The ``run.sh`` for one command: exports, then ``exec`` of the quoted argv.
-    Names that are not shell identifiers (an input called ``my-input``) go through
-    ``env``, which takes any name."""
-    lines = [f"export {k}={shlex.quote(v)}" for k, v in env.items() if _IDENTIFIER_RE.match(k)]
+def run_script(cmd: Sequence[str], env: Mapping[str, str], working_dir: str | None = None) -> str:
+    """The ``run.sh`` for one command: its directory (``None``: the runner's, ``/pfs``),
+    exports, then ``exec`` of the quoted argv. Names that are not shell identifiers (an
+    input called ``my-input``) go through ``env``, which takes any name."""
+    lines = [] if working_dir is None else [f"cd {shlex.quote(working_dir)} || exit 1"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items() if _IDENTIFIER_RE.match(k)]
     odd = [shlex.quote(f"{k}={v}") for k, v in env.items() if not _IDENTIFIER_RE.match(k)]
     prefix = ["env", *odd] if odd else []
     lines.append("exec " + " ".join([*prefix, *(shlex.quote(a) for a in cmd)]))
@@ -157,15 +164,32 @@ class PodSandbox(Sandbox):
         self.kill_grace = kill_grace
 
     def argv(
-        self, cmd: Sequence[str], *, inputs: Mapping[str, Path], out: Path | None
+        self,
+        cmd: Sequence[str],
+        *,
+        inputs: Mapping[str, Path],
+        out: Path | None,
+        settings: SandboxSettings = DEFAULT_SETTINGS,
     ) -> list[str]:
-        """A request for ``run``: the command and where the datum's directories are."""
+        """A request for ``run``: the command and where the datum's directories are.
+
+        The user container runs as its image's user and sees only the shared volumes, so
+        ``transform.user`` and secrets mounted as files are refused (the datum fails).
+        """
         if not cmd:
             raise FailedPrecondition("the transform has no command to run")
+        if settings.user is not None:
+            raise InvalidArgument("transform.user is not supported in Kubernetes worker pods")
+        if settings.mounts:
+            raise InvalidArgument(
+                "secrets with mount_path are not supported in Kubernetes worker pods; use env_var"
+            )
         request = {
             "cmd": list(cmd),
             "inputs": {name: str(path) for name, path in inputs.items()},
             "out": None if out is None else str(out),
+            # The runner already works in /pfs (its volume, wherever it is mounted).
+            "working_dir": None if settings.working_dir == PFS_DIR else settings.working_dir,
         }
         return [_REQUEST, json.dumps(request)]
 
@@ -186,7 +210,9 @@ class PodSandbox(Sandbox):
         request = json.loads(argv[1])
         moved = self._place(request["inputs"], request["out"])
         try:
-            return await self._run_placed(request["cmd"], stdin_lines, env, timeout)
+            return await self._run_placed(
+                request["cmd"], request["working_dir"], stdin_lines, env, timeout
+            )
         finally:
             _move_back(moved)
 
@@ -214,12 +240,13 @@ class PodSandbox(Sandbox):
     async def _run_placed(
         self,
         cmd: Sequence[str],
+        working_dir: str | None,
         stdin_lines: Sequence[str],
         env: Mapping[str, str],
         timeout: float | None,
     ) -> SandboxRun:
         request_id = uuid.uuid4().hex
-        (self.ctl / "run.sh").write_text(run_script(cmd, env))
+        (self.ctl / "run.sh").write_text(run_script(cmd, env, working_dir))
         (self.ctl / "stdin").write_text("\n".join(stdin_lines) + "\n" if stdin_lines else "")
         await self._send_go(request_id)
         timed_out = False
