@@ -221,6 +221,8 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 )
 # The same, plus what a refused connection (nothing listens yet) or a pool timeout raises.
 CONNECT_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, OSError)
+# The same, plus using a connection that was already closed.
+CLOSED_ERRORS: tuple[type[Exception], ...] = (*CONNECT_ERRORS, asyncpg.InterfaceError)
 
 
 def unavailable(exc: BaseException) -> Unavailable:
@@ -250,8 +252,17 @@ async def acquire(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
         raise unavailable(exc) from exc
     finally:
         # Releasing a broken connection may fail; the pool replaces it on the next acquire.
-        with contextlib.suppress(*CONNECT_ERRORS, asyncpg.InterfaceError):
+        with contextlib.suppress(*CLOSED_ERRORS):
             await pool.release(conn)
+
+
+async def check_alive(conn: Conn) -> None:
+    """Raise ``Unavailable`` if ``conn`` no longer reaches PostgreSQL (its session, and any
+    session-level lock it held, are gone)."""
+    try:
+        await conn.fetchval("SELECT 1")
+    except CLOSED_ERRORS as exc:
+        raise unavailable(exc) from exc
 
 
 async def db_ready(pool: asyncpg.Pool) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from services.pps.inputs import check_pinned_commits, set_input_triggers
 from services.pps.secret_box import SecretBox, key_file_path
 from services.pps.secrets import SecretService
 from shared.config import Config
@@ -78,6 +79,7 @@ class PpsService:
         if existing is None and update:
             raise NotFound(f"pipeline {spec.name} not found; use tusk create pipeline")
         await self._check_inputs(spec)
+        await check_pinned_commits(self.pfs, spec)
         created_repo = await self._ensure_output_repo(spec, new=existing is None)
         try:
             async with self.pool.acquire() as conn, conn.transaction():
@@ -143,6 +145,7 @@ class PpsService:
                 branches = {b.name for b in await self.pfs.list_branches(repo)}
                 if branch not in branches:
                     await self.pfs.create_branch(repo, branch)
+            await set_input_triggers(self.pfs, spec)
             await self.pfs.create_branch(spec.name, spec.output_branch, provenance=provenance)
         except InvalidArgument as exc:
             if made:

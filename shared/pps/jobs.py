@@ -1,10 +1,16 @@
 """Making jobs: which input commits a pipeline's next job reads.
 
 Shared by the PPS service (a job when a pipeline is created, updated or
-restarted) and the scheduler (a job per finished input commit).
+restarted) and the scheduler (a job per finished input commit or moved branch).
+
+An input pinned to a commit (``input.pfs.commit``) reads exactly that commit, in
+every job; commits and moves on its branch start no job (``triggering_branches``).
 """
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
 
 from shared.db import Conn
 from shared.errors import NotFound
@@ -12,7 +18,19 @@ from shared.pfs_client import PfsClient
 from shared.pfs_models import CommitInfo
 from shared.pps import store
 from shared.pps.models import InputCommit, JobInfo
-from shared.pps.spec import PipelineSpec, iter_inputs
+from shared.pps.spec import CronInput, PfsInput, PipelineSpec, iter_inputs
+
+log = logging.getLogger("tusk.pps.jobs")
+
+
+def triggering_branches(spec: PipelineSpec) -> set[tuple[str, str]]:
+    """The (repo, branch) pairs whose new commits or head moves start a job: every input's
+    branch but those of inputs pinned to a commit."""
+    return {
+        (leaf.repo, leaf.branch)
+        for leaf in iter_inputs(spec.input)
+        if isinstance(leaf, CronInput) or leaf.commit is None
+    }
 
 
 async def newest_finished_commit(pfs: PfsClient, repo: str, branch: str) -> CommitInfo | None:
@@ -31,21 +49,76 @@ async def newest_finished_commit(pfs: PfsClient, repo: str, branch: str) -> Comm
 async def job_inputs(
     pfs: PfsClient, spec: PipelineSpec, *, pinned: dict[tuple[str, str], str] | None = None
 ) -> list[InputCommit] | None:
-    """One commit per input: ``pinned`` (repo, branch) → id, else the branch's newest finished.
+    """One commit per input: the spec's ``commit`` if the input has one, else ``pinned``
+    (repo, branch) → id (the commit an event names), else the branch's newest finished.
 
     None when an input has no finished commit yet: the job waits for data.
     """
     pinned = pinned or {}
     inputs: list[InputCommit] = []
     for leaf in iter_inputs(spec.input):
-        commit_id = pinned.get((leaf.repo, leaf.branch))
+        if isinstance(leaf, PfsInput) and leaf.commit is not None:
+            commit_id = await _spec_commit(pfs, spec.name, leaf)
+        else:
+            commit_id = pinned.get((leaf.repo, leaf.branch))
+            if commit_id is None:
+                info = await newest_finished_commit(pfs, leaf.repo, leaf.branch)
+                commit_id = info.id if info is not None else None
         if commit_id is None:
-            info = await newest_finished_commit(pfs, leaf.repo, leaf.branch)
-            if info is None:
-                return None
-            commit_id = info.id
+            return None
         inputs.append(InputCommit(leaf.name, leaf.repo, leaf.branch, commit_id))
     return inputs
+
+
+async def _spec_commit(pfs: PfsClient, pipeline: str, leaf: PfsInput) -> str | None:
+    """The commit an input is pinned to, once it is finished (None until then, or if gone)."""
+    assert leaf.commit is not None
+    try:
+        info = await pfs.inspect_commit(leaf.repo, leaf.commit)
+    except NotFound:
+        log.warning(
+            "pipeline %s: input %s is pinned to commit %s@%s, which is gone; no job runs",
+            pipeline,
+            leaf.name,
+            leaf.repo,
+            leaf.commit,
+        )
+        return None
+    return info.id if info.state == "finished" else None
+
+
+@dataclass(frozen=True)
+class InputRead:
+    """One input commit that made a job: ``commit`` on ``repo@branch``."""
+
+    repo: str
+    branch: str
+    commit: str
+
+
+async def create_job_unless_read(
+    conn: Conn,
+    spec: PipelineSpec,
+    version: int,
+    trigger: str,
+    inputs: list[InputCommit],
+    read: InputRead,
+    *,
+    newest_only: bool,
+) -> JobInfo | None:
+    """Record a job made by ``read`` unless a job of the pipeline already reads it (the
+    newest job, with ``newest_only``: a branch moved back to an older commit runs again).
+
+    One input commit reaches the scheduler twice — as ``commit.finished`` and as the
+    ``branch.moved`` of the same commit, on two consumers — and must make one job. Runs in
+    the caller's transaction: the pipeline's row lock makes the check and the insert one step.
+    """
+    await store.get_pipeline(conn, spec.name, lock=True)
+    if await store.job_reads(
+        conn, spec.name, read.repo, read.branch, read.commit, newest_only=newest_only
+    ):
+        return None
+    return await store.create_job(conn, spec.name, version, trigger, inputs)
 
 
 async def create_job_if_new(

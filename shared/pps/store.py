@@ -201,6 +201,30 @@ async def create_job(
     return _job(rec) if rec else None
 
 
+async def job_reads(
+    conn: Conn, pipeline: str, repo: str, branch: str, commit: str, *, newest_only: bool
+) -> bool:
+    """Whether a job of ``pipeline`` (only its newest, with ``newest_only``) reads ``commit``
+    of ``repo@branch``."""
+    reading = json.dumps([{"repo": repo, "branch": branch, "id": commit}])
+    if newest_only:
+        newest = await conn.fetchval(
+            "SELECT input_commits @> $2::jsonb FROM pps_jobs WHERE pipeline = $1 "
+            "ORDER BY seq DESC LIMIT 1",
+            pipeline,
+            reading,
+        )
+        return bool(newest)
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pps_jobs WHERE pipeline = $1 "
+            "AND input_commits @> $2::jsonb)",
+            pipeline,
+            reading,
+        )
+    )
+
+
 async def get_job(conn: Conn, job_id: str, *, lock: bool = False) -> JobInfo:
     rec = await conn.fetchrow(
         "SELECT * FROM pps_jobs WHERE id = $1" + (" FOR UPDATE" if lock else ""), job_id

@@ -1,0 +1,110 @@
+"""Input events → jobs: what a finished commit or a moved branch starts.
+
+Two events start jobs, each for every active pipeline that reads the branch (inputs
+pinned to a commit by ``input.pfs.commit`` excepted):
+
+- ``commit.finished`` of a good commit on a branch: a job reading that commit. The
+  job's trigger is the commit id, and a commit that some job of the pipeline already
+  read makes none: one job per input commit.
+- ``branch.moved`` to a finished, good commit — ``tusk create branch R@master --head
+  staging``, a trigger firing, a failed commit putting the head back: a job reading the
+  new head, unless the pipeline's newest job already reads it (a put moves the head
+  *and* finishes a commit: one job). Its trigger is unique per move
+  (``branch:<repo>@<branch>:<new head>:<event id>``), so moving a branch back to an
+  older commit runs the pipeline again, as in Pachyderm. A move the branch has already
+  left behind (read late) makes none: the later move's own event does the work.
+
+Both run again safely when an event is delivered twice.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+
+from shared.db import acquire
+from shared.errors import NotFound
+from shared.events import BranchMoved, CommitFinished, Event
+from shared.pfs_client import PfsClient
+from shared.pps import store
+from shared.pps.jobs import InputRead, create_job_unless_read, job_inputs, triggering_branches
+from shared.pps.models import PIPELINE_ACTIVE, PipelineInfo
+from shared.pps.spec import PipelineSpec, parse_pipeline_spec
+
+log = logging.getLogger("tusk.scheduler")
+
+
+class JobStarter:
+    """Turns input events into JOB_CREATED jobs (the engine drives them from there)."""
+
+    def __init__(self, pool: asyncpg.Pool, pfs: PfsClient) -> None:
+        self.pool = pool
+        self.pfs = pfs
+
+    async def on_events(self, batch: list[bytes]) -> bool:
+        """Handle a batch of ``commit.finished``/``branch.moved`` events; True if a job was made."""
+        made = False
+        for data in batch:
+            event = Event.from_bytes(data)
+            if isinstance(event.payload, CommitFinished):
+                made = await self.commit_finished(event.payload) or made
+            elif isinstance(event.payload, BranchMoved):
+                made = await self.branch_moved(event.id, event.payload) or made
+        return made
+
+    async def commit_finished(self, payload: CommitFinished) -> bool:
+        if payload.error or payload.branch is None:
+            return False
+        read = InputRead(payload.repo, payload.branch, payload.commit)
+        return await self._start(read, payload.commit, newest_only=False)
+
+    async def branch_moved(self, event_id: str, payload: BranchMoved) -> bool:
+        if payload.new_head is None or not await self._readers(payload.repo, payload.branch):
+            return False
+        if not await self._is_current_good_head(payload.repo, payload.branch, payload.new_head):
+            return False
+        read = InputRead(payload.repo, payload.branch, payload.new_head)
+        trigger = f"branch:{payload.repo}@{payload.branch}:{payload.new_head}:{event_id}"
+        return await self._start(read, trigger, newest_only=True)
+
+    async def _is_current_good_head(self, repo: str, branch: str, commit: str) -> bool:
+        """Whether ``commit`` is still the branch's head and is finished without error (an
+        open head gets its job from its ``commit.finished``)."""
+        try:
+            info = await self.pfs.inspect_commit(repo, commit)
+            head = (await self.pfs.inspect_branch(repo, branch)).head
+        except NotFound:
+            return False
+        return head == commit and info.state == "finished" and info.error is None
+
+    async def _readers(self, repo: str, branch: str) -> list[tuple[PipelineInfo, PipelineSpec]]:
+        """The active pipelines whose jobs ``repo@branch`` starts."""
+        async with acquire(self.pool) as conn:
+            pipelines = await store.list_pipelines(conn)
+        readers = []
+        for pipeline in pipelines:
+            if pipeline.state not in PIPELINE_ACTIVE:
+                continue
+            spec = parse_pipeline_spec(pipeline.spec)
+            if (repo, branch) in triggering_branches(spec):
+                readers.append((pipeline, spec))
+        return readers
+
+    async def _start(self, read: InputRead, trigger: str, *, newest_only: bool) -> bool:
+        made = False
+        for pipeline, spec in await self._readers(read.repo, read.branch):
+            # PFS is asked before the transaction: no network call while a row is locked.
+            inputs = await job_inputs(
+                self.pfs, spec, pinned={(read.repo, read.branch): read.commit}
+            )
+            if inputs is None:
+                continue
+            async with acquire(self.pool) as conn, conn.transaction():
+                job = await create_job_unless_read(
+                    conn, spec, pipeline.version, trigger, inputs, read, newest_only=newest_only
+                )
+            if job is not None:
+                log.info("job %s of %s for %s@%s", job.id, spec.name, read.repo, read.commit)
+                made = True
+        return made
