@@ -157,6 +157,11 @@ async def test_symlink_to_an_empty_files_input_is_the_empty_file_the_command_saw
         ),
         ("touch \"/pfs/out/bad-$(printf '\\377')\"", "/pfs/out/bad-\\xff: its name is not UTF-8"),
         (
+            "cd /pfs/out; i=0; while [ $i -lt 2100 ]; do mkdir a && cd a; i=$((i+1)); done",
+            "/pfs/out" + "/a" * 50 + "..." + "/a" * 50 + ": its path is too long for the worker "
+            "to read",
+        ),
+        (
             "touch \"/pfs/out/two$(printf '\\nlines')\"",
             "/pfs/out/two\\nlines: its name contains a line break",
         ),

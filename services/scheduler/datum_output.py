@@ -49,8 +49,11 @@ MAX_HOPS = 40
 # Files reached through symlinked directories, at most: links to links can multiply a
 # small tree without bound (each level doubling it), and a datum must not do that.
 MAX_LINKED_FILES = 1_000_000
-# Longest path component any Linux file system takes (NAME_MAX).
+# Longest path component any Linux file system takes (NAME_MAX), and longest path (PATH_MAX).
 _NAME_MAX = 255
+_PATH_MAX = 4096
+# Longest path shown in an error line, before its middle is cut.
+_SHOWN_MAX = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +144,13 @@ def refused_name(key: str) -> str | None:
 
 
 def shown(path: str) -> str:
-    """``path`` printable on one line, whatever bytes its name holds."""
+    """``path`` printable on one short line, whatever bytes its name holds."""
     text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    return text.replace("\n", "\\n").replace("\r", "\\r")
+    text = text.replace("\n", "\\n").replace("\r", "\\r")
+    if len(text) <= _SHOWN_MAX:
+        return text
+    half = _SHOWN_MAX // 2
+    return f"{text[:half]}...{text[-half:]}"
 
 
 # -- resolving links in the sandbox's view ------------------------------------------------
@@ -283,9 +290,12 @@ class _Gatherer:
         walk: _Walk = [(self.out, "", (self.out,))]
         while walk and self.linked <= MAX_LINKED_FILES:
             directory, prefix, active = walk.pop()
-            with os.scandir(directory) as entries:
-                for item in entries:
-                    self._visit(item, f"{prefix}/{item.name}", active, walk)
+            try:
+                with os.scandir(directory) as entries:
+                    for item in entries:
+                        self._visit(item, f"{prefix}/{item.name}", active, walk)
+            except OSError as exc:  # the command made something the worker cannot read
+                self._problem(prefix, f"cannot be read: {exc.strerror}")
         self.files.sort(key=lambda pair: pair[0])
         self.problems.sort()
         return Gathered(self.files, self.problems)
@@ -299,6 +309,9 @@ class _Gatherer:
         refused = refused_name(key)
         if refused is not None:
             self._problem(key, refused)
+        elif len(os.fsencode(item.path)) >= _PATH_MAX:
+            # Deep trees made with relative paths: the worker could not open it by name.
+            self._problem(key, "its path is too long for the worker to read")
         elif item.is_symlink():
             self._follow(Path(item.path), key, active, walk)
         elif item.is_file(follow_symlinks=False):

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -246,10 +247,23 @@ async def _run_command(
 async def _remove_tree(path: Path, *, small: bool) -> None:
     if small:
         # A few files go faster than a hop to a thread and back, a large share of a tiny datum.
-        shutil.rmtree(path, ignore_errors=True)
+        _remove_now(path)
         return
     # Shielded so a second cancel cannot leave the datum's files behind.
-    await asyncio.shield(asyncio.to_thread(shutil.rmtree, path, ignore_errors=True))
+    await asyncio.shield(asyncio.to_thread(_remove_now, path))
+
+
+def _remove_now(path: Path) -> None:
+    """Remove a datum's scratch tree, however deep its command made it."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return
+    except (RecursionError, OSError):
+        # Deeper than Python's recursion limit or than PATH_MAX: rm walks any depth.
+        subprocess.run(
+            ["rm", "-rf", "--one-file-system", "--", str(path)], capture_output=True, check=False
+        )
 
 
 # -- materialise ------------------------------------------------------------------------
