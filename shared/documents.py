@@ -8,6 +8,7 @@ line and column. Every message starts with what was being read, e.g. ``pipeline 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import yaml
@@ -60,8 +61,9 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def load_documents(text: str, what: str) -> list[Any]:
-    """The documents in ``text``: JSON (values one after another) when it starts with '{'
-    or '[', else YAML (documents separated by ``---``, empty ones dropped).
+    """The documents in ``text``: JSON (values one after another, or separated by ``---``
+    lines) when it starts with '{' or '[', else YAML (documents separated by ``---``, empty
+    ones dropped).
 
     Malformed input raises ``InvalidArgument`` starting with ``what``.
     """
@@ -72,6 +74,11 @@ def load_documents(text: str, what: str) -> list[Any]:
         raise InvalidArgument(f"{what}: {exc.where}duplicate key {exc.key!r}") from None
 
 
+# A YAML document separator on a line of its own between JSON values: Pachyderm reads JSON
+# with a YAML decoder, so its examples put '---' between JSON specs.
+_SEPARATOR = re.compile(r"---[ \t]*(?:\r?\n|$)")
+
+
 def _load_json(text: str, what: str) -> list[Any]:
     decoder = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
     docs: list[Any] = []
@@ -79,6 +86,9 @@ def _load_json(text: str, what: str) -> list[Any]:
     while True:
         while pos < len(text) and text[pos] in " \t\r\n":
             pos += 1
+        if separator := _SEPARATOR.match(text, pos):
+            pos = separator.end()
+            continue
         if pos == len(text):
             return docs
         try:

@@ -87,8 +87,9 @@ def test_yaml_documents_separated_by_dashes_are_all_read() -> None:
         json.dumps([base_spec(), base_spec(pipeline={"name": "two"})]),
         json.dumps(base_spec()) + "\n" + json.dumps(base_spec(pipeline={"name": "two"})),
         "\ufeff  " + json.dumps(base_spec(), indent=2),
+        json.dumps(base_spec(), indent=2) + "\n---\n" + json.dumps(base_spec(), indent=2) + "\n",
     ],
-    ids=["object", "array", "concatenated", "bom-indented"],
+    ids=["object", "array", "concatenated", "bom-indented", "dashes-between"],
 )
 def test_json_forms_are_read(text: str) -> None:
     docs = load_spec_documents(text)
