@@ -3,8 +3,8 @@
 Everything durable lives in PostgreSQL and JetStream, so a restarted scheduler
 picks up where it stopped:
 
-- ``commit.finished`` events arrive through a durable consumer; each makes at
-  most one job per pipeline (the job's trigger is unique), then is acked.
+- ``commit.finished`` and ``branch.moved`` events arrive through durable consumers;
+  each makes at most one job per pipeline (``services.scheduler.inputs``), then is acked.
 - A job is driven through JOB_STARTING (plan, record datums, publish tasks),
   JOB_RUNNING (results arrive), JOB_FINISHING (assemble the output commit) to
   JOB_SUCCESS or JOB_FAILURE. Every step can run again after a crash: datum rows
@@ -14,7 +14,9 @@ picks up where it stopped:
   successful one.
 
 One scheduler drives at a time (a PostgreSQL advisory lock); another replica
-waits as a hot standby.
+waits as a hot standby. The loops outlive a PostgreSQL or NATS restart: each retries
+with backoff (``shared.backoff.keep_running``), and a leader whose lock connection died
+(the lock with it) stops its loops and waits to lead again.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from services.scheduler.assembly import DatumOutcome, assemble, check_owners
 from services.scheduler.backends import WorkerBackend, WorkerSet
 from services.scheduler.cron import tick_if_due
+from services.scheduler.inputs import JobStarter
 from services.scheduler.planner import (
     Baseline,
     JobPlan,
@@ -52,19 +55,19 @@ from services.scheduler.tasks import (
     task_ref_envelope,
     worker_consumer_name,
 )
+from shared.backoff import Backoff, keep_running
 from shared.bus import Bus, results_stream_name, tasks_stream_name, tasks_subject
 from shared.config import Config
 from shared.datums import Datum
-from shared.db import Conn
-from shared.errors import FailedPrecondition, NotFound, TuskError
-from shared.events import CommitFinished, Event, JobStateChanged, subject_filter
+from shared.db import Conn, acquire, check_alive
+from shared.errors import FailedPrecondition, NotFound, TuskError, Unavailable
+from shared.events import Event, JobStateChanged, subject_filter
 from shared.file_index import FileIndex
 from shared.objstore import ObjectStore
 from shared.outbox import enqueue
 from shared.pfs_client import PfsClient
 from shared.pfs_models import CommitRef
 from shared.pps import store
-from shared.pps.jobs import create_job_if_new, job_inputs
 from shared.pps.models import (
     DATUM_FAILED,
     DATUM_RECOVERED,
@@ -85,7 +88,6 @@ from shared.pps.models import (
 from shared.pps.spec import (
     CronInput,
     PipelineSpec,
-    input_branches,
     iter_inputs,
     parse_pipeline_spec,
     pfs_inputs,
@@ -102,6 +104,12 @@ DRIVE_INTERVAL_S = 1.0
 RECONCILE_INTERVAL_S = 2.0
 CRON_INTERVAL_S = 1.0
 PUBLISH_BATCH = 256
+# How often the leader checks that its lock's connection (and so the lock) is still there.
+LOCK_CHECK_INTERVAL_S = 1.0
+# Longest wait between retries of a failing loop, and between tries to lead again.
+RETRY_MAX_S = 10.0
+# A batch that failed for a passing cause comes back after this, not after the ack wait.
+REDELIVER_AFTER_S = 1.0
 
 
 class Engine:
@@ -125,29 +133,62 @@ class Engine:
         self._reconcile = asyncio.Event()
         self.leader = False
         self._known_pipelines: set[str] = set()
+        self.jobs = JobStarter(pool, pfs)
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
-        """Wait to lead, then run the loops until cancelled (the app owns this task)."""
-        async with self.pool.acquire() as lock_conn:
+        """Lead whenever this replica can, until cancelled (the app owns this task).
+
+        Only a lost PostgreSQL is survived here (``Unavailable``); anything else ends the
+        task, and the app then stops the process so that its supervisor restarts it.
+        """
+        backoff = Backoff(maximum=RETRY_MAX_S)
+        while True:
+            try:
+                await self._lead(backoff)
+            except* Unavailable as lost:
+                reason = "; ".join(str(exc) for exc in lost.exceptions)
+                log.warning("the scheduler stopped leading: %s; it will try again", reason)
+            await asyncio.sleep(backoff.next())
+
+    async def _lead(self, backoff: Backoff) -> None:
+        """Wait for the leader lock, then run the loops while the lock's connection lives."""
+        async with acquire(self.pool) as lock_conn:
             await lock_conn.execute("SELECT pg_advisory_lock($1)", SCHEDULER_LOCK_KEY)
             self.leader = True
+            backoff.reset()
             log.info("scheduler is the leader")
             try:
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._consume_commits())
-                    group.create_task(self._consume_pipeline_events())
-                    group.create_task(self._consume_results())
-                    group.create_task(self._drive())
-                    group.create_task(self._reconcile_workers())
-                    group.create_task(self._tick_crons())
+                    group.create_task(self._hold_lock(lock_conn))
+                    for name, loop in self._loops():
+                        retry = Backoff(maximum=RETRY_MAX_S)
+                        group.create_task(keep_running(name, loop, log, retry), name=name)
             finally:
                 # No explicit unlock: giving the connection back to the pool resets its
                 # session (asyncpg runs pg_advisory_unlock_all), which frees the lock even
                 # when this task is cancelled again mid-shutdown.
                 self.leader = False
+
+    def _loops(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        return [
+            ("consuming commits", self._consume_commits),
+            ("consuming branch moves", self._consume_branch_moves),
+            ("consuming pipeline events", self._consume_pipeline_events),
+            ("consuming datum results", self._consume_results),
+            ("driving jobs", self._drive),
+            ("reconciling workers", self._reconcile_workers),
+            ("ticking crons", self._tick_crons),
+        ]
+
+    async def _hold_lock(self, conn: Conn) -> None:
+        """Raise ``Unavailable`` once the lock's connection is gone: the lock went with it,
+        and another replica may lead now, so these loops must stop."""
+        while True:
+            await asyncio.sleep(LOCK_CHECK_INTERVAL_S)
+            await check_alive(conn)
 
     # Consumers
 
@@ -170,20 +211,26 @@ class Engine:
             deliver_policy=DeliverPolicy.NEW if deliver_new else DeliverPolicy.ALL,
             max_ack_pending=1000,
         )
-        sub = await self.bus.js.pull_subscribe(
-            subject, durable=durable, stream=stream, config=config
-        )
+        try:
+            sub = await self.bus.js.pull_subscribe(
+                subject, durable=durable, stream=stream, config=config
+            )
+        except nats.errors.Error as exc:
+            raise Unavailable(f"{durable}: cannot subscribe: {exc!r}") from exc
         try:
             while True:
                 try:
                     msgs = await sub.fetch(batch=50, timeout=1.0)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
+                except nats.errors.Error as exc:
+                    raise Unavailable(f"{durable}: fetching: {exc!r}") from exc
                 try:
                     await handle([msg.data for msg in msgs])
                 except TuskError as exc:
-                    # Left unacked: redelivered after ack_wait, when the cause may be gone.
+                    # Redelivered soon, when the cause (PostgreSQL restarting…) may be gone.
                     log.warning("%s: %s; will retry", durable, exc.message)
+                    await self._redeliver(msgs)
                     continue
                 except Exception:
                     # A bug must not stop the consumer for good: log it, retry the batch later.
@@ -195,39 +242,21 @@ class Engine:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    async def _redeliver(self, msgs: list[Any]) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            for msg in msgs:
+                await msg.nak(delay=REDELIVER_AFTER_S)
+
     async def _consume_commits(self) -> None:
         subject = subject_filter(self.config.nats_prefix, "commit.finished")
-        await self._pull(self.config.stream_name, subject, "scheduler-commits", self._on_commits)
+        await self._pull(self.config.stream_name, subject, "scheduler-commits", self._on_inputs)
 
-    async def _on_commits(self, batch: list[bytes]) -> None:
-        for data in batch:
-            await self._on_commit(data)
+    async def _consume_branch_moves(self) -> None:
+        subject = subject_filter(self.config.nats_prefix, "branch.moved")
+        await self._pull(self.config.stream_name, subject, "scheduler-branches", self._on_inputs)
 
-    async def _on_commit(self, data: bytes) -> None:
-        event = Event.from_bytes(data)
-        payload = event.payload
-        if not isinstance(payload, CommitFinished) or payload.error or payload.branch is None:
-            return
-        made = False
-        async with self.pool.acquire() as conn:
-            for pipeline in await store.list_pipelines(conn):
-                if pipeline.state not in PIPELINE_ACTIVE:
-                    continue
-                spec = parse_pipeline_spec(pipeline.spec)
-                if (payload.repo, payload.branch) not in input_branches(spec):
-                    continue
-                inputs = await job_inputs(
-                    self.pfs, spec, pinned={(payload.repo, payload.branch): payload.commit}
-                )
-                if inputs is None:
-                    continue
-                job = await create_job_if_new(conn, spec, pipeline.version, payload.commit, inputs)
-                if job is not None:
-                    log.info(
-                        "job %s of %s for %s@%s", job.id, spec.name, payload.repo, payload.commit
-                    )
-                    made = True
-        if made:
+    async def _on_inputs(self, batch: list[bytes]) -> None:
+        if await self.jobs.on_events(batch):
             self.wake()
 
     async def _consume_pipeline_events(self) -> None:
@@ -250,7 +279,7 @@ class Engine:
     async def _on_results(self, batch: list[bytes]) -> None:
         """Record a batch of datum results in one transaction (a duplicate changes nothing)."""
         applied_any = False
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with acquire(self.pool) as conn, conn.transaction():
             for data in batch:
                 body = json.loads(data)
                 result = DatumResult.from_json(body["result"])
@@ -283,7 +312,7 @@ class Engine:
                 await asyncio.wait_for(self._reconcile.wait(), RECONCILE_INTERVAL_S)
             self._reconcile.clear()
             try:
-                async with self.pool.acquire() as conn:
+                async with acquire(self.pool) as conn:
                     pipelines = await store.list_pipelines(conn)
                 desired = {
                     p.name: WorkerSet(p.name, p.version, parse_pipeline_spec(p.spec))
@@ -303,7 +332,7 @@ class Engine:
         while True:
             await asyncio.sleep(CRON_INTERVAL_S)
             try:
-                async with self.pool.acquire() as conn:
+                async with acquire(self.pool) as conn:
                     pipelines = await store.list_pipelines(conn)
                 now = datetime.now(UTC)
                 for pipeline in pipelines:
@@ -324,7 +353,7 @@ class Engine:
             for entry in self.backend.status()
             if entry.get("problems")
         }
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with acquire(self.pool) as conn, conn.transaction():
             for pipeline in pipelines:
                 problem = problems.get(pipeline.name)
                 if problem is not None and pipeline.state in PIPELINE_ACTIVE:
@@ -361,7 +390,7 @@ class Engine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), DRIVE_INTERVAL_S)
             self._wake.clear()
-            async with self.pool.acquire() as conn:
+            async with acquire(self.pool) as conn:
                 jobs = await store.jobs_to_drive(conn)
             for job in jobs:
                 try:
@@ -374,7 +403,7 @@ class Engine:
                     )
 
     async def _spec_of(self, job: JobInfo) -> PipelineSpec:
-        async with self.pool.acquire() as conn:
+        async with acquire(self.pool) as conn:
             for version, spec, _ in await store.pipeline_versions(conn, job.pipeline):
                 if version == job.pipeline_version:
                     return parse_pipeline_spec(spec)
@@ -385,7 +414,7 @@ class Engine:
         if job.state in (JOB_CREATED, JOB_STARTING):
             await self._start(job)
         elif job.state == JOB_RUNNING:
-            async with self.pool.acquire() as conn:
+            async with acquire(self.pool) as conn:
                 remaining = await store.job_remaining(conn, job.id)
             if remaining <= 0:
                 await self._finish(job)
@@ -410,14 +439,14 @@ class Engine:
 
     async def _start(self, job: JobInfo) -> None:
         spec = await self._spec_of(job)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with acquire(self.pool) as conn, conn.transaction():
             await self._set_state(conn, job, JOB_STARTING)
         output_commit = job.output_commit or await self._open_output_commit(spec, job)
         if job.output_commit is None:
-            async with self.pool.acquire() as conn:
+            async with acquire(self.pool) as conn:
                 await store.update_job(conn, job.id, output_commit=output_commit)
         plan = await self._plan(spec, job)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with acquire(self.pool) as conn, conn.transaction():
             await store.insert_job_datums(
                 conn,
                 job.id,
@@ -475,7 +504,7 @@ class Engine:
             c.name: (await self.pfs.inspect_commit(c.repo, c.id)).index_root
             for c in job.input_commits
         }
-        async with self.pool.acquire() as conn:
+        async with acquire(self.pool) as conn:
             reprocess = await store.job_reprocess(conn, job.id)
             last = await store.last_job_with_state(conn, job.pipeline, JOB_SUCCESS)
             current_count = await store.count_current_datums(conn, job.pipeline)
@@ -495,13 +524,13 @@ class Engine:
         ):
 
             async def current_of(ids: list[str]) -> dict[str, tuple[str, str | None]]:
-                async with self.pool.acquire() as conn:
+                async with acquire(self.pool) as conn:
                     return await store.current_datums(conn, job.pipeline, ids)
 
             return await plan_incremental(
                 self.index, spec, job.input_commits, roots, baseline, current_of
             )
-        async with self.pool.acquire() as conn:
+        async with acquire(self.pool) as conn:
             current = await store.current_datums(conn, job.pipeline)
         return await plan_full(
             self.index, spec, job.input_commits, roots, current, reprocess=reprocess
@@ -559,7 +588,7 @@ class Engine:
 
     async def _finish(self, job: JobInfo) -> None:
         spec = await self._spec_of(job)
-        async with self.pool.acquire() as conn:
+        async with acquire(self.pool) as conn:
             if job.state != JOB_FINISHING:
                 async with conn.transaction():
                     await self._set_state(conn, job, JOB_FINISHING)
@@ -580,7 +609,7 @@ class Engine:
             if r["state"] in (DATUM_SUCCESS, DATUM_RECOVERED)
         ]
         replaced = {d.id for d in processed} | set(removed)
-        async with self.pool.acquire() as conn:
+        async with acquire(self.pool) as conn:
             old = await store.current_datums(conn, job.pipeline, sorted(replaced))
             assembly = await assemble(
                 self.index, processed, removed, {k: root for k, (_h, root) in old.items()}
@@ -602,7 +631,7 @@ class Engine:
                     commit=job.output_commit,
                 )
             await self.pfs.finish_commit(spec.name, job.output_commit)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with acquire(self.pool) as conn, conn.transaction():
             await store.commit_datum_outputs(
                 conn,
                 job.pipeline,
@@ -633,7 +662,7 @@ class Engine:
             commit = await self.pfs.inspect_commit(spec.name, job.output_commit)
             if commit.state == "open":
                 await self.pfs.finish_commit(spec.name, job.output_commit, error=reason)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with acquire(self.pool) as conn, conn.transaction():
             # Datums still running are marked failed, so their late results change nothing.
             await conn.execute(
                 "UPDATE pps_job_datums SET state = 'FAILED', error = $2, finished = now() "
