@@ -103,13 +103,32 @@ def cluster_env() -> Iterator[dict[str, str]]:
         down = subprocess.run(
             [str(TUSK), "down"], env=env, capture_output=True, text=True, timeout=120
         )
-        left = processes_mentioning(home)
-        for pid in left:  # ours: they name our private home
+        left = processes_of(home)
+        for pid in left:  # ours: they run for our private home
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(scratch, ignore_errors=True)
     assert down.returncode == 0, f"tusk down failed: {down.stderr}"
-    assert left == [], f"processes left after tusk down: {left}"
+    assert left == {}, f"processes left running after tusk down: {left}"
+
+
+def processes_of(home: Path) -> dict[int, str]:
+    """pid → command line of the processes of the cluster in ``home``: those naming it on their
+    command line (PostgreSQL, NATS, the supervisor) or in $TUSK_HOME (services, workers)."""
+    found = {pid: "" for pid in processes_mentioning(home)}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"TUSK_HOME={home}\0".encode() in (entry / "environ").read_bytes():
+                    found[int(entry.name)] = ""
+            except OSError:
+                continue
+    for pid in found:
+        with contextlib.suppress(OSError):
+            found[pid] = (
+                (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            )
+    return found
 
 
 @pytest.fixture
@@ -142,22 +161,30 @@ async def create_pipeline(tusk: Tusk, spec: str) -> None:
 async def finished_job(
     tusk: Tusk, pipeline: str, reads: Collection[str], timeout: float = JOB_TIMEOUT
 ) -> dict[str, Any]:
-    """The pipeline's job over input commits ``reads`` once it has finished; it must have
-    succeeded, or the failure says why (the job's reason, its datums' errors, its last logs)."""
+    """The pipeline's job over input commits ``reads`` once it is done (``tusk wait job``); it
+    must have succeeded, or the failure says why (reason, datums' errors, last logs)."""
     deadline = time.monotonic() + timeout
     while True:
         jobs = (await tusk.ok("list", "job", "-p", pipeline, "-o", "json")).json()
         job = next((j for j in jobs if set(reads) <= {c["id"] for c in j["input_commits"]}), None)
-        if job is not None and job["finished"]:
-            if job["state"] != "JOB_SUCCESS":
-                pytest.fail(await failure_report(tusk, job))
-            return dict(job)
+        if job is not None:
+            break
         if time.monotonic() > deadline:
-            if job is None:
-                shown = [(j["id"][:8], j["state"], j["reason"]) for j in jobs]
-                pytest.fail(f"{pipeline}: no job reads {sorted(reads)} after {timeout} s: {shown}")
-            pytest.fail(f"not finished after {timeout} s: {await failure_report(tusk, job)}")
-        await asyncio.sleep(0.2)
+            shown = [(j["id"][:8], j["state"], j["reason"]) for j in jobs]
+            pytest.fail(f"{pipeline}: no job reads {sorted(reads)} after {timeout} s: {shown}")
+        await asyncio.sleep(0.3)
+    left = max(deadline - time.monotonic(), 1.0)
+    ref = f"{pipeline}@{job['id']}"
+    waited = await tusk("wait", "job", ref, "--timeout", f"{left:.1f}", "-o", "json")
+    if waited.code != 0:
+        now = (await tusk.ok("inspect", "job", ref, "-o", "json")).json()
+        pytest.fail(
+            f"not done after {timeout} s ({waited.stderr.strip()}): {await failure_report(tusk, now)}"
+        )
+    done = dict(waited.json())
+    if done["state"] != "JOB_SUCCESS":
+        pytest.fail(await failure_report(tusk, done))
+    return done
 
 
 async def failure_report(tusk: Tusk, job: dict[str, Any]) -> str:
@@ -168,7 +195,17 @@ async def failure_report(tusk: Tusk, job: dict[str, Any]) -> str:
         {(d["state"], d["attempts"], d["error"]) for d in listed.json()} if listed.code == 0 else []
     )
     logs = (await tusk("logs", "-p", job["pipeline"], "--job", job["id"])).text.splitlines()
-    return f"{ref} {job['state']}: {job['reason']}; datums: {datums}; last logs: {logs[-12:]}"
+    return (
+        f"{ref} {job['state']}: {job['reason']}; datums: {datums}; last logs: {logs[-12:]}; "
+        f"worker problems: {worker_problems(tusk, job['pipeline'])}"
+    )
+
+
+def worker_problems(tusk: Tusk, pipeline: str) -> list[str]:
+    """The warnings and errors of the pipeline's worker log under $TUSK_HOME/logs."""
+    log = Path(tusk.env["TUSK_HOME"]) / "logs" / f"worker-{pipeline}.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return [line for line in lines if " WARNING " in line or " ERROR " in line][-6:]
 
 
 async def output_files(tusk: Tusk, repo: str, commit: str) -> dict[str, bytes]:
