@@ -5,8 +5,8 @@ The specs are byte-for-byte copies from pachyderm/pachyderm (tests/pachyderm_exa
 says which commit, which files, and which examples are left out and why). Each test puts data of
 the shape the example's README and Makefile describe into the repos the spec reads, creates the
 pipelines from the unchanged files with ``tusk create pipeline -f``, waits for the jobs with
-``tusk list job -o json``, downloads every output file with ``tusk get file -r`` and compares it
-with what the test computes itself from the input data.
+``tusk list job`` and ``tusk wait job``, downloads every output file with ``tusk get file -r``
+and compares it with what the test computes itself from the input data.
 
 Where an example's first stage needs its own image (Python, Go), the shell stage that follows
 runs verbatim over a repo holding what that first stage writes, computed here.
@@ -139,17 +139,16 @@ def tusk(cluster_env: dict[str, str], tmp_path: Path) -> Tusk:
 # --- driving the CLI ---------------------------------------------------------------------------
 
 
-async def put_folder(tusk: Tusk, repo: str, files: dict[str, bytes], *, create: bool = True) -> str:
-    """Write ``files`` to a local folder and ``tusk put file -r REPO@master:/ -f FOLDER`` it, as
-    the examples' READMEs do (one commit); the id of that commit."""
+async def put_folder(tusk: Tusk, repo: str, files: dict[str, bytes]) -> str:
+    """Create ``repo``, write ``files`` to a local folder and ``tusk put file -r REPO@master:/
+    -f FOLDER`` it, as the examples' READMEs do (one commit); the id of that commit."""
     folder = tusk.cwd / "data" / repo
     shutil.rmtree(folder, ignore_errors=True)
     for path, data in files.items():
         local = folder / path.lstrip("/")
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_bytes(data)
-    if create:
-        await tusk.ok("create", "repo", repo)
+    await tusk.ok("create", "repo", repo)
     await tusk.ok("put", "file", "-r", f"{repo}@master:/", "-f", str(folder))
     return str((await tusk.ok("inspect", "commit", f"{repo}@master", "-o", "json")).json()["id"])
 
