@@ -223,6 +223,12 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 CONNECT_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, OSError)
 # The same, plus using a connection that was already closed.
 CLOSED_ERRORS: tuple[type[Exception], ...] = (*CONNECT_ERRORS, asyncpg.InterfaceError)
+# The same, plus a protocol left waiting for a message a server that died mid-session never
+# sent: the connection is as good as gone (``check_alive``).
+BROKEN_ERRORS: tuple[type[Exception], ...] = (
+    *CLOSED_ERRORS,
+    asyncpg.exceptions.InternalClientError,
+)
 
 
 def unavailable(exc: BaseException) -> Unavailable:
@@ -261,7 +267,7 @@ async def check_alive(conn: Conn) -> None:
     session-level lock it held, are gone)."""
     try:
         await conn.fetchval("SELECT 1")
-    except CLOSED_ERRORS as exc:
+    except BROKEN_ERRORS as exc:
         raise unavailable(exc) from exc
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,13 +14,16 @@ from aiohttp import web
 from services.scheduler.backends import WorkerBackend
 from services.scheduler.engine import Engine
 from shared.config import Config, tusk_home
+from shared.db import db_ready
 from shared.errors import InvalidArgument
 from shared.http import add_health_routes, service_application
 from shared.objstore import open_object_store
 from shared.pfs_client import PfsClient
 from shared.pps.store import migrate_pps
+from shared.service_main import FAILURE, Failure
 from shared.service_resources import core_resources
 
+log = logging.getLogger("tusk.scheduler")
 VERSION = "0.1.0"
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 ENGINE_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("engine_task", asyncio.Task)
@@ -52,6 +56,17 @@ def make_backend(config: Config) -> WorkerBackend:
     )
 
 
+def _engine_ended(failure: Failure, task: asyncio.Task[None]) -> None:
+    """The engine runs until shutdown; if it ends before, the process must not live on
+    answering HTTP while no job runs: it stops, exiting non-zero (``serve``)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("the scheduler engine died", exc_info=exc)
+    failure.fail(f"the scheduler engine stopped: {exc!r}")
+
+
 def build_app(config: Config, backend: WorkerBackend | None = None) -> web.Application:
     app = service_application(config)
     app.add_routes(routes)
@@ -70,6 +85,7 @@ def build_app(config: Config, backend: WorkerBackend | None = None) -> web.Appli
                 engine = Engine(config, pool, bus, pfs, objects, workers)
                 app[ENGINE] = engine
                 task = asyncio.create_task(engine.run(), name="scheduler-engine")
+                task.add_done_callback(lambda done: _engine_ended(app[FAILURE], done))
                 app[ENGINE_TASK] = task
                 try:
                     yield
@@ -81,10 +97,14 @@ def build_app(config: Config, backend: WorkerBackend | None = None) -> web.Appli
             await workers.close()
 
     app.cleanup_ctx.append(resources)
+    app[FAILURE] = Failure()
 
     async def ready() -> bool:
-        # Not ready once the engine stopped (it only stops on shutdown or a fatal error).
-        return ENGINE in app and ENGINE_TASK in app and not app[ENGINE_TASK].done()
+        # Not ready once the engine stopped (it only stops on shutdown or a fatal error), nor
+        # while PostgreSQL is away (the engine waits for it then).
+        if ENGINE not in app or ENGINE_TASK not in app or app[ENGINE_TASK].done():
+            return False
+        return await db_ready(app[ENGINE].pool)
 
     add_health_routes(app, ready, "Tusk scheduler", VERSION)
     return app
