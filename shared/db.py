@@ -16,18 +16,19 @@ import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from importlib.abc import Traversable
 from importlib.resources import files
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from shared.config import Config
-from shared.errors import FailedPrecondition, Internal, InvalidArgument, Unavailable
+from shared.errors import FailedPrecondition, Internal, InvalidArgument, TuskError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +72,28 @@ def with_database(url: str, name: str) -> str:
 async def create_pool(
     config: Config, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0
 ) -> asyncpg.Pool:
-    """Open a pool to ``config.database_url``; raise ``Unavailable`` if it cannot be reached."""
+    """Open a pool to ``config.database_url``; raise ``Unavailable`` if it cannot be reached.
+
+    On the pool's connections, PostgreSQL going away later raises ``Unavailable`` too
+    (``TuskPool``), so a request meeting a restarting server is answered 503, not 500.
+    """
+    pool = TuskPool(
+        config.database_url,
+        min_size=min_size,
+        max_size=max_size,
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        timeout=connect_timeout,
+    )
     try:
-        pool = await asyncpg.create_pool(
-            config.database_url, min_size=min_size, max_size=max_size, timeout=connect_timeout
-        )
+        await pool
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise Unavailable(
             f"cannot connect to PostgreSQL at {redact_url(config.database_url)}: {_reason(exc)}"
         ) from exc
-    assert pool is not None
     return pool
 
 
@@ -279,3 +292,83 @@ async def db_ready(pool: asyncpg.Pool) -> bool:
         return True
     except Exception:
         return False
+
+
+# --- pools whose connections speak Tusk's errors ----------------------------------------------
+
+
+def _lost(exc: BaseException, conn: Conn | None) -> bool:
+    """Whether ``exc``, raised while ``conn`` was held, means PostgreSQL went away.
+
+    It does if a connection error is the exception or what led to it (asyncpg may report
+    the next query's failure on a dying connection as an internal client error), or if
+    an ``OSError`` or ``InterfaceError`` met a connection that is in fact closed: the
+    block may do other I/O (object store, HTTP), and misuse is a bug, not an outage.
+    """
+    if not isinstance(exc, Exception) or isinstance(exc, TuskError):
+        return False  # cancellation, or already ours
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, CONNECTION_ERRORS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, OSError | asyncpg.InterfaceError):
+        try:
+            return conn is None or conn.is_closed()
+        except asyncpg.InterfaceError:  # already released to the pool
+            return False
+    return False
+
+
+# asyncpg's classes are generic only in their stubs.
+if TYPE_CHECKING:
+    _AcquireBase = PoolAcquireContext[asyncpg.Record]
+    _PoolBase = asyncpg.Pool[asyncpg.Record]
+else:
+    _AcquireBase = PoolAcquireContext
+    _PoolBase = asyncpg.Pool
+
+
+class _Acquire(_AcquireBase):
+    """``TuskPool.acquire()``: as asyncpg's, with a lost PostgreSQL raising ``Unavailable``."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> PoolConnectionProxy[asyncpg.Record]:
+        try:
+            return await super().__aenter__()
+        except CONNECT_ERRORS as exc:
+            raise unavailable(exc) from exc
+
+    def __await__(self) -> Generator[Any, None, PoolConnectionProxy[asyncpg.Record]]:
+        try:
+            return (yield from super().__await__())
+        except CONNECT_ERRORS as exc:
+            raise unavailable(exc) from exc
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        error = exc_info[1] if len(exc_info) > 1 else None
+        lost = isinstance(error, BaseException) and _lost(error, self.connection)
+        # Releasing a broken connection fails; the pool replaces it on the next acquire, and
+        # the block's own outcome (done, or its error) is what the caller must see.
+        with contextlib.suppress(*CLOSED_ERRORS):
+            await super().__aexit__(*exc_info)
+        if lost:
+            assert isinstance(error, BaseException)
+            raise unavailable(error) from error
+
+
+class TuskPool(_PoolBase):
+    """An asyncpg pool on whose connections a lost, refused or restarting PostgreSQL raises
+    ``Unavailable`` (inside ``async with pool.acquire() as conn:`` and on ``pool.fetch…``).
+
+    The one place asyncpg's connection errors become ours: every service's handlers and
+    loops meet ``Unavailable`` (HTTP 503) without wrapping each query.
+    """
+
+    __slots__ = ()
+
+    def acquire(self, *, timeout: float | None = None) -> _Acquire:
+        return _Acquire(self, timeout)
