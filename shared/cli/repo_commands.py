@@ -17,7 +17,7 @@ from shared.cli.output import (
 from shared.cli.session import run_pfs
 from shared.errors import InvalidArgument
 from shared.names import check_name, parse_ref
-from shared.pfs_models import BranchInfo, RepoInfo
+from shared.pfs_models import BranchInfo, RepoInfo, Trigger
 
 # Repos
 
@@ -105,13 +105,58 @@ def _provenance_entry(text: str) -> str:
     metavar="REPO@BRANCH",
     help="A branch this one is computed from (repeatable).",
 )
-def create_branch(target: Target, head: str | None, provenance: tuple[str, ...]) -> None:
-    """Create a branch, or move it when it exists (like pachctl)."""
+@click.option(
+    "-t", "--trigger", "trigger_branch", metavar="BRANCH", help="Follow this branch's head."
+)
+@click.option("--trigger-size", metavar="SIZE", help="...once it grew this much (e.g. 1MB).")
+@click.option("--trigger-commits", type=int, metavar="N", help="...once it has N new commits.")
+@click.option("--trigger-cron", metavar="SPEC", help="...when this schedule comes due.")
+@click.option("--trigger-all", is_flag=True, help="Move only when all conditions hold.")
+def create_branch(
+    target: Target,
+    head: str | None,
+    provenance: tuple[str, ...],
+    trigger_branch: str | None,
+    trigger_size: str | None,
+    trigger_commits: int | None,
+    trigger_cron: str | None,
+    trigger_all: bool,
+) -> None:
+    """Create a branch, or move it when it exists (like pachctl).
+
+    With --trigger, the branch moves to the head of that branch whenever the
+    conditions hold (counted since it last moved); without a condition it follows
+    every commit (Pachyderm's deferred processing).
+    """
     name = _branch_name(target)
     if head is not None:
         parse_ref(head)
     sources = [_provenance_entry(p) for p in provenance]
-    run_pfs(lambda pfs: pfs.create_branch(target.repo, name, head=head, provenance=sources))
+    trigger = _trigger(trigger_branch, trigger_size, trigger_commits, trigger_cron, trigger_all)
+    run_pfs(
+        lambda pfs: pfs.create_branch(
+            target.repo, name, head=head, provenance=sources, trigger=trigger
+        )
+    )
+
+
+def _trigger(
+    branch: str | None, size: str | None, commits: int | None, cron: str | None, all_: bool
+) -> Trigger | None:
+    if branch is None:
+        if size is not None or commits is not None or cron is not None or all_:
+            raise InvalidArgument(
+                "a trigger condition needs the branch to follow: --trigger BRANCH"
+            )
+        return None
+    size_bytes = None
+    if size is not None:
+        from shared.pps.spec import parse_size  # imported here: only triggers need it
+
+        size_bytes = parse_size(size)
+    return Trigger(
+        branch=check_name("branch", branch), size=size_bytes, commits=commits, cron=cron, all=all_
+    )
 
 
 @click.command("branch")
@@ -149,9 +194,25 @@ def inspect_branch(target: Target, output: str) -> None:
                 ("Head", info.head or "-"),
                 ("Provenance", ", ".join(info.provenance) or "-"),
                 ("Subvenance", ", ".join(info.subvenance) or "-"),
+                ("Trigger", trigger_text(info.trigger)),
             ]
         )
     )
+
+
+def trigger_text(trigger: Trigger | None) -> str:
+    """``staging (size >= 1000000 bytes or 10 commits)``, or ``-``."""
+    if trigger is None:
+        return "-"
+    conditions = []
+    if trigger.size is not None:
+        conditions.append(f"size >= {trigger.size} bytes")
+    if trigger.commits is not None:
+        conditions.append(f"{trigger.commits} commits")
+    if trigger.cron is not None:
+        conditions.append(f"cron {trigger.cron!r}")
+    joined = (" and " if trigger.all else " or ").join(conditions) or "every commit"
+    return f"{trigger.branch} ({joined})"
 
 
 @click.command("branch")
