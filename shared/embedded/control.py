@@ -16,6 +16,7 @@ from shared.config import tusk_home
 from shared.embedded.components import PACKAGE_ROOT, SERVICES, ServiceSpec
 from shared.embedded.layout import (
     DOWN,
+    PHASE_DEGRADED,
     PHASE_FAILED,
     PHASE_READY,
     PHASE_STOPPED,
@@ -122,10 +123,13 @@ def status(home: Path | None = None) -> ClusterStatus:
         for c in components:
             if c.pid and not _alive(c.pid):
                 c.state, c.pid = DOWN, None
+    phase = state.phase if running else PHASE_STOPPED
+    if phase == PHASE_READY and any(c.state != UP for c in components):
+        phase = PHASE_DEGRADED
     return ClusterStatus(
         home=str(layout.home),
         running=running,
-        phase=state.phase if running else PHASE_STOPPED,
+        phase=phase,
         components=components,
         config_file=str(layout.config_file),
         error=state.error,

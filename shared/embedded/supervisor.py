@@ -50,6 +50,7 @@ from shared.embedded.layout import (
     RESTARTING,
     STARTING,
     STOPPING,
+    UNREADY,
     UP,
     ClusterState,
     ComponentStatus,
@@ -68,6 +69,10 @@ STABLE_AFTER = 60.0
 # Before a component was ever ready, give up after this many failed starts.
 MAX_FAILED_STARTS = 3
 STOP_TIMEOUT = 15.0
+# How often a running component's readiness is probed, and how many probes in a row must
+# fail (a slow answer on a busy machine is not an outage) before it shows as ``unready``.
+PROBE_INTERVAL = 1.0
+UNREADY_AFTER = 2
 
 _PR_SET_PDEATHSIG = 1
 
@@ -126,7 +131,7 @@ class Child:
                 self.ever_up = True
                 up_since = time.monotonic()
                 self._set(UP, process.pid)
-                code = await process.wait()
+                code = await self._watch(process)
                 if self._stopping.is_set():
                     break
                 if time.monotonic() - up_since > STABLE_AFTER:
@@ -152,6 +157,25 @@ class Child:
                 await asyncio.wait_for(self._stopping.wait(), delay)
             delay = min(delay * 2, RESTART_MAX_DELAY)
         self._set(DOWN)
+
+    async def _watch(self, process: asyncio.subprocess.Process) -> int:
+        """Wait for the process to exit, probing its readiness meanwhile: a service whose
+        PostgreSQL or NATS is away still runs, but must not show as up."""
+        exited = asyncio.ensure_future(process.wait())
+        failed = 0
+        try:
+            while True:
+                done, _ = await asyncio.wait({exited}, timeout=PROBE_INTERVAL)
+                if done:
+                    return exited.result()
+                failed = 0 if await self.launch.ready() else failed + 1
+                if self._stopping.is_set() or process.returncode is not None:
+                    continue
+                state = UNREADY if failed >= UNREADY_AFTER else UP if failed == 0 else None
+                if state is not None and state != self.status.state:
+                    self._set(state, process.pid)
+        finally:
+            exited.cancel()
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUSK_")}
@@ -230,6 +254,8 @@ class Supervisor:
         if child.status.state == UP:
             pid = child.status.pid
             self.progress(f"{child.name:<10} up    {child.launch.address}  (pid {pid})")
+        elif child.status.state == UNREADY:
+            self.progress(f"{child.name:<10} not ready (its readiness probe fails)")
         elif child.status.state == FAILED:
             self.progress(f"{child.name:<10} failed: {child.failure}")
 

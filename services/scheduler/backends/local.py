@@ -2,14 +2,17 @@
 
 Each worker is ``python -m services.scheduler.worker <pipeline>``; a worker that
 exits is started again at the next reconcile, and its unacked datum is
-redelivered by JetStream to a live one. Without bubblewrap the backend refuses
-to start, with the reason in one line.
+redelivered by JetStream to a live one. Workers end with the scheduler that started
+them, even one killed by SIGKILL (the kernel sends them SIGTERM): a restarted
+scheduler starts its own, and none is left running with no owner. Without
+bubblewrap the backend refuses to start, with the reason in one line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -24,6 +27,17 @@ from services.scheduler.sandbox import bwrap_available
 from shared.errors import FailedPrecondition
 
 log = logging.getLogger("tusk.scheduler.local")
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _die_with(parent: int) -> None:
+    """preexec_fn of a worker: SIGTERM from the kernel when ``parent`` (the scheduler) dies."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # it died before the line above: nobody would tell us
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
@@ -77,9 +91,11 @@ class LocalBackend:
             env["TUSK_CONFIG"] = str(self._config_path)
         out = open(self._log_dir / f"worker-{pipeline}.log", "ab")  # noqa: ASYNC230, SIM115  (a log file, handed to the child)
         try:
+            scheduler = os.getpid()
             return await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "services.scheduler.worker", pipeline,
                 env=env, stdout=out, stderr=out, start_new_session=True,
+                preexec_fn=lambda: _die_with(scheduler),
             )  # fmt: skip
         finally:
             out.close()
