@@ -96,6 +96,7 @@ _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EM
 # Secrets fetched per (job, name), kept for the datums of a few recent jobs.
 _SECRET_CACHE = 32
 _REASON_MAX = 500
+_MIN_BEAT = 0.1
 
 
 def worker_consumer_config(config: Config, pipeline: str, max_deliver: int) -> ConsumerConfig:
@@ -270,7 +271,9 @@ class Worker:
             result, attempts = _died(delivered - 1), delivered - 1
         else:
             async with asyncio.TaskGroup() as group:
-                beat = group.create_task(_heartbeat(msg, max(1.0, self.config.task_ack_wait / 3)))
+                # Three beats per ack_wait: one lost beat must not let the task go elsewhere.
+                every = max(_MIN_BEAT, self.config.task_ack_wait / 3)
+                beat = group.create_task(_heartbeat(msg, every))
                 try:
                     result, attempts = await self._run_with_retries(task, left, delivered)
                 finally:
@@ -304,50 +307,56 @@ class Worker:
     ) -> tuple[DatumResult, int]:
         attempt = delivered
         while True:
-            result = await self._attempt(replace(task, attempt=attempt))
+            result, retriable = await self._attempt(replace(task, attempt=attempt))
             left -= 1
-            if result.state != "FAILED" or left <= 0:
+            if result.state != "FAILED" or left <= 0 or not retriable:
                 return result, attempt
             attempt += 1
 
-    async def _attempt(self, task: DatumTask) -> DatumResult:
-        """One try of the datum. Faults of the datum are a ``FAILED`` result; faults of
-        the environment are retried here with backoff (not counted as tries) for up to
-        ``environment_patience`` seconds, then fail the datum with their reason."""
+    async def _attempt(self, task: DatumTask) -> tuple[DatumResult, bool]:
+        """One try of the datum, and whether another try may help. Faults of the datum
+        are a ``FAILED`` result; faults of the environment are retried here with backoff
+        (not counted as tries) for up to ``environment_patience`` seconds, then fail the
+        datum with their reason, for good: more tries would only wait longer."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.environment_patience
         delay = _BACKOFF_FIRST
         while True:
             try:
-                return await run_datum(
-                    self.objects,
-                    task,
-                    workdir=self.workdir,
-                    cache=self.cache,
-                    index=self.index,
-                    sandbox=self.sandbox,
-                    lazy=self.lazy,
-                    secrets=await self._secrets_for(task),
-                )
+                return await self._run_datum(task), True
             except (InvalidArgument, NotFound) as exc:  # a secret that is not there, say
-                return failed_result(exc.message)
+                return failed_result(exc.message), True
             except Exception as exc:
                 if not is_environment_fault(exc):
                     log.exception(
                         "datum %s of job %s: the runner failed", task.datum_id, task.job_id
                     )
-                    return failed_result(f"the worker failed running this datum: {one_line(exc)}")
+                    reason = f"the worker failed running this datum: {one_line(exc)}"
+                    return failed_result(reason), True
                 left = deadline - loop.time()
                 if left <= 0:
-                    return failed_result(
+                    reason = (
                         f"environment fault for {self.environment_patience:g} s: {one_line(exc)}"
                     )
+                    return failed_result(reason), False
                 log.warning(
                     "datum %s of job %s: %s; trying again in %.0f s (not counted as a try)",
                     task.datum_id, task.job_id, one_line(exc), min(delay, left),
                 )  # fmt: skip
                 await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, _BACKOFF_MAX)
+
+    async def _run_datum(self, task: DatumTask) -> DatumResult:
+        return await run_datum(
+            self.objects,
+            task,
+            workdir=self.workdir,
+            cache=self.cache,
+            index=self.index,
+            sandbox=self.sandbox,
+            lazy=self.lazy,
+            secrets=await self._secrets_for(task),
+        )
 
     async def _secrets_for(self, task: DatumTask) -> dict[str, dict[str, bytes]]:
         """The data of the secrets ``task`` names, fetched once per job and secret."""
