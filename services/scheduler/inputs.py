@@ -56,17 +56,21 @@ class JobStarter:
     async def commit_finished(self, payload: CommitFinished) -> bool:
         if payload.error or payload.branch is None:
             return False
+        readers = await self._readers(payload.repo, payload.branch)
         read = InputRead(payload.repo, payload.branch, payload.commit)
-        return await self._start(read, payload.commit, newest_only=False)
+        return await self._start(readers, read, payload.commit, newest_only=False)
 
     async def branch_moved(self, event_id: str, payload: BranchMoved) -> bool:
-        if payload.new_head is None or not await self._readers(payload.repo, payload.branch):
+        if payload.new_head is None:
             return False
-        if not await self._is_current_good_head(payload.repo, payload.branch, payload.new_head):
+        readers = await self._readers(payload.repo, payload.branch)
+        if not readers or not await self._is_current_good_head(
+            payload.repo, payload.branch, payload.new_head
+        ):
             return False
         read = InputRead(payload.repo, payload.branch, payload.new_head)
         trigger = f"branch:{payload.repo}@{payload.branch}:{payload.new_head}:{event_id}"
-        return await self._start(read, trigger, newest_only=True)
+        return await self._start(readers, read, trigger, newest_only=True)
 
     async def _is_current_good_head(self, repo: str, branch: str, commit: str) -> bool:
         """Whether ``commit`` is still the branch's head and is finished without error (an
@@ -91,9 +95,16 @@ class JobStarter:
                 readers.append((pipeline, spec))
         return readers
 
-    async def _start(self, read: InputRead, trigger: str, *, newest_only: bool) -> bool:
+    async def _start(
+        self,
+        readers: list[tuple[PipelineInfo, PipelineSpec]],
+        read: InputRead,
+        trigger: str,
+        *,
+        newest_only: bool,
+    ) -> bool:
         made = False
-        for pipeline, spec in await self._readers(read.repo, read.branch):
+        for pipeline, spec in readers:
             # PFS is asked before the transaction: no network call while a row is locked.
             inputs = await job_inputs(
                 self.pfs, spec, pinned={(read.repo, read.branch): read.commit}
