@@ -365,3 +365,26 @@ async def test_lazy_pipeline_outputs_equal_copied_pipeline_outputs(cluster: Clus
     assert lazy_out == await output("copied")
     assert lazy_out["/a.bin.md5"].decode().split()[0] == hashlib.md5(items["/a.bin"]).hexdigest()
     assert lazy_out["/a.bin.size"] == f"{len(items['/a.bin'])}\n".encode()
+
+
+@needs_fuse
+async def test_lazy_parts_of_one_input_share_its_directory_and_links_store_by_reference(
+    store: CountingStore, workdir: Path, lazy: LazyInputs
+) -> None:
+    """A group's parts of one lazy input are served together at /pfs/in, and a symlink to
+    one of them is stored by reference, without reading it."""
+    first = await make_input(store, {"/a/1.txt": b"one" * 1000})
+    second = await make_input(store, {"/b/2.txt": b"two"})
+    parts = [replace(first, match="/a", group_by="k"), replace(second, match="/b", group_by="k")]
+    store.reset()
+    script = "cat /pfs/in/b/2.txt > /pfs/out/copy && ln -s /pfs/in/a/1.txt /pfs/out/link"
+    result = await run_datum(
+        store, make_task(parts, script), workdir=workdir, cache=lazy.tree.cache, lazy=lazy
+    )
+    assert await outputs(store, result) == {"/copy": b"two", "/link": b"one" * 1000}
+    stored = {
+        item.key: from_index_entry(item) async for item in FileIndex(store).scan(result.output_root)
+    }
+    assert stored["/link"] == first.files[0].entry
+    # Only the file the command read was fetched (and read back above by this test).
+    assert result.download_bytes == 3

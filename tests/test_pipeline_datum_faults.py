@@ -273,3 +273,49 @@ async def test_an_exception_in_the_runner_fails_only_that_datum(cluster: Cluster
     assert error == "the worker failed running this datum: ValueError: embedded null byte"
     (datum,) = await cluster.pps.list_datums("slow", job.id)
     assert datum.attempts == 2
+
+
+# -- transform fields -------------------------------------------------------------------
+
+TOKEN = "tok-5e5e5e5e5e5e"
+
+
+async def test_transform_fields_and_secrets_reach_the_datum(cluster: Cluster) -> None:
+    await cluster.pps.create_secret(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "creds"},
+            "stringData": {"token": TOKEN},
+        }
+    )
+    await words(cluster, {"/a": b"a"})
+    script = (
+        "pwd > /pfs/out/pwd; id -u > /pfs/out/uid; "
+        'echo "token is $TOKEN"; cat /run/secrets/creds/token; echo; '
+        "wc -c < /run/secrets/creds/token > /pfs/out/length; "
+        "exit 3"
+    )
+    await cluster.pps.create_pipeline(
+        {
+            **one_datum_pipeline("fields", script),
+            "transform": {
+                "cmd": ["sh", "-c", script],
+                "working_dir": "/pfs/words",
+                "user": "1000:1000",
+                "accept_return_code": [3],
+                "secrets": [
+                    {"name": "creds", "key": "token", "env_var": "TOKEN"},
+                    {"name": "creds", "mount_path": "/run/secrets/creds"},
+                ],
+            },
+        }
+    )
+    (job,) = await wait_for_jobs(cluster, "fields", 1, timeout=90)
+    assert job.state == "JOB_SUCCESS", job
+    assert await read(cluster, "fields", "/pwd") == b"/pfs/words\n"
+    assert await read(cluster, "fields", "/uid") == b"1000\n"
+    assert await read(cluster, "fields", "/length") == f"{len(TOKEN)}\n".encode()
+    logs = "\n".join(line.message for line in await cluster.pps.logs("fields", job=job.id))
+    assert "token is [secret]" in logs
+    assert TOKEN not in logs
