@@ -50,6 +50,7 @@ from tests.fixtures.embedded_cluster import (
     EmbeddedCluster,
     alive,
     children_of,
+    command_of,
     eventually,
     parent_of,
     start_embedded_cluster,
@@ -401,8 +402,8 @@ async def test_worker_killed_mid_datum_is_retried_and_counted_once(
 
     async def running_worker() -> int | None:
         for pid in healthy.workers("workslow"):
-            if children_of(pid):  # it started a sandbox: the datum runs
-                return pid
+            if any(b"bwrap" in command_of(child) for child in children_of(pid)):
+                return pid  # its sandbox runs: the datum is under way
         return None
 
     pid = await eventually(running_worker, 60, "a worker running the datum")
