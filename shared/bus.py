@@ -127,6 +127,12 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream()
         self.config = config
 
+    @property
+    def connected(self) -> bool:
+        """Whether NATS is reachable now: False while the client reconnects (the server is
+        away), not only once the connection is closed for good. Readiness probes use it."""
+        return bool(self.nc.is_connected)
+
     async def ensure_streams(self) -> None:
         """Create the events and tasks streams, or bring their configuration up to date."""
         for stream in (

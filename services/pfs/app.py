@@ -59,7 +59,7 @@ def build_app(config: Config) -> web.Application:
     app.on_shutdown.append(stopping)
 
     async def ready() -> bool:
-        return SERVICE in app and await app[SERVICE].ready() and not app[BUS].nc.is_closed
+        return SERVICE in app and app[BUS].connected and await app[SERVICE].ready()
 
     add_health_routes(app, ready, "Tusk PFS", VERSION)
     return app

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from services.pps.api import SERVICE, routes
 from services.pps.service import PpsService
+from shared.bus import Bus
 from shared.config import Config
 from shared.http import add_health_routes, service_application
 from shared.pfs_client import PfsClient
@@ -15,6 +16,7 @@ from shared.pps.store import migrate_pps
 from shared.service_resources import core_resources
 
 VERSION = "0.1.0"
+BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
 
 
 def build_app(config: Config) -> web.Application:
@@ -23,16 +25,18 @@ def build_app(config: Config) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with (
-            core_resources(config, name="tusk-pps", migrations=[migrate_pps]) as (pool, _bus),
+            core_resources(config, name="tusk-pps", migrations=[migrate_pps]) as (pool, bus),
             PfsClient(config.pfs_url, cluster_id=config.cluster_id) as pfs,
         ):
             app[SERVICE] = PpsService(config, pool, pfs)
+            app[BUS] = bus
             yield
 
     app.cleanup_ctx.append(resources)
 
     async def ready() -> bool:
-        return SERVICE in app and await app[SERVICE].ready()
+        # Not ready while NATS is away either: pipeline events wait in the outbox then.
+        return SERVICE in app and BUS in app and app[BUS].connected and await app[SERVICE].ready()
 
     add_health_routes(app, ready, "Tusk PPS", VERSION)
     return app

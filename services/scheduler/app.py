@@ -101,10 +101,10 @@ def build_app(config: Config, backend: WorkerBackend | None = None) -> web.Appli
 
     async def ready() -> bool:
         # Not ready once the engine stopped (it only stops on shutdown or a fatal error), nor
-        # while PostgreSQL is away (the engine waits for it then).
+        # while PostgreSQL or NATS is away (the engine waits for them then).
         if ENGINE not in app or ENGINE_TASK not in app or app[ENGINE_TASK].done():
             return False
-        return await db_ready(app[ENGINE].pool)
+        return app[ENGINE].bus.connected and await db_ready(app[ENGINE].pool)
 
     add_health_routes(app, ready, "Tusk scheduler", VERSION)
     return app
