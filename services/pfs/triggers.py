@@ -103,8 +103,9 @@ async def jump_if_due(
     if old is not None and not old.finished:
         return False  # someone is writing to the target: jumping would orphan their commit
     growth = new.info.size_bytes - (old.info.size_bytes if old is not None else 0)
-    limit = target.trigger.commits or 1
-    commits = await refs.commits_since(conn, new_head, target.head, limit)
+    wanted = target.trigger.commits
+    # Counting walks the history, so only as far as the condition needs (and only if it has one).
+    commits = await refs.commits_since(conn, new_head, target.head, wanted) if wanted else 0
     due = is_due(
         target.trigger, growth=growth, commits=commits, last_moved=target.head_moved, now=now
     )
