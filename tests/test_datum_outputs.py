@@ -12,7 +12,7 @@ import pytest
 from services.scheduler.datum_output import MAX_HOPS, gather_output
 from services.scheduler.datum_runner import run_datum
 from services.scheduler.tasks import DatumResult
-from shared.chunking import EMPTY_FILE, FileEntry
+from shared.chunking import FileEntry
 from shared.file_entries import from_index_entry
 from shared.file_index import FileIndex
 from shared.objstore import CountingStore
@@ -88,14 +88,17 @@ async def test_symlinks_inside_out_store_their_targets_content(
 
 
 @needs_bwrap
-async def test_symlink_to_an_empty_files_input_is_the_empty_file_the_command_saw(
+async def test_symlink_to_an_empty_files_input_stores_the_real_file(
     store: CountingStore, workdir: Path
 ) -> None:
+    """As in Pachyderm's shuffle example: the command sees empty files, and linking one
+    stores the real file without a byte downloaded."""
     source = await make_input(store, {"/big.bin": b"x" * 5000}, empty_files=True)
-    result = await run_datum(
-        store, make_task([source], "ln -s /pfs/in/big.bin /pfs/out/big"), workdir=workdir
-    )
-    assert await output_entries(store, result) == {"/big": EMPTY_FILE}
+    script = "wc -c < /pfs/in/big.bin > /pfs/out/size && ln -s /pfs/in/big.bin /pfs/out/big"
+    result = await run_datum(store, make_task([source], script), workdir=workdir)
+    assert await output_files(store, result) == {"/big": b"x" * 5000, "/size": b"0\n"}
+    assert (await output_entries(store, result))["/big"] == source.files[0].entry
+    assert result.download_bytes == 0
 
 
 @pytest.mark.parametrize(

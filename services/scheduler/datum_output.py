@@ -8,8 +8,10 @@ directory and ``/pfs/<name>`` is an input, known from the task's file entries
 
 - a regular file is stored with its bytes;
 - a symlink to a file of an input is stored as that file **by reference**: the same
-  ``FileEntry`` (chunks) the task carries, no byte read or uploaded (an
-  ``empty_files`` input gives the empty file the command saw);
+  ``FileEntry`` (chunks) the task carries, no byte read or uploaded. That holds for
+  ``empty_files`` inputs too, whose files the command saw empty: the link stores the
+  real file (Pachyderm's "shuffle" example relies on it: it links fruit images into
+  new folders without downloading one byte);
 - a symlink to a directory of an input is that directory's whole subtree, by reference;
 - a symlink to a file or directory inside ``/pfs/out`` is its target's content.
 
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from shared.chunking import EMPTY_FILE, FileEntry, PackWriter
+from shared.chunking import FileEntry, PackWriter
 from shared.errors import Internal, InvalidArgument
 from shared.file_entries import to_index_entry
 from shared.file_index import FileIndex
@@ -71,11 +73,8 @@ class MountedInput:
         object.__setattr__(self, "_keys", sorted(self.files))
 
     def entry(self, relative: str) -> FileEntry | None:
-        """The entry the command reads at ``relative`` (empty for ``empty_files``)."""
-        found = self.files.get(relative)
-        if found is None or not self.empty_files:
-            return found
-        return EMPTY_FILE
+        """The stored file at ``relative`` (``empty_files`` or not: a link to it stores it)."""
+        return self.files.get(relative)
 
     def is_dir(self, relative: str) -> bool:
         """Whether ``relative`` is a directory of this input ('' is its root)."""
