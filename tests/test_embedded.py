@@ -3,21 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import socket
+import stat
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import aiohttp
 import asyncpg
 import pytest
 
-from shared.config import load_config
+from shared.config import CLUSTER_HEADER, load_config
 from shared.embedded import ClusterStatus, down, status, up
-from shared.embedded.components import pick_port
+from shared.embedded.components import SERVICES, pick_port
 from tests.fixtures.servers import server_scratch_dir
+
+PFS_ONLY = [s for s in SERVICES if s.name == "pfs"]
+
+
+async def tusk_in(home: Path, *args: str) -> tuple[int, str]:
+    """Run the ``tusk`` console script with ``TUSK_HOME=home``: (exit code, stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSK_")}
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "tusk"),
+        *args,
+        env={**env, "TUSK_HOME": str(home)},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, err.decode()
 
 
 def alive(pid: int) -> bool:
@@ -30,12 +52,15 @@ def alive(pid: int) -> bool:
 
 
 def processes_mentioning(home: Path) -> list[int]:
-    """Pids whose command line names ``home`` (postgres -D, nats -sd, the supervisor)."""
+    """Pids whose command line names ``home`` (nats -sd, the supervisor) or that run in it
+    (PostgreSQL, whose data directory is its working directory)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if str(home).encode() in (entry / "cmdline").read_bytes():
+                if str(home).encode() in (entry / "cmdline").read_bytes() or Path(
+                    os.readlink(entry / "cwd")
+                ).is_relative_to(home):
                     found.append(int(entry.name))
             except OSError:
                 continue
@@ -146,3 +171,96 @@ def _supervisor_pid(home: Path) -> int:
     state = read_state(Layout(home))
     assert state is not None and state.supervisor_pid
     return state.supervisor_pid
+
+
+def modes_under(root: Path) -> dict[str, int]:
+    """Permission bits of ``root`` and everything under it, by path relative to ``root``."""
+    modes = {".": stat.S_IMODE(root.stat().st_mode)}
+    for path in root.rglob("*"):
+        with contextlib.suppress(FileNotFoundError):  # a file replaced meanwhile
+            modes[str(path.relative_to(root))] = stat.S_IMODE(path.lstat().st_mode)
+    return modes
+
+
+async def test_up_keeps_home_private_and_postgres_behind_a_password(tmp_path: Path) -> None:
+    # $TUSK_HOME inside directories other users may not enter (as /root is).
+    scratch = server_scratch_dir("tusk-test-private-")
+    closed = scratch / "closed"
+    closed.mkdir(mode=0o700)
+    home = closed / "inner" / "home"
+    ancestors = [scratch, closed]
+    before = {p: stat.S_IMODE(p.stat().st_mode) for p in ancestors}
+    lines: list[str] = []
+    try:
+        await asyncio.to_thread(up, home, detach=True, echo=lines.append)
+        try:
+            assert status(home).phase == "ready", lines
+            config = load_config(home / "config.toml", environ={})
+            password = (home / "secrets" / "postgres-password").read_text().strip()
+            assert len(password) >= 32 and password in config.database_url
+            port = urlsplit(config.database_url).port
+            # Without the password, or with another, PostgreSQL says no; with it, yes.
+            for url in (
+                f"postgresql://postgres@127.0.0.1:{port}/tusk",
+                f"postgresql://postgres:guess@127.0.0.1:{port}/tusk",
+            ):
+                with pytest.raises(asyncpg.InvalidPasswordError):
+                    await asyncpg.connect(url)
+            assert await sql(home, "SELECT current_user") == "postgres"
+            # The cluster's services report its id, which config.toml gives the CLI.
+            cluster_id = (home / "cluster-id").read_text().strip()
+            assert config.cluster_id == cluster_id
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"{config.pfs_url}/healthz") as resp,
+            ):
+                assert resp.headers[CLUSTER_HEADER] == cluster_id
+            modes = modes_under(home)
+        finally:
+            await asyncio.to_thread(down, home, echo=lines.append)
+        # Nothing outside $TUSK_HOME was opened up; inside, only the owner may look.
+        assert {p: stat.S_IMODE(p.stat().st_mode) for p in ancestors} == before
+        loose = {path: oct(mode) for path, mode in modes.items() if mode & 0o077}
+        assert loose == {}
+        assert modes["."] == 0o700
+        assert processes_mentioning(home) == []
+        # The password is not written to the logs (single-user mode read it on stdin).
+        for log in (home / "logs").iterdir():
+            assert password not in log.read_text(errors="replace"), log
+    finally:
+        await asyncio.to_thread(down, home, echo=lines.append)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def test_a_cli_whose_cluster_stopped_refuses_the_cluster_on_its_ports(
+    tmp_path: Path,
+) -> None:
+    """Cluster A is down; cluster B took A's PFS port. A's CLI must not talk to B."""
+    scratch = server_scratch_dir("tusk-test-two-clusters-")
+    home_a, home_b = scratch / "a", scratch / "b"
+    lines: list[str] = []
+    try:
+        await asyncio.to_thread(up, home_a, detach=True, echo=lines.append, services=PFS_ONLY)
+        pfs_a = load_config(home_a / "config.toml", environ={}).pfs_url
+        await asyncio.to_thread(down, home_a, echo=lines.append)
+        # B starts while A's ports are free again and takes them (as it would the defaults;
+        # here B is told A's last ports, which other clusters on this machine leave free).
+        (home_b / "run").mkdir(parents=True)
+        shutil.copy(home_a / "run" / "state.json", home_b / "run" / "state.json")
+        await asyncio.to_thread(up, home_b, detach=True, echo=lines.append, services=PFS_ONLY)
+        try:
+            assert load_config(home_b / "config.toml", environ={}).pfs_url == pfs_a
+            code, err = await tusk_in(home_a, "list", "repo")
+            where = pfs_a.removeprefix("http://")
+            assert code == 1
+            assert err.splitlines() == [
+                f"error: the service at {where} belongs to another Tusk cluster; run `tusk up`"
+            ]
+            # B's own CLI is served.
+            code, err = await tusk_in(home_b, "list", "repo")
+            assert code == 0, err
+        finally:
+            await asyncio.to_thread(down, home_b, echo=lines.append)
+    finally:
+        await asyncio.to_thread(down, home_a, echo=lines.append)
+        shutil.rmtree(scratch, ignore_errors=True)

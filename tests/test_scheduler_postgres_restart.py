@@ -22,7 +22,13 @@ import pytest
 from services.scheduler.app import ENGINE_TASK
 from shared.config import Config
 from shared.db import ensure_database
-from shared.embedded.components import init_postgres, postgres_admin_url, postgres_launch, run_as
+from shared.embedded.components import (
+    init_postgres,
+    postgres_admin_url,
+    postgres_launch,
+    run_as,
+    secure_postgres,
+)
 from shared.embedded.layout import Layout
 from shared.pps.models import JobInfo
 from tests.fixtures.cluster import Cluster, running_cluster
@@ -44,15 +50,23 @@ class Postgres:
         self.layout = Layout(home)
         self.layout.make_dirs()
         init_postgres(self.layout)
+        self.password = self.layout.postgres_password()
+        secure_postgres(self.layout, self.password)
         self.port = free_port()
-        self.launch = postgres_launch(self.layout, self.port)
+        self.launch = postgres_launch(self.layout, self.port, self.password)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         uid, gid, groups = run_as(self.launch.user)
         with self.layout.log("postgres").open("ab") as log:
             self.process = subprocess.Popen(
-                self.launch.argv, stdout=log, stderr=log, user=uid, group=gid, extra_groups=groups
+                self.launch.argv,
+                stdout=log,
+                stderr=log,
+                cwd=self.launch.cwd,
+                user=uid,
+                group=gid,
+                extra_groups=groups,
             )
 
     async def ready(self) -> None:
@@ -103,9 +117,9 @@ async def cluster_on_own_postgres(
     own_postgres: Postgres, nats_server: NatsServer, tmp_path: Path
 ) -> AsyncIterator[Cluster]:
     await own_postgres.ready()
-    await ensure_database(postgres_admin_url(own_postgres.port), "tusk")
+    await ensure_database(postgres_admin_url(own_postgres.port, own_postgres.password), "tusk")
     config = Config(
-        database_url=postgres_admin_url(own_postgres.port, "tusk"),
+        database_url=postgres_admin_url(own_postgres.port, own_postgres.password, "tusk"),
         nats_url=nats_server.url,
         nats_prefix="t" + uuid.uuid4().hex[:12],
         object_store=f"file://{tmp_path}/objects",

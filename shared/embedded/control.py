@@ -24,6 +24,7 @@ from shared.embedded.layout import (
     ClusterState,
     ComponentStatus,
     Layout,
+    open_private,
     read_state,
 )
 from shared.embedded.supervisor import acquire_lock, run_supervisor
@@ -98,6 +99,13 @@ def _cmdline(pid: int) -> str:
         )
     except OSError:
         return ""
+
+
+def _cwd(pid: int) -> Path:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return Path("/nonexistent")
 
 
 def _is_running(layout: Layout) -> bool:
@@ -177,7 +185,7 @@ def _start_detached(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
     log_path = layout.log("supervisor")
     started = time.time()
-    with log_path.open("ab") as log, open(os.devnull, "rb") as devnull:
+    with open_private(log_path) as log, open(os.devnull, "rb") as devnull:
         # A new session: the supervisor outlives this terminal and is not hit by its Ctrl-C.
         process = subprocess.Popen(
             _supervisor_argv(layout, services),
@@ -264,7 +272,12 @@ def _reap_leftovers(
         if not c.pid or not _alive(c.pid):
             continue
         command = _cmdline(c.pid)
-        ours = str(layout.home) in command or (c.log and "-m services." in command)
+        # PostgreSQL run as another user names its data directory "/proc/self/cwd".
+        ours = (
+            str(layout.home) in command
+            or (c.log and "-m services." in command)
+            or _cwd(c.pid).is_relative_to(layout.home)
+        )
         if not ours:
             continue
         echo(f"stopping leftover {c.name} (pid {c.pid})")

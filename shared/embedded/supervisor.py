@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from shared.config import Config, dump_config_toml, load_config
 from shared.db import ensure_database
@@ -37,6 +37,7 @@ from shared.embedded.components import (
     postgres_admin_url,
     postgres_launch,
     run_as,
+    secure_postgres,
     service_launch,
 )
 from shared.embedded.layout import (
@@ -47,6 +48,9 @@ from shared.embedded.layout import (
     PHASE_STARTING,
     PHASE_STOPPED,
     PHASE_STOPPING,
+    PRIVATE_DIR,
+    PRIVATE_FILE,
+    PRIVATE_UMASK,
     RESTARTING,
     STARTING,
     STOPPING,
@@ -55,7 +59,9 @@ from shared.embedded.layout import (
     ClusterState,
     ComponentStatus,
     Layout,
+    open_private,
     read_state,
+    write_private,
     write_state,
 )
 from shared.errors import FailedPrecondition, TuskError
@@ -69,6 +75,8 @@ STABLE_AFTER = 60.0
 # Before a component was ever ready, give up after this many failed starts.
 MAX_FAILED_STARTS = 3
 STOP_TIMEOUT = 15.0
+# Settings a user may put in $TUSK_HOME/config.toml that ``tusk up`` keeps when rewriting it.
+KEPT_SETTINGS = ("allowed_hosts", "allowed_origins")
 # How often a running component's readiness is probed, and how many probes in a row must
 # fail (a slow answer on a busy machine is not an outage) before it shows as ``unready``.
 PROBE_INTERVAL = 1.0
@@ -182,14 +190,14 @@ class Child:
         # The child reads config.toml; inherited TUSK_* variables must not override it.
         env.update(self.launch.env)
         uid, gid, groups = run_as(self.launch.user)
-        with self.layout.log(self.name).open("ab") as out:
+        with open_private(self.layout.log(self.name)) as out:
             self._process = await asyncio.create_subprocess_exec(
                 *self.launch.argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
-                cwd=self.layout.home,
+                cwd=self.launch.cwd or self.layout.home,
                 preexec_fn=_die_with_parent(self.launch.stop_signal),
                 user=uid,
                 group=gid,
@@ -264,9 +272,10 @@ class Supervisor:
         self.state.error = error
         write_state(self.layout, self.state)
 
-    def _plan(self) -> tuple[list[Launch], list[Launch], Config]:
+    def _plan(self, password: str) -> tuple[list[Launch], list[Launch], Config]:
         """Choose ports (last run's if still free, else defaults, else any) and the config."""
         previous = _previous_ports(self.layout)
+        cluster_id = self.layout.cluster_id()
         taken: set[int] = set()
 
         def port(name: str, default: int) -> int:
@@ -275,11 +284,11 @@ class Supervisor:
             return chosen
 
         infra = [
-            postgres_launch(self.layout, port("postgres", DEFAULT_PG_PORT)),
+            postgres_launch(self.layout, port("postgres", DEFAULT_PG_PORT), password),
             nats_launch(self.layout, port("nats", DEFAULT_NATS_PORT)),
         ]
         services = [
-            service_launch(self.layout, spec, port(spec.name, spec.default_port))
+            service_launch(self.layout, spec, port(spec.name, spec.default_port), cluster_id)
             for spec in self.services
         ]
         urls = {
@@ -288,18 +297,22 @@ class Supervisor:
             if f"{launch.name}_url" in Config.__dataclass_fields__
         }
         config = Config(
-            database_url=postgres_admin_url(infra[0].port, TUSK_DATABASE),
+            database_url=postgres_admin_url(infra[0].port, password, TUSK_DATABASE),
             nats_url=infra[1].address,
             nats_prefix="tusk",
             object_store=f"file://{self.layout.objects}",
+            cluster_id=cluster_id,
+            **_kept_settings(self.layout),
         ).replace(**urls)
         return infra, services, config
 
     async def run(self) -> bool:
         """Bring the cluster up, supervise it until stopped; False if it failed to start."""
         self.layout.make_dirs()
-        infra, services, config = self._plan()
-        self.layout.config_file.write_text(dump_config_toml(config))
+        password = self.layout.postgres_password()
+        infra, services, config = self._plan(password)
+        # 0600: it holds the database password (secrets/postgres-password is the source).
+        write_private(self.layout.config_file, dump_config_toml(config))
         self.children = [Child(launch, self.layout, self._changed) for launch in infra + services]
         self.state.components = [child.status for child in self.children]
         self._set_phase(PHASE_STARTING)
@@ -308,11 +321,13 @@ class Supervisor:
         async with asyncio.TaskGroup() as group:
             try:
                 await asyncio.to_thread(init_postgres, self.layout)
+                await asyncio.to_thread(secure_postgres, self.layout, password)
                 first, rest = self.children[: len(infra)], self.children[len(infra) :]
                 for child in first:
                     group.create_task(child.run(), name=f"supervise-{child.name}")
                 if await self._wait_up(first):
-                    await ensure_database(postgres_admin_url(infra[0].port), TUSK_DATABASE)
+                    admin_url = postgres_admin_url(infra[0].port, password)
+                    await ensure_database(admin_url, TUSK_DATABASE)
                     for child in rest:
                         group.create_task(child.run(), name=f"supervise-{child.name}")
                     ok = await self._wait_up(rest)
@@ -369,10 +384,21 @@ def _previous_ports(layout: Layout) -> dict[str, int]:
     return ports
 
 
+def _kept_settings(layout: Layout) -> dict[str, Any]:
+    """What the user set in config.toml that ``tusk up`` keeps when it rewrites the file."""
+    if not layout.config_file.exists():
+        return {}
+    with contextlib.suppress(TuskError, ValueError, OSError):
+        previous = load_config(layout.config_file, environ={})
+        return {name: getattr(previous, name) for name in KEPT_SETTINGS}
+    return {}
+
+
 def acquire_lock(layout: Layout) -> IO[str] | None:
     """Take the supervisor lock; None if another supervisor of this home holds it."""
-    layout.run_dir.mkdir(parents=True, exist_ok=True)
-    handle = layout.lock_file.open("a+")
+    layout.run_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
+    handle = os.fdopen(fd, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -390,6 +416,8 @@ def run_supervisor(
     lock = acquire_lock(layout)
     if lock is None:
         raise FailedPrecondition(f"Tusk is already running in {layout.home}")
+    # Whatever the cluster writes under $TUSK_HOME (logs, JetStream, objects) is private.
+    os.umask(PRIVATE_UMASK)
     try:
         supervisor = Supervisor(layout, services, progress)
 
