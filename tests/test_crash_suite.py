@@ -496,7 +496,13 @@ async def _outage(
             jobs = await jobs_done(fresh_pps, pipeline, len(commits), within=90)
             assert [j.state for j in jobs] == ["JOB_SUCCESS"] * len(commits), jobs
             assert triggers(jobs) == sorted(commits), "one job per commit, none lost"
-            assert await listing(fresh_pfs, pipeline) == {p: len(d) for p, d in expected.items()}
+            outputs = [
+                (c.id, c.state, c.error, [p.id for p in c.provenance], c.file_count)
+                async for c in fresh_pfs.iter_commits(pipeline, "master")
+            ]
+            assert await listing(fresh_pfs, pipeline) == {p: len(d) for p, d in expected.items()}, (
+                f"jobs: {jobs}; output commits: {outputs}; input commits: {commits}"
+            )
             await fresh_pps.delete_pipeline(pipeline)
     print(
         f"\n{server} killed: services not ready {detected}; all ready again "

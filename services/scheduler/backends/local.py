@@ -125,6 +125,9 @@ class LocalBackend:
 
 
 async def _terminate(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+    """SIGTERM the worker's process group, SIGKILL after ``grace`` seconds; cancelled
+    meanwhile (the scheduler stopping), SIGKILL at once: its pipeline was already
+    forgotten, so nobody else would stop it."""
     if proc.returncode is not None:
         return
     with contextlib.suppress(ProcessLookupError):
@@ -135,3 +138,7 @@ async def _terminate(proc: asyncio.subprocess.Process, grace: float = 5.0) -> No
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
