@@ -17,6 +17,7 @@ import yaml
 
 from services.scheduler.backends import WorkerSet
 from services.scheduler.backends.k8s_objects import K8sSettings, worker_deployment
+from shared.http import host_allowed
 from shared.pps.spec import parse_pipeline_spec
 
 K8S_VERSION = "1.33.0"
@@ -144,6 +145,22 @@ def test_configured_addresses_name_services_that_exist(kustomization: str) -> No
             service = find(objects, "Service", url.hostname)
             assert service, f"{key} names {url.hostname}, which is not a Service here"
             assert url.port in [p["port"] for p in service["spec"]["ports"]], (key, value)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_every_configured_tusk_address_is_an_allowed_host(kustomization: str) -> None:
+    """Services refuse a Host they are not configured for (421): each address clients and
+    workers are given must be one the services answer to, in each of its usual forms."""
+    config = find(render(kustomization), "ConfigMap", "tusk-config")
+    assert config is not None
+    allowed = tuple(config["data"]["TUSK_ALLOWED_HOSTS"].split(","))
+    for name in SERVICE_PORTS:
+        url = config["data"][f"TUSK_{name.upper()}_URL"]
+        host = urlsplit(url).netloc
+        assert host_allowed(host, allowed), (name, url)
+        for form in (f"{name}.tusk", f"{name}.tusk.svc", f"{name}.tusk.svc.cluster.local"):
+            assert host_allowed(form, allowed), form
+    assert not host_allowed("evil.example", allowed)
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
