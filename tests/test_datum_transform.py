@@ -103,14 +103,14 @@ async def test_secrets_become_variables_and_read_only_files_and_never_reach_the_
 ) -> None:
     uses = (
         SecretUse("creds", key="token", env_var="TOKEN"),
-        SecretUse("tls", mount_path="/run/secrets/tls"),
+        SecretUse("tls", mount_path="/etc/tls"),
     )
     script = (
-        'echo "token is $TOKEN"; cat /run/secrets/tls/cert.pem; '
+        'echo "token is $TOKEN"; cat /etc/tls/cert.pem; '
         'printf %s "$TOKEN" | wc -c > /pfs/out/token-length; '
-        "cmp -s /run/secrets/tls/cert.pem /pfs/in/cert.pem && echo same > /pfs/out/cert; "
-        "stat -c %a /run/secrets/tls/cert.pem > /pfs/out/mode; "
-        "touch /run/secrets/tls/new 2> /dev/null || echo read-only > /pfs/out/ro"
+        "cmp -s /etc/tls/cert.pem /pfs/in/cert.pem && echo same > /pfs/out/cert; "
+        "stat -c %a /etc/tls/cert.pem > /pfs/out/mode; "
+        "touch /etc/tls/new 2> /dev/null || echo read-only > /pfs/out/ro"
     )
     source = await make_input(store, {"/cert.pem": CERT})
     task = make_task([source], script, secrets=uses)

@@ -240,7 +240,8 @@ async def test_ls_cat_md5sum_and_sizes_of_lazy_files(
     ]
     assert out["/sizes"].decode().splitlines() == [f"{n} {len(files[n[1:]])}" for n in names]
     listing = out["/ls"].decode()
-    assert f"-r--r--r-- 1 root root {3 * MiB + 17} " in listing
+    # The worker owns the tree; its uid is the command's (nobody) in the sandbox.
+    assert f"-r--r--r-- 1 nobody nogroup {3 * MiB + 17} " in listing
     assert "dr-xr-xr-x" in listing and "big.bin" in listing and "c.csv" in listing
     # Every byte was read once (md5sum) and at least once more (cat, size checks none).
     assert result.download_bytes >= sum(len(d) for d in files.values())

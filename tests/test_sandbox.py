@@ -229,7 +229,16 @@ async def test_settings_set_the_directory_the_ids_and_read_only_mounts(
 
 @pytest.mark.parametrize(
     ("user", "ids"),
-    [(None, None), ("1000", (1000, 1000)), ("1000:7", (1000, 7)), ("0:0", (0, 0))],
+    [
+        (None, None),
+        ("1000", (1000, 1000)),
+        ("1000:7", (1000, 7)),
+        ("0", (0, 0)),
+        ("root", (0, 0)),
+        ("nobody", (65534, 65534)),
+        ("65534", (65534, 65534)),
+        ("1000:nogroup", (1000, 65534)),
+    ],
 )
 def test_transform_user_numbers_become_ids(user: str | None, ids: tuple[int, int] | None) -> None:
     assert Sandbox().identity(user) == ids
@@ -264,3 +273,39 @@ def test_bwrap_that_cannot_sandbox_is_reported(
 
 def test_bwrap_is_usable_here() -> None:
     assert bwrap_available() is None
+
+
+async def test_commands_run_as_nobody_with_an_etc_of_their_own(dirs: tuple[Path, Path]) -> None:
+    """Issue #16: no uid of the host's, no /etc of the host's (so no /etc/shadow)."""
+    script = (
+        "id -u; id -g; whoami; cut -d: -f1 /etc/passwd | tr '\\n' ' '; echo; "
+        "test -e /etc/shadow || echo no-shadow; "
+        "touch /etc/x 2>/dev/null || echo etc-read-only; "
+        "touch /usr/x 2>/dev/null || echo usr-read-only; "
+        "awk 'BEGIN { print \"awk-works\" }'; getent hosts localhost | cut -c1-3; "
+        "echo out > /pfs/out/by-nobody && echo out-writable"
+    )
+    code, logs, _ = await sh(script, dirs)
+    assert code == 0, logs
+    assert logs.splitlines() == [
+        "65534",
+        "65534",
+        "nobody",
+        "root nobody ",
+        "no-shadow",
+        "etc-read-only",
+        "usr-read-only",
+        "awk-works",
+        "::1",
+        "out-writable",
+    ]
+    # Host side: the worker's own file, readable by it.
+    assert (dirs[1] / "by-nobody").read_text() == "out\n"
+
+
+async def test_another_uid_gets_a_name_in_the_sandbox(dirs: tuple[Path, Path]) -> None:
+    sandbox = Sandbox()
+    settings = SandboxSettings(user=sandbox.identity("1000"))
+    argv = sandbox.argv(["sh", "-c", "whoami; id -gn"], inputs={}, out=dirs[1], settings=settings)
+    run = await sandbox.run(argv, [], sandbox.environment({}), 10.0)
+    assert run.logs.splitlines() == ["tusk", "tusk"]

@@ -1,15 +1,25 @@
 """The bubblewrap sandbox a local worker runs a datum's command in.
 
 The command sees a root built from parts of the host, as a container would show it:
-``/usr`` and ``/etc`` read-only, ``/bin``, ``/lib``, ``/lib64`` and ``/sbin`` as the
-usual symlinks into ``/usr``, a fresh ``/proc``, a minimal ``/dev``, a private
-``/tmp``, each input read-only at ``/pfs/<input name>`` and ``/pfs/out`` writable.
-Everything else, ``/pfs`` itself included, is read-only. ``--unshare-all`` gives it
-its own PID, network (only ``lo``), IPC, UTS and user namespaces; ``--new-session``
-keeps it off the worker's terminal; ``--die-with-parent`` kills it if the worker
-dies. The environment is cleared and set explicitly. ``SandboxSettings`` carries the
-transform's ``working_dir`` (``--chdir``), ``user`` (``--uid``/``--gid`` in the user
-namespace) and extra read-only mounts (secrets).
+``/usr`` read-only, ``/bin``, ``/lib``, ``/lib64`` and ``/sbin`` as the usual symlinks
+into ``/usr``, a fresh ``/proc``, a minimal ``/dev``, a private ``/tmp``, each input
+read-only at ``/pfs/<input name>`` and ``/pfs/out`` writable. Everything else,
+``/pfs`` itself included, is read-only. ``--unshare-all`` gives it its own PID,
+network (only ``lo``), IPC, UTS and user namespaces; ``--new-session`` keeps it off
+the worker's terminal; ``--die-with-parent`` kills it if the worker dies. The
+environment is cleared and set explicitly. ``SandboxSettings`` carries the
+transform's ``working_dir`` (``--chdir``), ``user`` and extra read-only mounts
+(secrets).
+
+Who runs it: ``nobody`` (65534:65534) unless ``transform.user`` names another uid.
+bubblewrap maps the worker's uid to it in the sandbox's user namespace, with no
+capabilities. ``/etc`` is the sandbox's own, not the host's: a ``passwd`` and a
+``group`` knowing root, nobody and the command's user, ``hosts`` with localhost, an
+``nsswitch.conf`` reading files and an empty ``resolv.conf`` (no network anyway);
+from the host only what programs need to work and nothing that identifies or
+authenticates anyone (``alternatives``, ``ld.so.cache``, ``localtime``, ``ssl``, the
+system Python's config …). So ``/etc/shadow``, ``/etc/passwd`` of the host, its
+keys and its configuration are not there to read.
 
 A sandbox that cannot start (a ``working_dir`` that does not exist, a mount point
 bwrap cannot make) is told apart from a command that failed: bwrap reports on a
@@ -30,16 +40,17 @@ it and exit, and then SIGKILLs bwrap's own process group if bwrap is still there
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
-import grp
 import json
+import logging
 import os
-import pwd
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,12 +59,27 @@ from typing import NamedTuple
 
 from shared.errors import FailedPrecondition, InvalidArgument
 
+log = logging.getLogger("tusk.sandbox")
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Logs kept per run: the first and the last half of this many bytes.
 LOG_LIMIT = 1 << 20
 _READ_SIZE = 64 << 10
 # Host directories the root already shows; a Python under one needs no extra bind.
-_SHOWN = (Path("/usr"), Path("/etc"))
+_SHOWN = (Path("/usr"),)
+# Who a command runs as unless transform.user says otherwise.
+NOBODY = (65534, 65534)
+# The sandbox's own users and groups: the host's are never shown.
+_USERS = {"root": (0, 0), "nobody": NOBODY}
+_GROUPS = {"root": 0, "nogroup": 65534}
+# Host /etc entries programs need, copied into the sandbox's /etc (Debian's
+# alternatives symlinks for awk and friends, the dynamic linker's cache, the zone, CA
+# certificates, file types, the system Python's config). None identifies or
+# authenticates anyone: of /etc/ssl only the public certs, never /etc/ssl/private.
+_HOST_ETC = (
+    "alternatives", "debian_version", "ld.so.cache", "localtime", "magic", "magic.mime",
+    "mime.types", "os-release", "ssl/certs", "ssl/openssl.cnf",
+)  # fmt: skip
 _PROBE_TIMEOUT = 10.0
 # How long bwrap may take to exit after its sandbox was killed, before it is killed too.
 _KILL_GRACE = 1.0
@@ -120,6 +146,8 @@ class Sandbox:
         # The base interpreter's bin first, so `python3` is the project's Python.
         interpreter_bins = [str(d / "bin") for d in self.host_dirs if (d / "bin").is_dir()]
         self.path = ":".join([*interpreter_bins[:1], DEFAULT_PATH])
+        python_etc = sorted(p.name for p in Path("/etc").glob("python3*"))
+        self.host_etc = (*_HOST_ETC, *python_etc)
 
     def argv(
         self,
@@ -135,13 +163,15 @@ class Sandbox:
             raise FailedPrecondition(_NOT_INSTALLED)
         if not cmd:
             raise FailedPrecondition("the transform has no command to run")
-        args = [self.bwrap, *_identity_args(settings.user)]
+        uid, gid = settings.user if settings.user is not None else NOBODY
+        # bwrap maps the worker's uid to this one in the sandbox's user namespace.
+        args = [self.bwrap, "--unshare-user", "--uid", str(uid), "--gid", str(gid)]
         args += [
             "--unshare-all",
             "--die-with-parent",
             "--new-session",
             "--ro-bind", "/usr", "/usr",
-            "--ro-bind", "/etc", "/etc",
+            "--ro-bind", str(self._etc(uid, gid, settings.mounts)), "/etc",
             "--symlink", "usr/bin", "/bin",
             "--symlink", "usr/lib", "/lib",
             "--symlink", "usr/lib64", "/lib64",
@@ -164,10 +194,23 @@ class Sandbox:
         args += ["--remount-ro", "/", "--chdir", settings.working_dir, "--", *cmd]
         return args
 
+    def _etc(self, uid: int, gid: int, mounts: Sequence[tuple[Path, str]]) -> Path:
+        """The sandbox's /etc for ``uid:gid``, holding the mount points of ``mounts`` under
+        /etc (bwrap cannot make them in a read-only bind; empty directories, harmless
+        to the datums that do not mount anything there)."""
+        etc = sandbox_etc(uid, gid, self.host_etc)
+        for _, target in mounts:
+            if target.startswith("/etc/"):
+                # A clash with a file there is left for bwrap to report.
+                with contextlib.suppress(OSError):
+                    (etc / target.removeprefix("/etc/")).mkdir(parents=True, exist_ok=True)
+        return etc
+
     def identity(self, user: str | None) -> tuple[int, int] | None:
         """The ``(uid, gid)`` a command runs as for ``transform.user``: ``uid[:gid]``
-        numbers or names from the ``/etc`` the sandbox shows; ``None`` keeps the
-        worker's. A uid without a gid takes its passwd group, else the same number."""
+        numbers, or names the sandbox's ``/etc`` knows (root, nobody, nogroup);
+        ``None``: the default, nobody. A uid without a gid takes its passwd group, else
+        the same number."""
         if user is None:
             return None
         name, _, group = user.partition(":")
@@ -268,35 +311,83 @@ def _number(text: str) -> int | None:
 
 def _user_ids(name: str, user: str) -> tuple[int, int]:
     uid = _number(name)
-    try:
-        entry = pwd.getpwuid(uid) if uid is not None else pwd.getpwnam(name)
-    except KeyError:
-        if uid is not None:
-            return uid, uid
-        raise InvalidArgument(
-            f"transform.user {user!r}: no user {name!r} in the sandbox; give uid[:gid] numbers"
-        ) from None
-    return entry.pw_uid, entry.pw_gid
+    if uid is not None:
+        known = [ids for ids in _USERS.values() if ids[0] == uid]
+        return known[0] if known else (uid, uid)
+    if name in _USERS:
+        return _USERS[name]
+    raise InvalidArgument(
+        f"transform.user {user!r}: no user {name!r} in the sandbox; give uid[:gid] numbers"
+    )
 
 
 def _group_id(group: str, user: str) -> int:
     gid = _number(group)
     if gid is not None:
         return gid
+    if group in _GROUPS:
+        return _GROUPS[group]
+    raise InvalidArgument(
+        f"transform.user {user!r}: no group {group!r} in the sandbox; give uid[:gid] numbers"
+    )
+
+
+def _etc_files(uid: int, gid: int) -> dict[str, str]:
+    """The sandbox's own /etc files for a command running as ``uid:gid``."""
+    passwd = [
+        "root:x:0:0:root:/root:/bin/sh",
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin",
+    ]
+    group = ["root:x:0:", "nogroup:x:65534:"]
+    # The command's own user, so whoami, getpass and the like find a name.
+    if uid not in (ids[0] for ids in _USERS.values()):
+        passwd.append(f"tusk:x:{uid}:{gid}:tusk datum:/tmp:/bin/sh")
+    if gid not in _GROUPS.values():
+        group.append(f"tusk:x:{gid}:")
+    return {
+        "passwd": "\n".join(passwd) + "\n",
+        "group": "\n".join(group) + "\n",
+        "hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost\n",
+        "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
+        "resolv.conf": "",
+    }
+
+
+@functools.cache
+def _etc_root() -> Path:
+    # One private directory per process, gone when the process ends.
+    root = Path(tempfile.mkdtemp(prefix="tusk-sandbox-etc-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+@functools.cache
+def sandbox_etc(uid: int, gid: int, host: tuple[str, ...]) -> Path:
+    """A host directory, made once per process and identity, to bind read-only at the
+    sandbox's /etc: its own files for ``uid:gid`` and copies of the ``host`` entries
+    (one bind instead of one per entry: each bind costs bwrap time on every datum)."""
+    directory = _etc_root() / f"{uid}-{gid}"
+    directory.mkdir(mode=0o755)
+    for name in host:
+        _copy_host_entry(Path("/etc") / name, directory / name)
+    for name, text in _etc_files(uid, gid).items():
+        (directory / name).write_text(text)
+        (directory / name).chmod(0o644)
+    return directory
+
+
+def _copy_host_entry(source: Path, target: Path) -> None:
+    # Symlinks stay symlinks: they point into /usr, which the sandbox shows.
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise InvalidArgument(
-            f"transform.user {user!r}: no group {group!r} in the sandbox; give uid[:gid] numbers"
-        ) from None
-
-
-def _identity_args(user: tuple[int, int] | None) -> list[str]:
-    # bwrap maps the worker's uid to this one in the sandbox's user namespace.
-    if user is None:
-        return []
-    uid, gid = user
-    return ["--unshare-user", "--uid", str(uid), "--gid", str(gid)]
+        if source.is_symlink():
+            target.symlink_to(os.readlink(source))
+        elif source.is_dir():
+            shutil.copytree(source, target, symlinks=True)
+        elif source.is_file():
+            shutil.copyfile(source, target)
+    except OSError as exc:  # missing here, or unreadable: the sandbox goes without
+        log.debug("sandbox /etc: not copying %s: %s", source, exc)
 
 
 def _with_status_fd(argv: Sequence[str], fd: int) -> list[str]:
