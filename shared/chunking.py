@@ -37,7 +37,7 @@ import blake3
 import zstandard
 from pyfastcdc import FastCDC
 
-from shared.errors import FailedPrecondition, Internal, InvalidArgument, TooLarge
+from shared.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, TooLarge
 from shared.objstore import ObjectStore
 
 AVG_CHUNK_SIZE = 1 << 20
@@ -416,6 +416,27 @@ class PackWriter:
         return FileEntry(end - start, file_hash, tuple(refs))
 
 
+async def missing_chunks(
+    store: ObjectStore, chunks: Iterable[str], *, concurrency: int = 32
+) -> set[str]:
+    """The chunks of ``chunks`` the store does not hold. One ``exists`` per distinct chunk,
+    ``concurrency`` of them in flight: k chunks cost k requests but about k / concurrency
+    round trips of waiting."""
+    distinct = set(chunks)
+    todo = iter(distinct)
+    missing: set[str] = set()
+
+    async def check() -> None:
+        for chunk in todo:  # the workers share one iterator: each chunk is checked once
+            if not await store.exists(chunk_key(chunk)):
+                missing.add(chunk)
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(min(concurrency, len(distinct))):
+            group.create_task(check())
+    return missing
+
+
 async def load_chunk(store: ObjectStore, chunk: str) -> bytes:
     """Fetch, decompress and verify one chunk's plain bytes; ``Internal`` if it is corrupt."""
     blob = await store.get(chunk_key(chunk))
@@ -519,9 +540,15 @@ async def read_range(
     start: int = 0,
     end: int | None = None,
     cache: ChunkCache | None = None,
+    *,
+    path: str | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the bytes ``[start, end)`` of a file (clipped to its size), fetching only the
-    chunks that hold them, a few ahead of the one being yielded."""
+    chunks that hold them, a few ahead of the one being yielded.
+
+    A chunk missing from the store raises ``Internal`` ("data corrupted: chunk … of
+    ``path`` is missing"), not ``NotFound``: the file exists, its bytes are lost.
+    """
     if start < 0 or (end is not None and end < start):
         raise InvalidArgument(f"invalid byte range [{start}, {end})")
     end = entry.size if end is None else min(end, entry.size)
@@ -530,9 +557,15 @@ async def read_range(
     pieces = _pieces(entry, start, end)
 
     async def fetch(chunk: str) -> bytes:
-        if cache is not None:
-            return await cache.get(store, chunk)
-        return await load_chunk(store, chunk)
+        try:
+            if cache is not None:
+                return await cache.get(store, chunk)
+            return await load_chunk(store, chunk)
+        except NotFound:
+            raise Internal(
+                f"data corrupted: chunk {chunk} of {path or 'a file'} is missing "
+                "from the object store"
+            ) from None
 
     # Fetches for pieces i .. i + READ_AHEAD_CHUNKS; neighbours of one chunk share a fetch.
     fetches: dict[int, asyncio.Task[bytes]] = {}

@@ -210,11 +210,41 @@ class ClientDisconnected(ConnectionResetError):
     """The client went away while its request was being served (see ``while_connected``)."""
 
 
+def _response_started(request: web.Request) -> bool:
+    """Whether the status line is out (``StreamResponse.prepare`` sends it at once)."""
+    return request.writer.output_size > 0
+
+
+def _break_off(request: web.Request, error: BaseException) -> web.StreamResponse:
+    """End a response that failed after its status line went out.
+
+    An error body written now would be read as the rest of the content: a client would
+    get a 200 with wrong bytes (curl exits 0). Closing the connection instead leaves the
+    body short of its Content-Length (or without its last chunk), which every client
+    reports as a failed transfer.
+    """
+    message = error.message if isinstance(error, TuskError) else repr(error)
+    log.error(
+        "%s %s failed after the response started; connection closed: %s",
+        request.method,
+        request.path,
+        message,
+        exc_info=not isinstance(error, TuskError),
+    )
+    if request.transport is not None:
+        request.transport.close()
+    # Never sent (the transport is closing); returning it keeps aiohttp from trying to
+    # send an error response of its own.
+    return web.Response(status=500)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except TuskError as exc:
+        if _response_started(request):
+            return _break_off(request, exc)
         return error_response(exc)
     except web.HTTPException as exc:
         if exc.status >= 400:
@@ -235,7 +265,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.Response(status=CLIENT_CLOSED_REQUEST)
     except (ConnectionResetError, TimeoutError):
         raise
-    except Exception:
+    except Exception as exc:
+        if _response_started(request):
+            return _break_off(request, exc)
         log.exception("unexpected error in %s %s", request.method, request.path)
         return error_response(
             Internal(f"internal error while serving {request.method} {request.path}; see logs")

@@ -7,9 +7,9 @@ service's error body comes back as the same ``TuskError`` subclass it was.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -31,6 +31,7 @@ from shared.pfs_models import (
 )
 
 FileSource = tuple[str, AsyncIterable[bytes]]
+T = TypeVar("T")
 
 
 def _q(part: str) -> str:
@@ -155,6 +156,39 @@ def _clip(text: str | None) -> str | None:
     if text is None or len(text) <= MAX_TEXT_CHARS:
         return text
     return text[: MAX_TEXT_CHARS - 1] + "…"
+
+
+def _broken_off(
+    what: str, received: int | None, expected: int | None, cause: BaseException | None
+) -> Unavailable:
+    """The error of a download the service cut off (it logs why it did)."""
+    after = ""
+    if received is not None:
+        after = f" after {received}" + ("" if expected is None else f" of {expected}") + " bytes"
+    how = "" if cause is None else f" ({type(cause).__name__})"
+    return Unavailable(f"reading {what} broke off{after}{how}; the service's log says why")
+
+
+# What a download stream cut off by the service raises: the connection's errors, or the
+# stream decoder's complaint that the stream ended early.
+_CUT_OFF = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, InvalidArgument)
+
+
+async def _unbroken(step: Awaitable[T], what: str) -> T:
+    try:
+        return await step
+    except _CUT_OFF as exc:
+        raise _broken_off(what, None, None, exc) from None
+
+
+async def _unbroken_blocks(blocks: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes]:
+    received = 0
+    try:
+        async for block in blocks:
+            received += len(block)
+            yield block
+    except _CUT_OFF as exc:
+        raise _broken_off(what, received, None, exc) from None
 
 
 def _param(value: Any) -> str:
@@ -332,15 +366,27 @@ class PfsClient(ServiceClient):
     async def get_file(
         self, repo: str, ref: str, path: str, *, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
-        """The bytes of one file (or a range of it), streamed."""
+        """The bytes of one file (or a range of it), streamed.
+
+        A transfer the server breaks off (it does when it cannot read the file's bytes
+        after it started sending them) raises ``Unavailable``, never ends quietly short.
+        """
         resp = await self.stream(
             "GET",
             f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/files/{_qpath(path)}",
             params={"offset": offset or None, "length": length},
         )
+        what = f"{repo}@{ref}:{path}"
+        received = 0
         try:
-            async for data in resp.content.iter_chunked(1 << 20):
-                yield data
+            try:
+                async for data in resp.content.iter_chunked(1 << 20):
+                    received += len(data)
+                    yield data
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                raise _broken_off(what, received, resp.content_length, exc) from None
+            if resp.content_length is not None and received != resp.content_length:
+                raise _broken_off(what, received, resp.content_length, None)
         finally:
             resp.release()
 
@@ -353,10 +399,12 @@ class PfsClient(ServiceClient):
             f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/files/{_qpath(path)}",
             params={"recursive": True},
         )
+        what = f"{repo}@{ref}:{path}"
         try:
             reader = FileStreamReader(resp.content)
-            while (header := await reader.next_header()) is not None:
-                yield header["path"], reader.blocks()
+            while (header := await _unbroken(reader.next_header(), what)) is not None:
+                file = f"{repo}@{ref}:{header['path']}"
+                yield header["path"], _unbroken_blocks(reader.blocks(), file)
         finally:
             resp.release()
 

@@ -474,10 +474,16 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     length_raw = request.query.get("length")
     length = query_int(request, "length", 0, low=0, high=1 << 62) if length_raw else None
     size, reader = await svc.open_file(repo, ref, path, offset, length)
+    blocks = reader()
+    # The first chunk is read before the status line goes out, so a file whose bytes are
+    # lost from the start is a clean 500, not a 200. A chunk lost further on can only
+    # break the connection off (error_middleware), short of the Content-Length.
+    first = await anext(blocks, b"")
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     response.content_length = size
     await response.prepare(request)
-    async for data in reader():
+    await response.write(first)
+    async for data in blocks:
         await response.write(data)
     await response.write_eof()
     return response
@@ -493,7 +499,7 @@ async def _get_tree(
 
     async def send(key: str, entry: Any) -> None:
         await response.write(encode_header({"path": key, "size": entry.size}))
-        async for data in svc.read_entry(entry):
+        async for data in svc.read_entry(entry, f"{repo}@{ref}:{key}"):
             await response.write(encode_block(data))
         await response.write(encode_block(b""))
 

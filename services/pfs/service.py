@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,14 @@ from services.pfs import refs, staging, triggers
 from services.pfs.committed import Change, CommittedFiles
 from services.pfs.events import commit_payload, emit
 from shared.backoff import Backoff, keep_running
-from shared.chunking import ChunkCache, FileEntry, PackWriter, concat_entries, read_range
+from shared.chunking import (
+    ChunkCache,
+    FileEntry,
+    PackWriter,
+    concat_entries,
+    missing_chunks,
+    read_range,
+)
 from shared.config import Config
 from shared.db import Conn, acquire, db_ready
 from shared.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
@@ -57,6 +65,8 @@ log = logging.getLogger("tusk.pfs")
 
 # How often a write re-applies its change after losing a head race before giving up.
 MAX_HEAD_RETRIES = 100
+# A chunk is named by the BLAKE3-256 hex of its bytes.
+CHUNK_NAME_RE = re.compile(r"[0-9a-f]{64}")
 # How often cron triggers are checked (their schedules have a resolution of a second).
 CRON_TRIGGER_INTERVAL_S = 1.0
 
@@ -494,6 +504,7 @@ class PfsService:
                 pending.delete_files.add(norm)
             else:
                 pending.puts[norm] = entry
+        await self._check_chunks_stored(pending.puts)
         if commit is not None:
             async with self.pool.acquire() as conn:
                 _, head = await refs.get_branch_head(conn, repo, branch)
@@ -507,6 +518,29 @@ class PfsService:
         return PutResult(
             info, files=len(pending.puts), bytes=sum(e.size for e in pending.puts.values())
         )
+
+    async def _check_chunks_stored(self, puts: dict[str, FileEntry]) -> None:
+        """Refuse entries naming chunks that are not stored: landed, they would be files
+        whose bytes can never be read. One ``exists`` per distinct chunk, concurrently."""
+        where: dict[str, str] = {}  # chunk → the first path that references it
+        for path, entry in puts.items():
+            for ref in entry.chunks:
+                if not CHUNK_NAME_RE.fullmatch(ref.chunk):
+                    raise InvalidArgument(
+                        f"entry for {path} names chunk {ref.chunk!r}: "
+                        "not a chunk name (64 hex digits)"
+                    )
+                where.setdefault(ref.chunk, path)
+        # A chunk in the read cache was read from the store: no need to ask again.
+        unknown = [chunk for chunk in where if chunk not in self.chunk_cache]
+        missing = await missing_chunks(self.store, unknown)
+        if missing:
+            chunk = min(missing, key=lambda c: (where[c], c))
+            more = f" (and {len(missing) - 1} more missing chunks)" if len(missing) > 1 else ""
+            raise InvalidArgument(
+                f"entry for {where[chunk]} references chunk {chunk}, which is not in "
+                f"the object store{more}; store the bytes before landing them by reference"
+            )
 
     async def delete_file(self, repo: str, branch: str, path: str) -> PutResult:
         path = normalize_path(path)
@@ -742,7 +776,9 @@ class PfsService:
         end = entry.size if length is None else min(entry.size, offset + length)
 
         def reader() -> AsyncIterator[bytes]:
-            return read_range(self.store, entry, offset, end, self.chunk_cache)
+            return read_range(
+                self.store, entry, offset, end, self.chunk_cache, path=f"{repo}@{ref}:{path}"
+            )
 
         return end - offset, reader
 
@@ -764,8 +800,9 @@ class PfsService:
         row = await self._readable(repo, ref)
         return row.id, await self.files.require_file(row.root, path, f"{repo}@{ref}")
 
-    def read_entry(self, entry: FileEntry) -> AsyncIterator[bytes]:
-        return read_range(self.store, entry, 0, entry.size, self.chunk_cache)
+    def read_entry(self, entry: FileEntry, path: str | None = None) -> AsyncIterator[bytes]:
+        """A stored file's bytes; ``path`` names it in errors (a missing chunk)."""
+        return read_range(self.store, entry, 0, entry.size, self.chunk_cache, path=path)
 
     async def inspect_file(self, repo: str, ref: str, path: str) -> FileInfo:
         row = await self._readable(repo, ref)
