@@ -236,14 +236,16 @@ class _Program:
 
 class _State:
     """A state of the backward automaton: ``live`` holds bit pc for each CHAR step (or the
-    MATCH) from which the rest of the path can be matched; ``after`` caches transitions."""
+    MATCH) from which the rest of the path can be matched; ``after`` caches transitions;
+    ``ahead`` caches forward choices: entry pc → (pc after the chosen step, slots saved)."""
 
-    __slots__ = ("after", "live", "starts")
+    __slots__ = ("after", "ahead", "live", "starts")
 
     def __init__(self, live: int, starts: bool) -> None:
         self.live = live
         self.starts = starts
         self.after: dict[str, _State] = {}
+        self.ahead: dict[int, tuple[int, tuple[int, ...]]] = {}
 
 
 # Cached states per matcher before the cache is dropped and rebuilt: bounds memory when
@@ -345,40 +347,51 @@ class Matcher:
         state = self._entry()
         dead = self._dead
         n = len(text)
-        # live[i]: the steps from which text[i:] can still be matched.
-        live = [0] * (n + 1)
-        live[n] = state.live
+        # states[i]: knows the steps from which text[i:] can still be matched.
+        states = [state] * (n + 1)
         for i in range(n - 1, -1, -1):
             state = state.after.get(text[i]) or self._step(state, text[i])
             if state is dead:
                 return None
-            live[i] = state.live
+            states[i] = state
         if not state.starts:
             return None
-        program = self._program
-        kind, out, alt, slot = program.kind, program.out, program.alt, program.slot
-        closure = self._closure
         marks = [-1] * (2 * self.group_count)
         pc = 0
         for i in range(n + 1):
-            here = live[i]
-            # Follow ε-edges to the first step (in backtracking order) that still matches.
-            while True:
-                k = kind[pc]
-                if k == _SPLIT:
-                    pc = out[pc] if closure[out[pc]] & here else alt[pc]
-                elif k == _SAVE:
-                    marks[slot[pc]] = i
-                    pc = out[pc]
-                elif k == _JUMP:
-                    pc = out[pc]
-                else:
-                    break  # a CHAR step taking text[i], or MATCH at the end
-            pc = out[pc]
+            here = states[i]
+            pc, saved = here.ahead.get(pc) or self._ahead(here, pc)
+            for slot in saved:
+                marks[slot] = i
         return tuple(
             text[marks[2 * g] : marks[2 * g + 1]] if marks[2 * g + 1] >= 0 else ""
             for g in range(self.group_count)
         )
+
+    def _ahead(self, state: _State, pc: int) -> tuple[int, tuple[int, ...]]:
+        """From ``pc``, follow ε-edges to the first step (in backtracking order) that can
+        still match from ``state``'s position; the pc after it and the slots saved on the
+        way (a cache miss: the result depends only on ``pc`` and ``state``)."""
+        program = self._program
+        kind, out, alt = program.kind, program.out, program.alt
+        closure = self._closure
+        live = state.live
+        entry = pc
+        saved: list[int] = []
+        while True:
+            k = kind[pc]
+            if k == _SPLIT:
+                pc = out[pc] if closure[out[pc]] & live else alt[pc]
+            elif k == _SAVE:
+                saved.append(program.slot[pc])
+                pc = out[pc]
+            elif k == _JUMP:
+                pc = out[pc]
+            else:
+                break  # a CHAR step taking the next character, or MATCH at the end
+        step = (out[pc], tuple(saved))
+        state.ahead[entry] = step
+        return step
 
 
 def compile_matcher(text: str, original: str | None = None) -> Matcher:
