@@ -389,13 +389,16 @@ class Stored(NamedTuple):
     upload: int
 
 
+NOTHING_STORED = Stored(None, 0, 0, 0)
+
+
 async def store_output(
     store: ObjectStore, files: Sequence[tuple[str, Source]], index: FileIndex | None
 ) -> Stored:
     """Write the host files through one ``PackWriter`` (small outputs share chunks), keep
     input entries as they are, and index all of them in one ``FileIndex`` tree."""
     if not files:
-        return Stored(None, 0, 0, 0)
+        return NOTHING_STORED
     if len({key for key, _ in files}) != len(files):
         raise Internal("datum output: one path gathered twice")
     written, upload = await _write_host_files(
@@ -439,6 +442,7 @@ def _in_order(
 __all__ = [
     "MAX_HOPS",
     "MAX_LINKED_FILES",
+    "NOTHING_STORED",
     "Gathered",
     "MountedInput",
     "OutputProblem",

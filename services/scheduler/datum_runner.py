@@ -53,7 +53,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.scheduler.datum_output import (
+    NOTHING_STORED,
     MountedInput,
+    Stored,
     gather_output,
     store_output,
 )
@@ -108,19 +110,18 @@ class _Run:
     download_bytes: int = 0
     small: bool = False
 
-    def result(self, outcome: _Outcome, stored: tuple[str | None, int, int, int]) -> DatumResult:
-        root, files, size, upload = stored
+    def result(self, outcome: _Outcome, stored: Stored = NOTHING_STORED) -> DatumResult:
         return DatumResult(
             state=outcome.state,
-            output_root=root,
-            output_files=files,
-            output_bytes=size,
+            output_root=stored.root,
+            output_files=stored.files,
+            output_bytes=stored.size,
             exit_code=outcome.exit_code,
             error=outcome.error,
             logs="".join(self.logs),
             seconds=time.monotonic() - self.started,
             download_bytes=self.download_bytes,
-            upload_bytes=upload,
+            upload_bytes=stored.upload,
         )
 
 
@@ -152,7 +153,7 @@ async def run_datum(
         except (InvalidArgument, NotFound) as exc:
             # The datum's own fault (or its data's): this datum fails, the worker goes on.
             run.logs.append(f"[tusk] {exc.message}\n")
-            result = run.result(_Outcome("FAILED", None, exc.message), (None, 0, 0, 0))
+            result = run.result(_Outcome("FAILED", None, exc.message))
         if task.secrets:
             hidden = used_values(task.secrets, values)
             error = mask(result.error, hidden) if result.error else None
@@ -185,18 +186,30 @@ async def _run(
         # Lazy bytes count as downloaded when the command reads them.
         run.download_bytes += served.bytes_read if served is not None else 0
     if outcome.state != "SUCCESS":
-        return run.result(outcome, (None, 0, 0, 0))
+        return run.result(outcome)
+    return await _collect(store, out, mounted, index, run, outcome)
+
+
+async def _collect(
+    store: ObjectStore,
+    out: Path,
+    mounted: Mapping[str, MountedInput],
+    index: FileIndex | None,
+    run: _Run,
+    outcome: _Outcome,
+) -> DatumResult:
+    """Store ``/pfs/out`` of a successful run, or fail the datum naming what in it cannot
+    be stored (nothing is stored then)."""
     gathered = await asyncio.to_thread(gather_output, out, mounted)
     run.small = len(gathered.files) + sum(len(m.files) for m in mounted.values()) <= _SMALL_TREE
-    if gathered.problems:
-        for problem in gathered.problems[:_PROBLEMS_LOGGED]:
-            run.logs.append(f"[tusk] cannot store {problem.line}\n")
-        if len(gathered.problems) > _PROBLEMS_LOGGED:
-            more = len(gathered.problems) - _PROBLEMS_LOGGED
-            run.logs.append(f"[tusk] ... and {more} more entries of /pfs/out\n")
-        failed = _Outcome("FAILED", outcome.exit_code, gathered.problems[0].line)
-        return run.result(failed, (None, 0, 0, 0))
-    return run.result(outcome, await store_output(store, gathered.files, index))
+    if not gathered.problems:
+        return run.result(outcome, await store_output(store, gathered.files, index))
+    for problem in gathered.problems[:_PROBLEMS_LOGGED]:
+        run.logs.append(f"[tusk] cannot store {problem.line}\n")
+    if len(gathered.problems) > _PROBLEMS_LOGGED:
+        more = len(gathered.problems) - _PROBLEMS_LOGGED
+        run.logs.append(f"[tusk] ... and {more} more entries of /pfs/out\n")
+    return run.result(_Outcome("FAILED", outcome.exit_code, gathered.problems[0].line))
 
 
 def _settings(
