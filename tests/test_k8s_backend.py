@@ -26,7 +26,8 @@ from services.scheduler.backends.k8s_objects import (
 )
 from services.scheduler.backends.kubernetes import KubernetesBackend, settings_from_env
 from services.scheduler.backends.pod_sandbox import RUNNER_SCRIPT, PodSandbox, run_script
-from shared.errors import FailedPrecondition, Unavailable
+from services.scheduler.sandbox import SandboxSettings
+from shared.errors import FailedPrecondition, InvalidArgument, Unavailable
 from shared.pps.spec import parse_pipeline_spec
 from tests.k8s_api_double import ScriptedKubernetesApi
 
@@ -473,6 +474,23 @@ def test_run_script_quotes_everything() -> None:
     script = run_script(["echo", "it's $HOME"], {"A": "x y", "b-c": "1"})
     done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout == "it's $HOME\n"
+
+
+def test_run_script_starts_in_the_working_dir(tmp_path: Path) -> None:
+    script = run_script(["pwd"], {}, str(tmp_path))
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout == f"{tmp_path}\n"
+    missing = run_script(["pwd"], {}, str(tmp_path / "nowhere"))
+    assert subprocess.run(["sh", "-c", missing], capture_output=True, check=False).returncode == 1
+
+
+def test_pod_sandbox_refuses_what_its_user_container_cannot_honour(tmp_path: Path) -> None:
+    sandbox = PodSandbox(pfs=tmp_path, ctl=tmp_path)
+    with pytest.raises(InvalidArgument, match="user is not supported"):
+        sandbox.argv(["true"], inputs={}, out=None, settings=SandboxSettings(user=(1, 1)))
+    mounts = ((tmp_path, "/etc/creds"),)
+    with pytest.raises(InvalidArgument, match="mount_path are not supported"):
+        sandbox.argv(["true"], inputs={}, out=None, settings=SandboxSettings(mounts=mounts))
 
 
 async def test_datum_runs_through_the_pod_runner_end_to_end(
