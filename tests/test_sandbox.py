@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -11,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from services.scheduler.sandbox import Sandbox, SandboxSettings, bwrap_available
+from services.scheduler.sandbox import (
+    Sandbox,
+    SandboxSettings,
+    bwrap_available,
+    remove_dead_etc_roots,
+)
 from shared.errors import InvalidArgument
 
 pytestmark = pytest.mark.skipif(
@@ -309,3 +315,14 @@ async def test_another_uid_gets_a_name_in_the_sandbox(dirs: tuple[Path, Path]) -
     argv = sandbox.argv(["sh", "-c", "whoami; id -gn"], inputs={}, out=dirs[1], settings=settings)
     run = await sandbox.run(argv, [], sandbox.environment({}), 10.0)
     assert run.logs.splitlines() == ["tusk", "tusk"]
+
+
+def test_etc_directories_of_dead_workers_are_swept(tmp_path: Path) -> None:
+    """A worker killed by SIGKILL cannot remove its sandbox /etc; the next one does."""
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    gone = tmp_path / f"tusk-sandbox-etc-{int(dead.stdout)}-abc"
+    alive = tmp_path / f"tusk-sandbox-etc-{os.getpid()}-def"
+    for path in (gone, alive):
+        (path / "65534-65534").mkdir(parents=True)
+    remove_dead_etc_roots(tmp_path)
+    assert not gone.exists() and alive.exists()

@@ -298,6 +298,7 @@ class Sandbox:
         return (None if timed_out else process.returncode), timed_out
 
 
+_ETC_PREFIX = "tusk-sandbox-etc-"
 # An id the kernel takes: 0 .. 2^32 - 2 (2^32 - 1 is "no id").
 _MAX_ID = (1 << 32) - 2
 
@@ -355,10 +356,30 @@ def _etc_files(uid: int, gid: int) -> dict[str, str]:
 
 @functools.cache
 def _etc_root() -> Path:
-    # One private directory per process, gone when the process ends.
-    root = Path(tempfile.mkdtemp(prefix="tusk-sandbox-etc-"))
+    """One private directory per process, removed when the process exits; those of
+    processes that died without exiting (SIGKILL) are removed by the next one."""
+    remove_dead_etc_roots(Path(tempfile.gettempdir()))
+    root = Path(tempfile.mkdtemp(prefix=f"{_ETC_PREFIX}{os.getpid()}-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     return root
+
+
+def remove_dead_etc_roots(parent: Path) -> None:
+    for path in parent.glob(f"{_ETC_PREFIX}*-*"):
+        pid = path.name.removeprefix(_ETC_PREFIX).split("-", 1)[0]
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and path.stat().st_uid == os.geteuid() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 @functools.cache
