@@ -388,7 +388,8 @@ def pod_dirs(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     pfs.mkdir()
     ctl.mkdir()
     env = {"TUSK_CTL": str(ctl), "TUSK_PFS": str(pfs), "PATH": "/usr/bin:/bin"}
-    argv = ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", RUNNER_SCRIPT]
+    # --kill-child: killing unshare must take the runner (PID 1 of its namespace) along.
+    argv = ["unshare", "--kill-child", "--pid", "--fork", "--mount-proc", "sh", "-c", RUNNER_SCRIPT]
     proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 5
     while not (ctl / "go").exists():
