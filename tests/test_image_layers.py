@@ -113,7 +113,7 @@ def test_variant_prefers_an_exact_match_then_none() -> None:
 def test_no_manifest_for_this_platform_names_what_the_image_has() -> None:
     index = parse_manifest(_index(("linux", "s390x", None), ("windows", "amd64", None)), OCI_INDEX)
     assert isinstance(index, Index)
-    with pytest.raises(FailedPrecondition, match="linux/amd64.*linux/s390x, windows/amd64"):
+    with pytest.raises(FailedPrecondition, match=r"linux/amd64.*linux/s390x, windows/amd64"):
         select_platform(index, Platform("linux", "amd64"))
 
 

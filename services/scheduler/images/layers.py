@@ -57,10 +57,10 @@ def apply_layer(stream: IO[bytes], root: Path) -> LayerStats:
             name = parts.name
             parent = parts.parent
             if name == OPAQUE:
-                _empty(_resolve(root, parent), parent, made)
+                _empty(resolve_in_root(root, parent), parent, made)
             elif name.startswith(WHITEOUT):
                 gone = parent / name.removeprefix(WHITEOUT)
-                _remove(_resolve(root, parent) / gone.name)
+                _remove(resolve_in_root(root, parent) / gone.name)
             else:
                 _place(archive, member, root, parts, stats)
                 made.add(parts)
@@ -93,7 +93,7 @@ def _clean(name: str) -> PurePosixPath | None:
     return PurePosixPath(*parts) if parts else None
 
 
-def _resolve(root: Path, relative: PurePosixPath, depth: int = 0) -> Path:
+def resolve_in_root(root: Path, relative: PurePosixPath, depth: int = 0) -> Path:
     """The host path of directory ``relative`` in ``root``, following symlinks as the
     sandbox would see them (relative to ``root``, never leaving it)."""
     current = PurePosixPath()
@@ -125,7 +125,7 @@ def _place(
     if member.ischr() or member.isblk():
         stats.skipped += 1
         return
-    directory = _resolve(root, parts.parent)
+    directory = resolve_in_root(root, parts.parent)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / parts.name
     mode = member.mode & 0o1777  # no setuid/setgid
@@ -143,7 +143,7 @@ def _place(
         link = _clean(member.linkname)
         if link is None:
             raise _Escape(f"layer member {member.name!r} links to the root")
-        source = _resolve(root, link.parent) / link.name
+        source = resolve_in_root(root, link.parent) / link.name
         if source.is_symlink() or not source.is_file():
             raise _Escape(f"layer member {member.name!r} links to {member.linkname!r}, "
                           "not a file of the image")  # fmt: skip

@@ -24,7 +24,7 @@ from services.scheduler.images.manifests import (
 from services.scheduler.images.reference import DEFAULT_TAG, ImageReference, parse_reference
 from services.scheduler.images.registry import RegistryClient, verify
 from services.scheduler.images.store import Image, ImageStore
-from shared.platform.errors import FailedPrecondition, InvalidArgument, Unavailable
+from shared.platform.errors import FailedPrecondition, InvalidArgument, TuskError, Unavailable
 
 log = logging.getLogger("tusk.images")
 
@@ -99,9 +99,13 @@ async def pull(
             await client.blob_to(layer_digest, size, scratch)
             store.put_blob_file(scratch, layer_digest)
 
-    async with asyncio.TaskGroup() as group:
-        for layer in manifest.layers:
-            group.create_task(fetch(layer.digest, layer.size))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for layer in manifest.layers:
+                group.create_task(fetch(layer.digest, layer.size))
+    except* TuskError as failures:
+        # One reason is enough for the user: the first layer that could not be had.
+        raise failures.exceptions[0] from None
     store.put_blob_bytes(body)
     names = [str(reference)]
     if reference.digest is None:

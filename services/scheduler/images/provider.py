@@ -1,0 +1,177 @@
+"""Images for the local backend: each pipeline version's image pulled once, before its
+workers start, by a task this provider owns.
+
+The scheduler pulls (not each worker): one pull per pipeline version however many
+workers it has, and a failure lands where the scheduler already reports worker problems
+(``status()``'s ``problems``), so the pipeline turns ``PIPELINE_CRASHING`` and its jobs
+``JOB_FAILURE`` within seconds of the registry's answer. A failed pull is tried again
+after a backoff (the registry may come back); a new pipeline version starts afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from services.scheduler.images.credentials import Credentials, parse_docker_config
+from services.scheduler.images.pull import obtain_image
+from services.scheduler.images.store import ImageStore
+from shared.platform.errors import TuskError
+
+log = logging.getLogger("tusk.images")
+
+PULL_RETRY_FIRST = 10.0
+PULL_RETRY_MAX = 300.0
+HOST = "host"
+PULL = "pull"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSettings:
+    """``mode``: ``pull`` (run datums in the image) or ``host`` (the host's /usr, as
+    before images were honoured); the cache's directory and size bound; the Docker
+    config.json with registry logins (``None``: none)."""
+
+    mode: str
+    cache_dir: Path
+    cache_bytes: int | None = None
+    auth_file: Path | None = None
+
+
+@dataclass
+class _Pull:
+    image: str
+    task: asyncio.Task[str] | None = None
+    digest: str | None = None
+    error: str | None = None
+    retry_at: float = 0.0
+    failures: int = 0
+    noted: bool = False
+
+
+@dataclass
+class ImageProvider:
+    settings: ImageSettings
+    _pulls: dict[tuple[str, int], _Pull] = field(default_factory=dict)
+    _session: aiohttp.ClientSession | None = None
+    _store: ImageStore | None = None
+
+    @property
+    def store(self) -> ImageStore:
+        if self._store is None:
+            self._store = ImageStore(self.settings.cache_dir, self.settings.cache_bytes)
+        return self._store
+
+    def image_for(self, pipeline: str, version: int, image: str | None) -> str | bool | None:
+        """The manifest digest to run ``pipeline`` version ``version`` with; ``None`` when
+        it runs on the host (no image, or ``local_images = "host"``); ``False`` while the
+        image is being pulled or after it failed (``problem`` says why)."""
+        if image is None or self.settings.mode == HOST:
+            return None
+        key = (pipeline, version)
+        pull = self._pulls.get(key)
+        if pull is None or pull.image != image:
+            pull = self._pulls[key] = _Pull(image)
+        if pull.digest is not None:
+            return pull.digest
+        if pull.task is None and time.monotonic() >= pull.retry_at:
+            pull.task = asyncio.get_running_loop().create_task(
+                self._pull(image), name=f"pull {image} for {pipeline}"
+            )
+        if pull.task is not None and pull.task.done():
+            self._settle(pull)
+            if pull.digest is not None:
+                return pull.digest
+        return False
+
+    def problem(self, pipeline: str, version: int) -> str | None:
+        """One line naming the image and the registry's reason, if its pull failed."""
+        pull = self._pulls.get((pipeline, version))
+        return pull.error if pull is not None and pull.digest is None else None
+
+    def host_note(self, pipeline: str, version: int, image: str | None) -> str | None:
+        """The line saying, once per pipeline version, that ``image`` is not used."""
+        if image is None or self.settings.mode != HOST:
+            return None
+        key = (pipeline, version)
+        pull = self._pulls.setdefault(key, _Pull(image))
+        if pull.noted:
+            return None
+        pull.noted = True
+        return (
+            f'local_images = "host": pipeline {pipeline} runs on this machine\'s /usr, '
+            f"not in its image {image}"
+        )
+
+    def forget(self, keep: Iterable[tuple[str, int]]) -> None:
+        """Drop the pulls of pipeline versions no longer wanted (their tasks cancelled)."""
+        wanted = set(keep)
+        for key in [k for k in self._pulls if k not in wanted]:
+            pull = self._pulls.pop(key)
+            if pull.task is not None and not pull.task.done():
+                pull.task.cancel()
+
+    def in_use(self) -> set[str]:
+        return {p.digest for p in self._pulls.values() if p.digest is not None}
+
+    async def close(self) -> None:
+        tasks = [p.task for p in self._pulls.values() if p.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._pulls.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _settle(self, pull: _Pull) -> None:
+        assert pull.task is not None
+        task, pull.task = pull.task, None
+        if task.cancelled():
+            return
+        failure = task.exception()
+        if failure is None:
+            pull.digest, pull.error, pull.failures = task.result(), None, 0
+            return
+        reason = failure.message if isinstance(failure, TuskError) else repr(failure)
+        if not isinstance(failure, TuskError):
+            log.error("pulling %s failed unexpectedly", pull.image, exc_info=failure)
+        pull.error = f"image {pull.image}: {reason}"
+        pull.failures += 1
+        backoff = min(PULL_RETRY_MAX, PULL_RETRY_FIRST * 2 ** (pull.failures - 1))
+        pull.retry_at = time.monotonic() + backoff
+        log.warning("%s (trying again in %.0f s)", pull.error, backoff)
+
+    async def _pull(self, image: str) -> str:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        started = time.monotonic()
+        pulled = await obtain_image(self.store, image, self._session, self._credentials())
+        log.info("image %s is %s (%.1f s)", image, pulled.record.digest, time.monotonic() - started)
+        removed = await asyncio.to_thread(self.store.evict, {*self.in_use(), pulled.record.digest})
+        if removed:
+            log.info("image cache: evicted %s", ", ".join(removed))
+        return pulled.record.digest
+
+    def _credentials(self) -> dict[str, Credentials]:
+        path = self.settings.auth_file
+        if path is None or not path.is_file():
+            return {}
+        return parse_docker_config(path.read_bytes(), str(path))
+
+
+def default_auth_file() -> Path:
+    """Where ``docker login`` keeps logins: ``$DOCKER_CONFIG/config.json`` or
+    ``~/.docker/config.json``."""
+    directory = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+    return Path(directory) / "config.json"
