@@ -19,6 +19,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
+COPY tusk ./tusk
 # The Kubernetes client (scheduler) and FUSE (mountd) are not in the core
 # dependencies yet; pinned here the same way pyproject.toml pins the rest.
 RUN pip install . "kubernetes-asyncio>=31,<40" "pyfuse3>=3.4,<4"

@@ -18,8 +18,8 @@ system-packages:
 	@bash scripts/install-system-packages.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared services tests bench
-	$(BIN)/ruff format --check shared services tests bench
+	$(BIN)/ruff check shared services tusk tests bench
+	$(BIN)/ruff format --check shared services tusk tests bench
 	$(BIN)/mypy
 
 test: $(STAMP) system-packages lint

@@ -33,8 +33,8 @@ from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
 
-from shared.config import Config, load_config
-from shared.pfs_client import PfsClient
+from shared.api.pfs_client import PfsClient
+from shared.platform.config import Config, load_config
 
 MiB = 1 << 20
 TUSK = str(Path(sys.executable).with_name("tusk"))

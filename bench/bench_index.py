@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared.file_index import FileIndex, IndexEntry
-from shared.objstore import CountingStore
-from shared.objstore.local import LocalStore
+from shared.storage.file_index import FileIndex, IndexEntry
+from shared.storage.objstore import CountingStore
+from shared.storage.objstore.local import LocalStore
 
 
 def make_entries(n: int) -> list[IndexEntry]:

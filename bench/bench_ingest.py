@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.chunking import PackWriter, read_range
-from shared.objstore.local import LocalStore
+from shared.storage.chunking import PackWriter, read_range
+from shared.storage.objstore.local import LocalStore
 
 MiB = 1 << 20
 READ_SIZE = 8 * MiB

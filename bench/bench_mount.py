@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bench.bench_cli_ingest import EmbeddedCluster, embedded_cluster
-from shared.pfs_client import PfsClient
+from shared.api.pfs_client import PfsClient
 
 PIECE = 4 << 20
 READ = 1 << 20

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bench.bench_cli_ingest import EmbeddedCluster, embedded_cluster
-from shared.pfs_client import PfsClient
+from shared.api.pfs_client import PfsClient
 
 
 def path_of(i: int) -> str:

@@ -39,11 +39,11 @@ from typing import Any
 import aiohttp
 
 from bench.bench_cli_ingest import TUSK, EmbeddedCluster, embedded_cluster
-from shared.config import Config, dump_config_toml
-from shared.embedded.components import pick_port
-from shared.pfs_client import PfsClient
-from shared.pps.models import JobInfo
-from shared.pps_client import PpsClient
+from shared.api.pfs_client import PfsClient
+from shared.api.pps_client import PpsClient
+from shared.api.pps_models import JobInfo
+from shared.platform.config import Config, dump_config_toml
+from tusk.embedded.components import pick_port
 
 PARALLELISM = 2
 COPY = 'cp "$in" /pfs/out/'

@@ -14,10 +14,10 @@ import pytest
 
 from services.pfs.api import BUS
 from services.pfs.triggers import is_due
-from shared.errors import InvalidArgument
-from shared.events import BranchMoved, subject_filter
-from shared.pfs_client import PfsClient
-from shared.pfs_models import Trigger
+from shared.api.events import BranchMoved, subject_filter
+from shared.api.pfs_client import PfsClient
+from shared.api.pfs_models import Trigger
+from shared.platform.errors import InvalidArgument
 from tests.fixtures.pfs import RunningPfs
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

@@ -13,11 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.bus import Bus, EventSubscription, connect, tasks_stream_name
-from shared.config import Config
-from shared.db import create_pool, migrate_shared
-from shared.errors import Internal, InvalidArgument, Unavailable
-from shared.events import (
+from shared.api.events import (
     CommitFinished,
     CommitRef,
     Event,
@@ -25,17 +21,21 @@ from shared.events import (
     UnknownPayload,
     subject_filter,
 )
-from shared.outbox import PAUSE_AFTER_PUBLISH_ENV, OutboxRelay, enqueue
+from shared.platform.bus import Bus, EventSubscription, connect, tasks_stream_name
+from shared.platform.config import Config
+from shared.platform.db import create_pool, migrate_shared
+from shared.platform.errors import Internal, InvalidArgument, Unavailable
+from shared.platform.outbox import PAUSE_AFTER_PUBLISH_ENV, OutboxRelay, enqueue
 from tests.fixtures.servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # A relay in its own process (config from TUSK_* variables), for the crash test.
 RELAY_PROCESS = """
 import asyncio, os, pathlib
-from shared.bus import connect
-from shared.config import load_config
-from shared.db import create_pool
-from shared.outbox import OutboxRelay
+from shared.platform.bus import connect
+from shared.platform.config import load_config
+from shared.platform.db import create_pool
+from shared.platform.outbox import OutboxRelay
 
 async def main():
     config = load_config(path=pathlib.Path(os.devnull))

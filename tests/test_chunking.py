@@ -11,7 +11,9 @@ import blake3
 import pytest
 from pyfastcdc import FastCDC
 
-from shared.chunking import (
+from shared.platform.config import Config
+from shared.platform.errors import FailedPrecondition, Internal, InvalidArgument, TooLarge
+from shared.storage.chunking import (
     EMPTY_FILE,
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
@@ -26,9 +28,7 @@ from shared.chunking import (
     read_range,
     write_files,
 )
-from shared.config import Config
-from shared.errors import FailedPrecondition, Internal, InvalidArgument, TooLarge
-from shared.objstore import CountingStore, open_object_store
+from shared.storage.objstore import CountingStore, open_object_store
 
 MiB = 1 << 20
 

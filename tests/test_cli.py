@@ -19,16 +19,16 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
-from shared.cli.args import parse_target, writable_branch
-from shared.cli.errors import error_line
-from shared.cli.file_commands import local_path_for
-from shared.cli.main import cli
-from shared.cli.output import format_table, human_duration, human_size, relative_time
-from shared.cli.progress import Progress
-from shared.cli.sources import plan_uploads
-from shared.errors import InvalidArgument, NotFound
-from shared.pfs_client import PfsClient
+from shared.api.pfs_client import PfsClient
+from shared.platform.errors import InvalidArgument, NotFound
 from tests.fixtures.servers import free_port
+from tusk.cli.args import parse_target, writable_branch
+from tusk.cli.errors import error_line
+from tusk.cli.file_commands import local_path_for
+from tusk.cli.main import cli
+from tusk.cli.output import format_table, human_duration, human_size, relative_time
+from tusk.cli.progress import Progress
+from tusk.cli.sources import plan_uploads
 
 TUSK = Path(sys.executable).parent / "tusk"
 

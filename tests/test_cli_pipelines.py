@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from shared.cli.pipeline_commands import input_summary, job_progress, parse_job_ref
-from shared.errors import InvalidArgument
-from shared.pps.models import JobInfo
+from shared.api.pps_models import JobInfo
+from shared.platform.errors import InvalidArgument
 from tests.fixtures.cluster import Cluster
 from tests.test_cli import TUSK, Tusk
+from tusk.cli.pipeline_commands import input_summary, job_progress, parse_job_ref
 
 # --- formatting and arguments -----------------------------------------------------------------
 

@@ -40,12 +40,12 @@ import asyncpg
 import pytest
 
 from services.scheduler.sandbox import bwrap_available
-from shared.bus import connect
-from shared.errors import TuskError, Unavailable
-from shared.events import CommitFinished, subject_filter
-from shared.pfs_client import PfsClient
-from shared.pps.models import JobInfo
-from shared.pps_client import PpsClient
+from shared.api.events import CommitFinished, subject_filter
+from shared.api.pfs_client import PfsClient
+from shared.api.pps_client import PpsClient
+from shared.api.pps_models import JobInfo
+from shared.platform.bus import connect
+from shared.platform.errors import TuskError, Unavailable
 from tests.fixtures.embedded_cluster import (
     EmbeddedCluster,
     alive,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from shared.chunking import FileEntry, hash_bytes
-from shared.datums import Datum, datum_id, plan_datums
-from shared.pps.spec import GroupInput, JoinInput, PfsInput
+from shared.pipeline.datums import Datum, datum_id, plan_datums
+from shared.pipeline.spec import GroupInput, JoinInput, PfsInput
+from shared.storage.chunking import FileEntry, hash_bytes
 
 
 def entry(data: bytes) -> FileEntry:

@@ -12,10 +12,10 @@ import pytest
 from services.scheduler.datum_output import MAX_HOPS, gather_output
 from services.scheduler.datum_runner import run_datum
 from services.scheduler.tasks import DatumResult
-from shared.chunking import FileEntry
-from shared.file_entries import from_index_entry
-from shared.file_index import FileIndex
-from shared.objstore import CountingStore
+from shared.storage.chunking import FileEntry
+from shared.storage.file_entries import from_index_entry
+from shared.storage.file_index import FileIndex
+from shared.storage.objstore import CountingStore
 from tests.test_datum_runner import leftovers, make_input, make_task, needs_bwrap, output_files
 
 

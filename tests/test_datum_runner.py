@@ -20,13 +20,13 @@ from services.scheduler.tasks import (
     DatumTaskFile,
     DatumTaskInput,
 )
-from shared.chunking import ChunkCache, FileEntry, read_all, write_files
-from shared.errors import InvalidArgument
-from shared.file_entries import from_index_entry
-from shared.file_index import FileIndex
-from shared.objstore import CountingStore, ObjectStore
-from shared.objstore.local import LocalStore
-from shared.pps.spec import SecretUse
+from shared.pipeline.spec import SecretUse
+from shared.platform.errors import InvalidArgument
+from shared.storage.chunking import ChunkCache, FileEntry, read_all, write_files
+from shared.storage.file_entries import from_index_entry
+from shared.storage.file_index import FileIndex
+from shared.storage.objstore import CountingStore, ObjectStore
+from shared.storage.objstore.local import LocalStore
 
 needs_bwrap = pytest.mark.skipif(
     bwrap_available() is not None, reason=f"no bubblewrap sandbox: {bwrap_available()}"

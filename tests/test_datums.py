@@ -7,8 +7,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from shared.chunking import FileEntry, hash_bytes
-from shared.datums import (
+from shared.pipeline.datums import (
     Datum,
     Listing,
     datum_id,
@@ -16,9 +15,8 @@ from shared.datums import (
     match_listing,
     plan_datums,
 )
-from shared.errors import Internal
-from shared.glob import Glob, compile_glob
-from shared.pps.spec import (
+from shared.pipeline.glob import Glob, compile_glob
+from shared.pipeline.spec import (
     CronInput,
     CrossInput,
     GroupInput,
@@ -29,6 +27,8 @@ from shared.pps.spec import (
     UnionInput,
     transform_fingerprint,
 )
+from shared.platform.errors import Internal
+from shared.storage.chunking import FileEntry, hash_bytes
 
 FP = transform_fingerprint(Transform(cmd=("sh",)))
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.config import Config
-from shared.db import create_pool, ensure_database, migrate, migrate_shared, redact_url
-from shared.errors import FailedPrecondition, Internal, Unavailable
+from shared.platform.config import Config
+from shared.platform.db import create_pool, ensure_database, migrate, migrate_shared, redact_url
+from shared.platform.errors import FailedPrecondition, Internal, Unavailable
 from tests.fixtures.servers import PgServer, free_port
 
 

@@ -20,8 +20,8 @@ import asyncpg
 import pytest
 
 from services.pfs.app import build_app
-from shared.config import Config
-from shared.db import ensure_database, with_database
+from shared.platform.config import Config
+from shared.platform.db import ensure_database, with_database
 from tests.fixtures.apps import serve, stop
 from tests.fixtures.servers import PgServer, free_port, server_scratch_dir
 

@@ -19,10 +19,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from shared.config import CLUSTER_HEADER, load_config
-from shared.embedded import ClusterStatus, down, status, up
-from shared.embedded.components import SERVICES, pick_port
+from shared.platform.config import CLUSTER_HEADER, load_config
 from tests.fixtures.servers import server_scratch_dir
+from tusk.embedded import ClusterStatus, down, status, up
+from tusk.embedded.components import SERVICES, pick_port
 
 PFS_ONLY = [s for s in SERVICES if s.name == "pfs"]
 
@@ -166,7 +166,7 @@ async def test_up_restart_down_and_up_again_keeps_data(home: Path) -> None:
 
 
 def _supervisor_pid(home: Path) -> int:
-    from shared.embedded.layout import Layout, read_state
+    from tusk.embedded.layout import Layout, read_state
 
     state = read_state(Layout(home))
     assert state is not None and state.supervisor_pid

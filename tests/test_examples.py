@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from shared.pps.models import JobInfo
-from shared.pps.spec import load_spec_documents
+from shared.api.pps_models import JobInfo
+from shared.pipeline.spec import load_spec_documents
 from tests.fixtures.cluster import Cluster
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from shared.errors import Internal, InvalidArgument, NotFound
-from shared.file_index import FileIndex, IndexEntry, list_dir
-from shared.file_index.node import InternalNode, LeafNode, node_hash, store_key
-from shared.objstore import CountingStore
-from shared.objstore.local import LocalStore
+from shared.platform.errors import Internal, InvalidArgument, NotFound
+from shared.storage.file_index import FileIndex, IndexEntry, list_dir
+from shared.storage.file_index.node import InternalNode, LeafNode, node_hash, store_key
+from shared.storage.objstore import CountingStore
+from shared.storage.objstore.local import LocalStore
 
 BIG_N = 100_000
 

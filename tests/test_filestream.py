@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from shared.errors import InvalidArgument
-from shared.filestream import FLUSH_AT, FileStreamReader, encode_files
+from shared.api.filestream import FLUSH_AT, FileStreamReader, encode_files
+from shared.platform.errors import InvalidArgument
 
 
 async def _blocks(*parts: bytes) -> AsyncIterator[bytes]:

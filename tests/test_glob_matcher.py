@@ -17,8 +17,8 @@ import warnings
 
 import pytest
 
-from shared.errors import InvalidArgument
-from shared.glob import MAX_GLOB_CHARS, Glob, Matcher, compile_glob
+from shared.pipeline.glob import MAX_GLOB_CHARS, Glob, Matcher, compile_glob
+from shared.platform.errors import InvalidArgument
 
 # --- the old regex translation (the oracle) -------------------------------------------------
 

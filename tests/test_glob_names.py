@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import InvalidArgument
-from shared.glob import compile_glob
-from shared.names import Ref, normalize_path, parse_ref, parse_repo_ref
+from shared.api.names import Ref, normalize_path, parse_ref, parse_repo_ref
+from shared.pipeline.glob import compile_glob
+from shared.platform.errors import InvalidArgument
 
 
 @pytest.mark.parametrize(

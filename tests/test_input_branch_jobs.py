@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from shared.errors import InvalidArgument
-from shared.events import BranchMoved, Event, subject_filter
-from shared.pps.models import JobInfo
+from shared.api.events import BranchMoved, Event, subject_filter
+from shared.api.pps_models import JobInfo
+from shared.platform.errors import InvalidArgument
 from tests.fixtures.cluster import Cluster
 
 TUSK = Path(sys.executable).parent / "tusk"

@@ -27,8 +27,8 @@ from services.scheduler.backends.k8s_objects import (
 from services.scheduler.backends.kubernetes import KubernetesBackend, settings_from_env
 from services.scheduler.backends.pod_sandbox import RUNNER_SCRIPT, PodSandbox, run_script
 from services.scheduler.sandbox import SandboxSettings
-from shared.errors import FailedPrecondition, InvalidArgument, Unavailable
-from shared.pps.spec import parse_pipeline_spec
+from shared.pipeline.spec import parse_pipeline_spec
+from shared.platform.errors import FailedPrecondition, InvalidArgument, Unavailable
 from tests.k8s_api_double import ScriptedKubernetesApi
 
 K8S_VERSION = "1.33.0"
@@ -500,7 +500,7 @@ async def test_datum_runs_through_the_pod_runner_end_to_end(
     """The worker's datum runner with a PodSandbox: inputs in, command in the runner,
     /pfs/out stored, scratch cleaned, as in a worker pod."""
     from services.scheduler.datum_runner import run_datum
-    from shared.objstore.local import LocalStore
+    from shared.storage.objstore.local import LocalStore
     from tests.test_datum_runner import make_input, make_task, output_files
 
     pfs, ctl = pod_dirs

@@ -17,8 +17,8 @@ import yaml
 
 from services.scheduler.backends import WorkerSet
 from services.scheduler.backends.k8s_objects import K8sSettings, worker_deployment
-from shared.http import host_allowed
-from shared.pps.spec import parse_pipeline_spec
+from shared.pipeline.spec import parse_pipeline_spec
+from shared.platform.http import host_allowed
 
 K8S_VERSION = "1.33.0"
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "k8s"

@@ -24,10 +24,10 @@ from services.scheduler.datum_runner import run_datum
 from services.scheduler.sandbox import bwrap_available
 from services.scheduler.tasks import DatumResult, DatumTask, DatumTaskFile, DatumTaskInput
 from services.scheduler.worker import lazy_inputs
-from shared.chunking import ChunkCache, write_files
-from shared.file_entries import from_index_entry
-from shared.file_index import FileIndex
-from shared.objstore import CountingStore
+from shared.storage.chunking import ChunkCache, write_files
+from shared.storage.file_entries import from_index_entry
+from shared.storage.file_index import FileIndex
+from shared.storage.objstore import CountingStore
 from tests.fixtures.cluster import Cluster
 
 
@@ -36,7 +36,7 @@ def _skip_reason() -> str | None:
         import pyfuse3  # noqa: F401
     except ImportError:
         return "pyfuse3 is not installed"
-    from shared.fuse_session import fuse_unavailable_reason
+    from shared.platform.fuse_session import fuse_unavailable_reason
 
     if os.geteuid() != 0:
         # allow_other (needed by bubblewrap's user namespace) is root's without fuse.conf.
@@ -93,7 +93,7 @@ def make_task(inputs: list[DatumTaskInput], script: str) -> DatumTask:
 
 
 async def outputs(store: CountingStore, result: DatumResult) -> dict[str, bytes]:
-    from shared.chunking import read_all
+    from shared.storage.chunking import read_all
 
     assert result.state == "SUCCESS", (result.error, result.logs)
     index = FileIndex(store)

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from shared.mount_client import MountClient, MountSpec
-from shared.pfs_client import PfsClient
+from shared.api.mount_client import MountClient, MountSpec
+from shared.api.pfs_client import PfsClient
+from shared.platform.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tests.fixtures.pfs import RunningPfs
 from tests.fixtures.servers import free_port
 

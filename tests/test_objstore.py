@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import Config
-from shared.errors import InvalidArgument, NotFound, Unavailable
-from shared.objstore import CountingStore, ObjectStore, open_object_store
-from shared.objstore.local import LocalStore
-from shared.objstore.s3 import S3Store
+from shared.platform.config import Config
+from shared.platform.errors import InvalidArgument, NotFound, Unavailable
+from shared.storage.objstore import CountingStore, ObjectStore, open_object_store
+from shared.storage.objstore.local import LocalStore
+from shared.storage.objstore.s3 import S3Store
 from tests.fixtures.s3 import S3Server
 
 
@@ -243,7 +243,7 @@ async def test_s3_wrong_credentials_are_unavailable_not_botocore(s3_server: S3Se
 
 
 async def test_s3_unreachable_server_is_unavailable() -> None:
-    from shared.config import S3Config
+    from shared.platform.config import S3Config
     from tests.fixtures.servers import free_port
 
     config = S3Config(

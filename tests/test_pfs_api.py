@@ -10,18 +10,18 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from shared.chunking import PackWriter, read_range
-from shared.config import Config
-from shared.errors import (
+from shared.api.events import CommitFinished, subject_filter
+from shared.api.filestream import CONTENT_TYPE, encode_block, encode_header
+from shared.api.pfs_client import PfsClient
+from shared.platform.config import Config
+from shared.platform.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     TooLarge,
 )
-from shared.events import CommitFinished, subject_filter
-from shared.filestream import CONTENT_TYPE, encode_block, encode_header
-from shared.pfs_client import PfsClient
+from shared.storage.chunking import PackWriter, read_range
 from tests.fixtures.pfs import RunningPfs
 
 

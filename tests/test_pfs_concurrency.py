@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 
 from services.pfs.app import build_app
-from shared.pfs_client import PfsClient
+from shared.api.pfs_client import PfsClient
 from tests.fixtures.apps import serve, stop
 from tests.fixtures.pfs import RunningPfs
 from tests.fixtures.servers import free_port

@@ -13,10 +13,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.bus import connect
-from shared.config import Config, dump_config_toml
-from shared.events import CommitFinished, subject_filter
-from shared.pfs_client import PfsClient
+from shared.api.events import CommitFinished, subject_filter
+from shared.api.pfs_client import PfsClient
+from shared.platform.bus import connect
+from shared.platform.config import Config, dump_config_toml
 from tests.fixtures.servers import free_port
 
 

@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from shared.pfs_client import PfsClient
+from shared.api.pfs_client import PfsClient
 from tests.fixtures.pfs import RunningPfs
 
 HOSTILE = "/**a**a**a**a**a**c"

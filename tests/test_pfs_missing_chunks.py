@@ -18,10 +18,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from shared.chunking import EMPTY_HASH, ChunkRef, FileEntry, chunk_key
-from shared.errors import Internal, InvalidArgument, Unavailable
-from shared.objstore import CountingStore
-from shared.pfs_client import PfsClient
+from shared.api.pfs_client import PfsClient
+from shared.platform.errors import Internal, InvalidArgument, Unavailable
+from shared.storage.chunking import EMPTY_HASH, ChunkRef, FileEntry, chunk_key
+from shared.storage.objstore import CountingStore
 from tests.fixtures.pfs import RunningPfs
 
 TUSK = Path(sys.executable).parent / "tusk"

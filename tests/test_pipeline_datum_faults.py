@@ -13,12 +13,12 @@ import json
 from typing import Any
 
 from services.scheduler.tasks import DatumTask, DatumTaskInput, task_envelope
-from shared.bus import connect, tasks_subject
-from shared.chunking import FileEntry
-from shared.file_entries import from_index_entry
-from shared.file_index import FileIndex
-from shared.objstore import open_object_store
-from shared.pps.models import JobInfo
+from shared.api.pps_models import JobInfo
+from shared.platform.bus import connect, tasks_subject
+from shared.storage.chunking import FileEntry
+from shared.storage.file_entries import from_index_entry
+from shared.storage.file_index import FileIndex
+from shared.storage.objstore import open_object_store
 from tests.fixtures.cluster import Cluster
 from tests.test_pipelines import files, read, wait_for_jobs
 

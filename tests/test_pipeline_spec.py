@@ -11,9 +11,8 @@ from typing import Any
 import blake3
 import pytest
 
-from shared.errors import InvalidArgument
-from shared.pps.durations import format_duration, parse_cron_spec, parse_duration
-from shared.pps.spec import (
+from shared.pipeline.durations import format_duration, parse_cron_spec, parse_duration
+from shared.pipeline.spec import (
     BranchTrigger,
     CronInput,
     CrossInput,
@@ -39,6 +38,7 @@ from shared.pps.spec import (
     template_groups,
     transform_fingerprint,
 )
+from shared.platform.errors import InvalidArgument
 
 
 def base_spec(**overrides: Any) -> dict[str, Any]:

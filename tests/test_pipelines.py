@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from shared.errors import InvalidArgument
-from shared.pps.models import JobInfo
+from shared.api.pps_models import JobInfo
+from shared.platform.errors import InvalidArgument
 from tests.fixtures.cluster import Cluster
 
 WORD_COUNT: dict[str, Any] = {

@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 
 from services.pps.app import build_app as build_pps
-from shared.config import CLUSTER_HEADER, Config
-from shared.errors import Unavailable
-from shared.pfs_client import PfsClient
-from shared.pps_client import PpsClient
+from shared.api.pfs_client import PfsClient
+from shared.api.pps_client import PpsClient
+from shared.platform.config import CLUSTER_HEADER, Config
+from shared.platform.errors import Unavailable
 from tests.fixtures.apps import serve, stop
 from tests.fixtures.pfs import RunningPfs
 from tests.fixtures.servers import free_port

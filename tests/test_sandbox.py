@@ -18,7 +18,7 @@ from services.scheduler.sandbox import (
     bwrap_available,
     remove_dead_etc_roots,
 )
-from shared.errors import InvalidArgument
+from shared.platform.errors import InvalidArgument
 
 pytestmark = pytest.mark.skipif(
     bwrap_available() is not None, reason=f"no bubblewrap sandbox: {bwrap_available()}"

@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared.config import Config, dump_config_toml
-from shared.service_main import EXIT_FAILED
+from shared.platform.config import Config, dump_config_toml
+from shared.platform.service_main import EXIT_FAILED
 from tests.fixtures.servers import free_port
 
 INJECT_BUG = """

@@ -20,19 +20,19 @@ import psutil
 import pytest
 
 from services.scheduler.app import ENGINE_TASK
-from shared.config import Config
-from shared.db import ensure_database
-from shared.embedded.components import (
+from shared.api.pps_models import JobInfo
+from shared.platform.config import Config
+from shared.platform.db import ensure_database
+from tests.fixtures.cluster import Cluster, running_cluster
+from tests.fixtures.servers import NatsServer, free_port, server_scratch_dir
+from tusk.embedded.components import (
     init_postgres,
     postgres_admin_url,
     postgres_launch,
     run_as,
     secure_postgres,
 )
-from shared.embedded.layout import Layout
-from shared.pps.models import JobInfo
-from tests.fixtures.cluster import Cluster, running_cluster
-from tests.fixtures.servers import NatsServer, free_port, server_scratch_dir
+from tusk.embedded.layout import Layout
 
 WORD_COUNT = {
     "pipeline": {"name": "count"},

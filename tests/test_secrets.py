@@ -18,8 +18,15 @@ from aiohttp import web
 
 from services.pps.app import build_app
 from services.pps.secret_box import SecretBox, key_file_path
-from shared.config import Config
-from shared.errors import (
+from shared.api.pfs_client import PfsClient
+from shared.api.pps_client import PpsClient
+from shared.api.secrets import (
+    MAX_SECRET_BYTES,
+    load_secret_manifest,
+    parse_secret_manifest,
+)
+from shared.platform.config import Config
+from shared.platform.errors import (
     AlreadyExists,
     FailedPrecondition,
     Internal,
@@ -27,13 +34,6 @@ from shared.errors import (
     NotFound,
     TooLarge,
 )
-from shared.pfs_client import PfsClient
-from shared.pps.secrets import (
-    MAX_SECRET_BYTES,
-    load_secret_manifest,
-    parse_secret_manifest,
-)
-from shared.pps_client import PpsClient
 from tests.fixtures.apps import serve, stop
 from tests.fixtures.pfs import RunningPfs
 from tests.fixtures.servers import free_port

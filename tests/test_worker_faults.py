@@ -16,11 +16,11 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from services.pps.app import build_app as build_pps
 from services.scheduler.tasks import DatumTask, task_envelope, worker_consumer_name
 from services.scheduler.worker import DELIVERY_MARGIN, Worker, ensure_worker_consumer
-from shared.bus import Bus, connect, results_subject, tasks_stream_name, tasks_subject
-from shared.config import Config
-from shared.objstore.local import LocalStore
-from shared.pps.spec import SecretUse
-from shared.pps_client import PpsClient
+from shared.api.pps_client import PpsClient
+from shared.pipeline.spec import SecretUse
+from shared.platform.bus import Bus, connect, results_subject, tasks_stream_name, tasks_subject
+from shared.platform.config import Config
+from shared.storage.objstore.local import LocalStore
 from tests.fixtures.apps import serve, stop
 from tests.fixtures.servers import free_port
 from tests.test_datum_runner import needs_bwrap

@@ -19,9 +19,9 @@ from services.pps.app import build_app as build_pps
 from services.scheduler.app import build_app as build_scheduler
 from services.scheduler.backends.k8s_objects import K8sSettings
 from services.scheduler.backends.kubernetes import KubernetesBackend
-from shared.config import Config
-from shared.pfs_client import PfsClient
-from shared.pps_client import PpsClient
+from shared.api.pfs_client import PfsClient
+from shared.api.pps_client import PpsClient
+from shared.platform.config import Config
 from tests.fixtures.apps import serve, stop
 from tests.fixtures.servers import free_port
 from tests.k8s_api_double import ScriptedKubernetesApi

@@ -17,8 +17,8 @@ from aiohttp import web
 from services.mountd.app import build_app
 from services.mountd.foreground import run_foreground_mount, unmount
 from services.mountd.runtime import MountSettings
-from shared.config import load_config
-from shared.errors import TuskError
+from shared.platform.config import load_config
+from shared.platform.errors import TuskError
 
 
 def _parser() -> argparse.ArgumentParser:

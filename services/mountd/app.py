@@ -13,8 +13,9 @@ from aiohttp import web
 
 from services.mountd.mounts import MountManager
 from services.mountd.runtime import MountSettings, mount_tree
-from shared.config import Config
-from shared.http import (
+from shared.api.mount_client import MountSpec
+from shared.platform.config import Config
+from shared.platform.http import (
     NAME,
     REF,
     add_health_routes,
@@ -26,7 +27,6 @@ from shared.http import (
     read_json,
     service_application,
 )
-from shared.mount_client import MountSpec
 
 VERSION = "0.1.0"
 MANAGER: web.AppKey[MountManager] = web.AppKey("mount_manager", MountManager)

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from services.mountd.cache import BlockCache
-from shared.chunking import ChunkCache, FileEntry, read_range
-from shared.objstore import ObjectStore
-from shared.pfs_client import PfsClient
+from shared.api.pfs_client import PfsClient
+from shared.storage.chunking import ChunkCache, FileEntry, read_range
+from shared.storage.objstore import ObjectStore
 
 Kind = Literal["file", "dir"]
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from services.mountd.runtime import MountSettings, mount_tree
 from services.mountd.session import force_unmount, is_mounted, tusk_mount_points
-from shared.config import Config
-from shared.errors import FailedPrecondition, NotFound
-from shared.mount_client import MountClient, MountSpec
-from shared.pfs_client import PfsClient
-from shared.pfs_models import CommitInfo
+from shared.api.mount_client import MountClient, MountSpec
+from shared.api.pfs_client import PfsClient
+from shared.api.pfs_models import CommitInfo
+from shared.platform.config import Config
+from shared.platform.errors import FailedPrecondition, NotFound
 
 log = logging.getLogger("tusk.mountd")
 

@@ -25,7 +25,7 @@ from services.mountd.files import BaseFile, BaseReader, LocalFile, Stat
 from services.mountd.listing import DirListing
 from services.mountd.mounts import Mount, MountManager
 from services.mountd.overlay import join
-from shared.errors import (
+from shared.platform.errors import (
     AlreadyExists,
     InvalidArgument,
     IsADirectory,

@@ -22,7 +22,11 @@ from datetime import datetime
 
 from services.mountd.files import BaseFile, BaseReader, BlockSource, LocalFile, Stat
 from services.mountd.overlay import Overlay, OverlayFile, is_under, join, parent_of
-from shared.errors import (
+from shared.api.mount_client import MountInfo, MountSpec
+from shared.api.names import check_name
+from shared.api.pfs_client import FileSource, PfsClient
+from shared.api.pfs_models import CommitInfo
+from shared.platform.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -33,10 +37,6 @@ from shared.errors import (
     ReadOnly,
     TuskError,
 )
-from shared.mount_client import MountInfo, MountSpec
-from shared.names import check_name
-from shared.pfs_client import FileSource, PfsClient
-from shared.pfs_models import CommitInfo
 
 log = logging.getLogger("tusk.mountd")
 

@@ -20,11 +20,11 @@ from services.mountd.files import DEFAULT_BLOCK_SIZE, BlockSource
 from services.mountd.fs import TuskFs
 from services.mountd.mounts import MountManager
 from services.mountd.session import fuse_session
-from shared.chunking import ChunkCache
-from shared.config import Config, tusk_home
-from shared.errors import InvalidArgument
-from shared.objstore import open_object_store
-from shared.pfs_client import PfsClient
+from shared.api.pfs_client import PfsClient
+from shared.platform.config import Config, tusk_home
+from shared.platform.errors import InvalidArgument
+from shared.storage.chunking import ChunkCache
+from shared.storage.objstore import open_object_store
 
 
 @dataclass(frozen=True)

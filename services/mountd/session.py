@@ -1,4 +1,4 @@
-"""mountd's FUSE session: the shared one (``shared/fuse_session.py``), mounted as ``tusk``.
+"""mountd's FUSE session: the shared one (``shared/platform/fuse_session.py``), mounted as ``tusk``.
 
 Kept as mountd's name for it, so mountd's modules and tests import from their own
 service; the code lives in shared/ because the datum worker mounts its lazy inputs
@@ -7,7 +7,7 @@ with the same session.
 
 from __future__ import annotations
 
-from shared.fuse_session import (
+from shared.platform.fuse_session import (
     MAX_WORKERS,
     force_unmount,
     fuse_session,

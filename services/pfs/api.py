@@ -9,12 +9,12 @@ from typing import Any
 from aiohttp import web
 
 from services.pfs.service import PfsService
-from shared.bus import Bus
-from shared.chunking import FileEntry
-from shared.errors import InvalidArgument
-from shared.events import CommitFinished, subject_filter
-from shared.filestream import CONTENT_TYPE, FileStreamReader, encode_block, encode_header
-from shared.http import (
+from shared.api.events import CommitFinished, subject_filter
+from shared.api.filestream import CONTENT_TYPE, FileStreamReader, encode_block, encode_header
+from shared.api.pfs_models import CommitInfo, CommitRef, Trigger
+from shared.platform.bus import Bus
+from shared.platform.errors import InvalidArgument
+from shared.platform.http import (
     BOOLEAN,
     FILE_PATH,
     NAME,
@@ -35,7 +35,7 @@ from shared.http import (
     read_json,
     while_connected,
 )
-from shared.pfs_models import CommitInfo, CommitRef, Trigger
+from shared.storage.chunking import FileEntry
 
 SERVICE: web.AppKey[PfsService] = web.AppKey("pfs_service", PfsService)
 BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)

@@ -14,12 +14,12 @@ from aiohttp import web
 from services.pfs.api import BUS, SERVICE, STOPPING, routes
 from services.pfs.committed import CommittedFiles
 from services.pfs.service import PfsService
-from shared.config import Config
-from shared.db import migrate
-from shared.file_index import FileIndex
-from shared.http import add_health_routes, service_application
-from shared.objstore import open_object_store
-from shared.service_resources import core_resources
+from shared.platform.config import Config
+from shared.platform.db import migrate
+from shared.platform.http import add_health_routes, service_application
+from shared.platform.service_resources import core_resources
+from shared.storage.file_index import FileIndex
+from shared.storage.objstore import open_object_store
 
 log = logging.getLogger("tusk.pfs")
 VERSION = "0.1.0"

@@ -1,6 +1,6 @@
 """Committed files: reads of a finished commit's file index (get, list, glob, diff, stats).
 
-A thin layer over ``shared.file_index`` that speaks paths and ``FileInfo``
+A thin layer over ``shared.storage.file_index`` that speaks paths and ``FileInfo``
 records; the index itself is path → JSON ``FileEntry``.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from shared.chunking import FileEntry
-from shared.errors import InvalidArgument, NotFound
-from shared.file_entries import dir_range, from_index_entry, to_index_entry
-from shared.file_index import FileIndex, IndexEntry, list_dir
-from shared.glob import Glob, compile_glob
-from shared.pfs_models import FileChange, FileInfo
+from shared.api.pfs_models import FileChange, FileInfo
+from shared.pipeline.glob import Glob, compile_glob
+from shared.platform.errors import InvalidArgument, NotFound
+from shared.storage.chunking import FileEntry
+from shared.storage.file_entries import dir_range, from_index_entry, to_index_entry
+from shared.storage.file_index import FileIndex, IndexEntry, list_dir
 
 Change = tuple[str, FileEntry | None]
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from shared.config import Config
-from shared.db import Conn
-from shared.events import CommitFinished, CommitRef, CommitStarted, Event, Payload
-from shared.outbox import enqueue
-from shared.pfs_models import CommitInfo
+from shared.api.events import CommitFinished, CommitRef, CommitStarted, Event, Payload
+from shared.api.pfs_models import CommitInfo
+from shared.platform.config import Config
+from shared.platform.db import Conn
+from shared.platform.outbox import enqueue
 
 
 async def emit(conn: Conn, config: Config, payload: Payload) -> None:

@@ -2,7 +2,7 @@
 
 Every function takes an open asyncpg connection so the caller decides the
 transaction; nothing here touches the object store. Rows come back as the
-records of ``shared.pfs_models``. Branch heads move only under a row lock taken
+records of ``shared.api.pfs_models``. Branch heads move only under a row lock taken
 by ``lock_branch`` (compare-and-set), so several PFS replicas are safe.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 
 import asyncpg
 
-from shared.db import Conn
-from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from shared.names import COMMIT_ID_RE, check_name, parse_ref
-from shared.pfs_models import BranchInfo, CommitInfo, CommitRef, RepoInfo, Trigger
+from shared.api.names import COMMIT_ID_RE, check_name, parse_ref
+from shared.api.pfs_models import BranchInfo, CommitInfo, CommitRef, RepoInfo, Trigger
+from shared.platform.db import Conn
+from shared.platform.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 
 def new_commit_id() -> str:

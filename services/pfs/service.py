@@ -27,19 +27,7 @@ import asyncpg
 from services.pfs import refs, staging, triggers
 from services.pfs.committed import Change, CommittedFiles
 from services.pfs.events import commit_payload, emit
-from shared.backoff import Backoff, keep_running
-from shared.chunking import (
-    ChunkCache,
-    FileEntry,
-    PackWriter,
-    concat_entries,
-    missing_chunks,
-    read_range,
-)
-from shared.config import Config
-from shared.db import Conn, acquire, db_ready
-from shared.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
-from shared.events import (
+from shared.api.events import (
     BranchCreated,
     BranchDeleted,
     BranchMoved,
@@ -47,10 +35,9 @@ from shared.events import (
     RepoCreated,
     RepoDeleted,
 )
-from shared.filestream import FileStreamReader
-from shared.names import COMMIT_ID_RE, check_name, file_path, normalize_path, parse_ref
-from shared.objstore import ObjectStore
-from shared.pfs_models import (
+from shared.api.filestream import FileStreamReader
+from shared.api.names import COMMIT_ID_RE, check_name, file_path, normalize_path, parse_ref
+from shared.api.pfs_models import (
     BranchInfo,
     CommitInfo,
     CommitRef,
@@ -60,6 +47,19 @@ from shared.pfs_models import (
     RepoInfo,
     Trigger,
 )
+from shared.platform.backoff import Backoff, keep_running
+from shared.platform.config import Config
+from shared.platform.db import Conn, acquire, db_ready
+from shared.platform.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from shared.storage.chunking import (
+    ChunkCache,
+    FileEntry,
+    PackWriter,
+    concat_entries,
+    missing_chunks,
+    read_range,
+)
+from shared.storage.objstore import ObjectStore
 
 log = logging.getLogger("tusk.pfs")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from shared.chunking import FileEntry
-from shared.db import Conn
+from shared.platform.db import Conn
+from shared.storage.chunking import FileEntry
 
 Change = tuple[str, FileEntry | None]
 

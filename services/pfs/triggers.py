@@ -24,13 +24,13 @@ from datetime import datetime
 
 from services.pfs import refs
 from services.pfs.events import emit
-from shared.config import Config
-from shared.db import Conn
-from shared.errors import InvalidArgument
-from shared.events import BranchMoved
-from shared.names import check_name
-from shared.pfs_models import Trigger
-from shared.pps.durations import parse_cron_spec
+from shared.api.events import BranchMoved
+from shared.api.names import check_name
+from shared.api.pfs_models import Trigger
+from shared.pipeline.durations import parse_cron_spec
+from shared.platform.config import Config
+from shared.platform.db import Conn
+from shared.platform.errors import InvalidArgument
 
 
 def check_trigger(repo: str, branch: str, trigger: Trigger) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.pps.service import PpsService
-from shared.errors import InvalidArgument
-from shared.http import (
+from shared.api.secrets import check_secret_name, encode_values, parse_secret_manifest
+from shared.pipeline.spec import load_spec_documents
+from shared.platform.errors import InvalidArgument
+from shared.platform.http import (
     NAME,
     SECONDS,
     YAML,
@@ -23,8 +25,6 @@ from shared.http import (
     read_text,
     while_connected,
 )
-from shared.pps.secrets import check_secret_name, encode_values, parse_secret_manifest
-from shared.pps.spec import load_spec_documents
 
 SERVICE: web.AppKey[PpsService] = web.AppKey("pps_service", PpsService)
 routes = web.RouteTableDef()

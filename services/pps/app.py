@@ -8,12 +8,12 @@ from aiohttp import web
 
 from services.pps.api import SERVICE, routes
 from services.pps.service import PpsService
-from shared.bus import Bus
-from shared.config import Config
-from shared.http import add_health_routes, service_application
-from shared.pfs_client import PfsClient
+from shared.api.pfs_client import PfsClient
+from shared.platform.bus import Bus
+from shared.platform.config import Config
+from shared.platform.http import add_health_routes, service_application
+from shared.platform.service_resources import core_resources
 from shared.pps.store import migrate_pps
-from shared.service_resources import core_resources
 
 VERSION = "0.1.0"
 BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)

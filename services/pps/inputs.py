@@ -8,10 +8,10 @@
 
 from __future__ import annotations
 
-from shared.errors import InvalidArgument, NotFound
-from shared.pfs_client import PfsClient
-from shared.pfs_models import Trigger
-from shared.pps.spec import BranchTrigger, PipelineSpec, pfs_inputs
+from shared.api.pfs_client import PfsClient
+from shared.api.pfs_models import Trigger
+from shared.pipeline.spec import BranchTrigger, PipelineSpec, pfs_inputs
+from shared.platform.errors import InvalidArgument, NotFound
 
 
 async def check_pinned_commits(pfs: PfsClient, spec: PipelineSpec) -> None:

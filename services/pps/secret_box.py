@@ -27,9 +27,9 @@ import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from shared.config import Config, tusk_home
-from shared.errors import FailedPrecondition, Internal
-from shared.pps.secrets import decode_values, encode_values
+from shared.api.secrets import decode_values, encode_values
+from shared.platform.config import Config, tusk_home
+from shared.platform.errors import FailedPrecondition, Internal
 
 log = logging.getLogger("tusk.pps.secrets")
 

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 import asyncpg
 
 from services.pps.secret_box import SecretBox
-from shared.db import Conn
-from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from shared.pps.models import SecretInfo
-from shared.pps.secrets import SecretManifest, check_secret_name
-from shared.pps.spec import SecretUse
+from shared.api.pps_models import SecretInfo
+from shared.api.secrets import SecretManifest, check_secret_name
+from shared.pipeline.spec import SecretUse
+from shared.platform.db import Conn
+from shared.platform.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 
 def _info(rec: asyncpg.Record) -> SecretInfo:

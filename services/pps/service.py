@@ -19,15 +19,9 @@ import asyncpg
 from services.pps.inputs import check_pinned_commits, set_input_triggers
 from services.pps.secret_box import SecretBox, key_file_path
 from services.pps.secrets import SecretService
-from shared.config import Config
-from shared.db import Conn, db_ready
-from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from shared.events import Event, JobStateChanged, PipelineUpdated
-from shared.outbox import enqueue
-from shared.pfs_client import PfsClient
-from shared.pps import store
-from shared.pps.jobs import create_job_if_new, job_inputs
-from shared.pps.models import (
+from shared.api.events import Event, JobStateChanged, PipelineUpdated
+from shared.api.pfs_client import PfsClient
+from shared.api.pps_models import (
     JOB_CREATED,
     JOB_DONE,
     PIPELINE_ACTIVE,
@@ -38,7 +32,7 @@ from shared.pps.models import (
     LogLine,
     PipelineInfo,
 )
-from shared.pps.spec import (
+from shared.pipeline.spec import (
     CronInput,
     PipelineSpec,
     input_branches,
@@ -46,6 +40,12 @@ from shared.pps.spec import (
     parse_pipeline_spec,
     spec_to_json,
 )
+from shared.platform.config import Config
+from shared.platform.db import Conn, db_ready
+from shared.platform.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from shared.platform.outbox import enqueue
+from shared.pps import store
+from shared.pps.jobs import create_job_if_new, job_inputs
 
 log = logging.getLogger("tusk.pps")
 

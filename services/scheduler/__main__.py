@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.scheduler.app import build_app
-from shared.service_main import serve
+from shared.platform.service_main import serve
 
 
 def main() -> None:

@@ -13,15 +13,15 @@ from aiohttp import web
 
 from services.scheduler.backends import WorkerBackend
 from services.scheduler.engine import Engine
-from shared.config import Config, tusk_home
-from shared.db import db_ready
-from shared.errors import InvalidArgument
-from shared.http import add_health_routes, service_application
-from shared.objstore import open_object_store
-from shared.pfs_client import PfsClient
+from shared.api.pfs_client import PfsClient
+from shared.platform.config import Config, tusk_home
+from shared.platform.db import db_ready
+from shared.platform.errors import InvalidArgument
+from shared.platform.http import add_health_routes, service_application
+from shared.platform.service_main import FAILURE, Failure
+from shared.platform.service_resources import core_resources
 from shared.pps.store import migrate_pps
-from shared.service_main import FAILURE, Failure
-from shared.service_resources import core_resources
+from shared.storage.objstore import open_object_store
 
 log = logging.getLogger("tusk.scheduler")
 VERSION = "0.1.0"

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from shared.chunking import FileEntry
-from shared.file_entries import from_index_entry
-from shared.file_index import FileIndex
+from shared.storage.chunking import FileEntry
+from shared.storage.file_entries import from_index_entry
+from shared.storage.file_index import FileIndex
 
 OutputChanges = dict[str, FileEntry | None]
 

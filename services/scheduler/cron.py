@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from shared.chunking import EMPTY_FILE, FileEntry
-from shared.errors import NotFound
-from shared.pfs_client import PfsClient
-from shared.pps.durations import parse_cron_spec
-from shared.pps.spec import CronInput
+from shared.api.pfs_client import PfsClient
+from shared.pipeline.durations import parse_cron_spec
+from shared.pipeline.spec import CronInput
+from shared.platform.errors import NotFound
+from shared.storage.chunking import EMPTY_FILE, FileEntry
 
 MAX_CATCH_UP = 100_000
 

@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from shared.chunking import FileEntry, PackWriter
-from shared.errors import Internal, InvalidArgument
-from shared.file_entries import to_index_entry
-from shared.file_index import FileIndex
-from shared.names import normalize_path
-from shared.objstore import ObjectStore
+from shared.api.names import normalize_path
+from shared.platform.errors import Internal, InvalidArgument
+from shared.storage.chunking import FileEntry, PackWriter
+from shared.storage.file_entries import to_index_entry
+from shared.storage.file_index import FileIndex
+from shared.storage.objstore import ObjectStore
 
 # Reads at least this big leave the event loop for a thread.
 _THREAD_IO_MIN = 256 << 10

@@ -73,10 +73,10 @@ from services.scheduler.tasks import (
     DatumTask,
     DatumTaskInput,
 )
-from shared.chunking import ChunkCache, FileEntry, read_range
-from shared.errors import InvalidArgument, NotFound
-from shared.file_index import FileIndex
-from shared.objstore import ObjectStore
+from shared.platform.errors import InvalidArgument, NotFound
+from shared.storage.chunking import ChunkCache, FileEntry, read_range
+from shared.storage.file_index import FileIndex
+from shared.storage.objstore import ObjectStore
 
 if TYPE_CHECKING:
     # Only a type here: importing lazy_fs needs pyfuse3, which a worker may lack.

@@ -22,9 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from shared.errors import InvalidArgument
-from shared.names import normalize_path
-from shared.pps.spec import SecretUse
+from shared.api.names import normalize_path
+from shared.pipeline.spec import SecretUse
+from shared.platform.errors import InvalidArgument
 
 SecretValues = Mapping[str, Mapping[str, bytes]]
 """Secret name → its data (key → value), as fetched for one datum."""
@@ -37,7 +37,7 @@ _MIN_MASKED_LINE = 4
 
 
 class SecretSource(Protocol):
-    """Where a worker gets secret data (``shared.pps_client.PpsClient``)."""
+    """Where a worker gets secret data (``shared.api.pps_client.PpsClient``)."""
 
     async def secret_data(self, name: str) -> dict[str, bytes]: ...
 

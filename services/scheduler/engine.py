@@ -15,7 +15,7 @@ picks up where it stopped:
 
 One scheduler drives at a time (a PostgreSQL advisory lock); another replica
 waits as a hot standby. The loops outlive a PostgreSQL or NATS restart: each retries
-with backoff (``shared.backoff.keep_running``), and a leader whose lock connection died
+with backoff (``shared.platform.backoff.keep_running``), and a leader whose lock connection died
 (the lock with it) stops its loops and waits to lead again.
 """
 
@@ -55,20 +55,10 @@ from services.scheduler.tasks import (
     task_ref_envelope,
     worker_consumer_name,
 )
-from shared.backoff import Backoff, keep_running
-from shared.bus import Bus, results_stream_name, tasks_stream_name, tasks_subject
-from shared.config import Config
-from shared.datums import Datum
-from shared.db import Conn, acquire, check_alive
-from shared.errors import FailedPrecondition, NotFound, TuskError, Unavailable
-from shared.events import Event, JobStateChanged, subject_filter
-from shared.file_index import FileIndex
-from shared.objstore import ObjectStore
-from shared.outbox import enqueue
-from shared.pfs_client import PfsClient
-from shared.pfs_models import CommitRef
-from shared.pps import store
-from shared.pps.models import (
+from shared.api.events import Event, JobStateChanged, subject_filter
+from shared.api.pfs_client import PfsClient
+from shared.api.pfs_models import CommitRef
+from shared.api.pps_models import (
     DATUM_FAILED,
     DATUM_RECOVERED,
     DATUM_SUCCESS,
@@ -85,13 +75,23 @@ from shared.pps.models import (
     JobInfo,
     PipelineInfo,
 )
-from shared.pps.spec import (
+from shared.pipeline.datums import Datum
+from shared.pipeline.spec import (
     CronInput,
     PipelineSpec,
     iter_inputs,
     parse_pipeline_spec,
     pfs_inputs,
 )
+from shared.platform.backoff import Backoff, keep_running
+from shared.platform.bus import Bus, results_stream_name, tasks_stream_name, tasks_subject
+from shared.platform.config import Config
+from shared.platform.db import Conn, acquire, check_alive
+from shared.platform.errors import FailedPrecondition, NotFound, TuskError, Unavailable
+from shared.platform.outbox import enqueue
+from shared.pps import store
+from shared.storage.file_index import FileIndex
+from shared.storage.objstore import ObjectStore
 
 log = logging.getLogger("tusk.scheduler")
 

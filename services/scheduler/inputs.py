@@ -23,14 +23,14 @@ import logging
 
 import asyncpg
 
-from shared.db import acquire
-from shared.errors import NotFound
-from shared.events import BranchMoved, CommitFinished, Event
-from shared.pfs_client import PfsClient
+from shared.api.events import BranchMoved, CommitFinished, Event
+from shared.api.pfs_client import PfsClient
+from shared.api.pps_models import PIPELINE_ACTIVE, PipelineInfo
+from shared.pipeline.spec import PipelineSpec, parse_pipeline_spec
+from shared.platform.db import acquire
+from shared.platform.errors import NotFound
 from shared.pps import store
 from shared.pps.jobs import InputRead, create_job_unless_read, job_inputs, triggering_branches
-from shared.pps.models import PIPELINE_ACTIVE, PipelineInfo
-from shared.pps.spec import PipelineSpec, parse_pipeline_spec
 
 log = logging.getLogger("tusk.scheduler")
 

@@ -28,7 +28,7 @@ Choices, and why:
   and a late request for one answers ``ENOENT``.
 
 The worker's loop serves the tree, so the worker must never touch it with blocking
-calls from that loop (see ``shared/fuse_session.py``); the sandboxed command is a
+calls from that loop (see ``shared/platform/fuse_session.py``); the sandboxed command is a
 subprocess, which is why this works.
 """
 
@@ -49,10 +49,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from shared.chunking import ChunkCache, FileEntry, read_range
-from shared.errors import InvalidArgument, TuskError
-from shared.fuse_session import fuse_session
-from shared.objstore import ObjectStore
+from shared.platform.errors import InvalidArgument, TuskError
+from shared.platform.fuse_session import fuse_session
+from shared.storage.chunking import ChunkCache, FileEntry, read_range
+from shared.storage.objstore import ObjectStore
 
 log = logging.getLogger("tusk.worker.lazy")
 

@@ -21,13 +21,20 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from shared.chunking import FileEntry
-from shared.datums import Datum, DatumFile, DatumInput, datum_id, glob_matches_for_file, plan_datums
-from shared.file_entries import dir_range, from_index_entry
-from shared.file_index import FileIndex
-from shared.glob import compile_glob
-from shared.pps.models import InputCommit
-from shared.pps.spec import PfsInput, PipelineSpec, iter_inputs, transform_fingerprint
+from shared.api.pps_models import InputCommit
+from shared.pipeline.datums import (
+    Datum,
+    DatumFile,
+    DatumInput,
+    datum_id,
+    glob_matches_for_file,
+    plan_datums,
+)
+from shared.pipeline.glob import compile_glob
+from shared.pipeline.spec import PfsInput, PipelineSpec, iter_inputs, transform_fingerprint
+from shared.storage.chunking import FileEntry
+from shared.storage.file_entries import dir_range, from_index_entry
+from shared.storage.file_index import FileIndex
 
 # Current datums (id → (hash, output root)) of the given ids, from the pipeline's state.
 CurrentLookup = Callable[[list[str]], Awaitable[dict[str, tuple[str, str | None]]]]

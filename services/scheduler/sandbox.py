@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from shared.errors import FailedPrecondition, InvalidArgument
+from shared.platform.errors import FailedPrecondition, InvalidArgument
 
 log = logging.getLogger("tusk.sandbox")
 

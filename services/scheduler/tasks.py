@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast, get_args
 
-from shared.chunking import FileEntry
-from shared.errors import InvalidArgument
-from shared.pps.spec import SecretUse
+from shared.pipeline.spec import SecretUse
+from shared.platform.errors import InvalidArgument
+from shared.storage.chunking import FileEntry
 
 DatumState = Literal["SUCCESS", "FAILED", "RECOVERED"]
 DATUM_STATES: tuple[str, ...] = get_args(DatumState)

@@ -71,14 +71,20 @@ from services.scheduler.tasks import (
     result_envelope,
     worker_consumer_name,
 )
-from shared.bus import Bus, connect, results_subject, tasks_stream_name, tasks_subject
-from shared.chunking import ChunkCache
-from shared.config import Config, load_config
-from shared.errors import FailedPrecondition, InvalidArgument, NotFound, TuskError, Unavailable
-from shared.file_index import FileIndex
-from shared.objstore import ObjectStore, open_object_store
-from shared.pps.spec import DEFAULT_DATUM_TRIES
-from shared.pps_client import PpsClient
+from shared.api.pps_client import PpsClient
+from shared.pipeline.spec import DEFAULT_DATUM_TRIES
+from shared.platform.bus import Bus, connect, results_subject, tasks_stream_name, tasks_subject
+from shared.platform.config import Config, load_config
+from shared.platform.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    TuskError,
+    Unavailable,
+)
+from shared.storage.chunking import ChunkCache
+from shared.storage.file_index import FileIndex
+from shared.storage.objstore import ObjectStore, open_object_store
 
 if TYPE_CHECKING:
     from services.scheduler.lazy_fs import LazyInputs
@@ -394,7 +400,7 @@ def _sandbox() -> Sandbox | None:
 
 def _fuse_unavailable() -> str | None:
     try:
-        from shared.fuse_session import fuse_unavailable_reason
+        from shared.platform.fuse_session import fuse_unavailable_reason
     except ImportError:
         return "pyfuse3 is not installed (the 'fuse' extra)"
     return fuse_unavailable_reason()

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from shared.db import Conn
-from shared.errors import NotFound
-from shared.pfs_client import PfsClient
-from shared.pfs_models import CommitInfo
+from shared.api.pfs_client import PfsClient
+from shared.api.pfs_models import CommitInfo
+from shared.api.pps_models import InputCommit, JobInfo
+from shared.pipeline.spec import CronInput, PfsInput, PipelineSpec, iter_inputs
+from shared.platform.db import Conn
+from shared.platform.errors import NotFound
 from shared.pps import store
-from shared.pps.models import InputCommit, JobInfo
-from shared.pps.spec import CronInput, PfsInput, PipelineSpec, iter_inputs
 
 log = logging.getLogger("tusk.pps.jobs")
 

@@ -17,9 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.db import Conn, migrate
-from shared.errors import AlreadyExists, NotFound
-from shared.pps.models import (
+from shared.api.pps_models import (
     DATUM_STARTING,
     JOB_ACTIVE,
     JOB_CREATED,
@@ -30,6 +28,8 @@ from shared.pps.models import (
     LogLine,
     PipelineInfo,
 )
+from shared.platform.db import Conn, migrate
+from shared.platform.errors import AlreadyExists, NotFound
 
 
 async def migrate_pps(pool: asyncpg.Pool) -> list[int]:

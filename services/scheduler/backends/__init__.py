@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shared.pps.spec import PipelineSpec
+from shared.pipeline.spec import PipelineSpec
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any
 
 from services.scheduler.backends import WorkerSet
 from services.scheduler.backends.pod_sandbox import CTL_DIR, PFS_DIR, RUNNER_SCRIPT
-from shared.pps.spec import Resources
+from shared.pipeline.spec import Resources
 
 # Labels on every object the backend owns; the list selector finds exactly these.
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tusk-scheduler"}

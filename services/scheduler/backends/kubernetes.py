@@ -42,7 +42,7 @@ from services.scheduler.backends.k8s_objects import (
     pod_ready,
     worker_deployment,
 )
-from shared.errors import FailedPrecondition, Unavailable
+from shared.platform.errors import FailedPrecondition, Unavailable
 
 log = logging.getLogger("tusk.scheduler.kubernetes")
 

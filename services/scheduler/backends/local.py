@@ -24,7 +24,7 @@ from typing import Any
 
 from services.scheduler.backends import WorkerSet
 from services.scheduler.sandbox import bwrap_available
-from shared.errors import FailedPrecondition
+from shared.platform.errors import FailedPrecondition
 
 log = logging.getLogger("tusk.scheduler.local")
 

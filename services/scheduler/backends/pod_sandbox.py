@@ -47,7 +47,7 @@ from services.scheduler.sandbox import (
     SandboxRun,
     SandboxSettings,
 )
-from shared.errors import FailedPrecondition, InvalidArgument
+from shared.platform.errors import FailedPrecondition, InvalidArgument
 
 PFS_DIR = "/pfs"
 CTL_DIR = "/tusk"

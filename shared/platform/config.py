@@ -1,0 +1,185 @@
+"""Configuration: one typed object, read from a TOML file and ``TUSK_*`` environment variables.
+
+Precedence: environment variable > TOML file > default. The TOML file is
+``$TUSK_CONFIG`` if set, else ``$TUSK_HOME/config.toml`` (``tusk up`` writes it).
+Pointing Tusk at external PostgreSQL, NATS or S3 is only a matter of these values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.platform.errors import InvalidArgument
+
+# The response header in which a service names its cluster (``Config.cluster_id``).
+CLUSTER_HEADER = "Tusk-Cluster"
+
+
+def tusk_home() -> Path:
+    return Path(os.environ.get("TUSK_HOME", str(Path.home() / ".tusk")))
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint_url: str | None = None
+    bucket: str = "tusk"
+    prefix: str = ""
+    region: str = "us-east-1"
+    access_key: str | None = None
+    secret_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a Tusk process needs to find its peers."""
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/tusk"
+    nats_url: str = "nats://127.0.0.1:4222"
+    # Subjects are "<prefix>.pfs.<type>...", the stream "<PREFIX>_EVENTS"; tests use fresh prefixes.
+    nats_prefix: str = "tusk"
+    # "file:///abs/dir" for the local-directory store, "s3" for S3 (see ``s3``).
+    object_store: str = "file:///tmp/tusk-objects"
+    s3: S3Config = field(default_factory=S3Config)
+    pfs_url: str = "http://127.0.0.1:7651"
+    pps_url: str = "http://127.0.0.1:7652"
+    mountd_url: str = "http://127.0.0.1:7654"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0
+    # Largest single file a put accepts (bytes); protects against absurd uploads.
+    max_file_bytes: int = 1 << 40
+    scheduler_url: str = "http://127.0.0.1:7653"
+    # Where datum workers run: "local" (sandboxed subprocesses) or "kubernetes".
+    worker_backend: str = "local"
+    # Seconds a task may go without a worker's heartbeat before it is redelivered.
+    task_ack_wait: int = 30
+    # PPS's key for sealing secrets' values in the database (made on first use, mode 0600);
+    # empty means $TUSK_HOME/pps-secrets.key. PPS replicas must share one.
+    secrets_key_file: str = ""
+    # Host names a service answers to besides IP literals and ``localhost`` (DNS rebinding
+    # guard): exact names, ``.example.com`` for a domain and its subdomains, ``*`` for any.
+    allowed_hosts: tuple[str, ...] = ()
+    # Browser origins (``scheme://host[:port]``) besides a service's own that may send it
+    # state-changing requests, e.g. a console served from another address.
+    allowed_origins: tuple[str, ...] = ()
+    # Written by ``tusk up``: every service of the cluster reports it (``Tusk-Cluster``
+    # header) and clients configured with it refuse a service that reports another.
+    cluster_id: str = ""
+
+    @property
+    def stream_name(self) -> str:
+        return f"{self.nats_prefix.upper()}_EVENTS"
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+_ENV_FIELDS = {
+    "TUSK_DATABASE_URL": "database_url",
+    "TUSK_NATS_URL": "nats_url",
+    "TUSK_NATS_PREFIX": "nats_prefix",
+    "TUSK_OBJECT_STORE": "object_store",
+    "TUSK_PFS_URL": "pfs_url",
+    "TUSK_PPS_URL": "pps_url",
+    "TUSK_MOUNTD_URL": "mountd_url",
+    "TUSK_LISTEN_HOST": "listen_host",
+    "TUSK_LISTEN_PORT": "listen_port",
+    "TUSK_MAX_FILE_BYTES": "max_file_bytes",
+    "TUSK_SCHEDULER_URL": "scheduler_url",
+    "TUSK_WORKER_BACKEND": "worker_backend",
+    "TUSK_TASK_ACK_WAIT": "task_ack_wait",
+    "TUSK_SECRETS_KEY_FILE": "secrets_key_file",
+    "TUSK_ALLOWED_HOSTS": "allowed_hosts",
+    "TUSK_ALLOWED_ORIGINS": "allowed_origins",
+    "TUSK_CLUSTER_ID": "cluster_id",
+}
+_S3_ENV_FIELDS = {
+    "TUSK_S3_ENDPOINT_URL": "endpoint_url",
+    "TUSK_S3_BUCKET": "bucket",
+    "TUSK_S3_PREFIX": "prefix",
+    "TUSK_S3_REGION": "region",
+    "TUSK_S3_ACCESS_KEY": "access_key",
+    "TUSK_S3_SECRET_KEY": "secret_key",
+}
+
+
+def config_file() -> Path:
+    explicit = os.environ.get("TUSK_CONFIG")
+    return Path(explicit) if explicit else tusk_home() / "config.toml"
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    if isinstance(default, tuple):
+        # A TOML array, or a comma-separated environment variable.
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise InvalidArgument(f"config {name}: expected a list of strings, got {value!r}")
+        return tuple(i.strip() for i in items if i.strip())
+    if isinstance(default, int) and not isinstance(value, int):
+        try:
+            return int(value)
+        except ValueError:
+            raise InvalidArgument(f"config {name}: expected an integer, got {value!r}") from None
+    return value
+
+
+def load_config(path: Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read the TOML file (if present) and the environment into a ``Config``."""
+    env = os.environ if environ is None else environ
+    path = path or config_file()
+    values: dict[str, Any] = {}
+    s3_values: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidArgument(f"config file {path} is not valid TOML: {exc}") from None
+        s3_values.update(data.pop("s3", {}) or {})
+        known = {f.name for f in dataclasses.fields(Config)}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidArgument(f"config file {path}: unknown keys {sorted(unknown)}")
+        values.update(data)
+    for var, name in _ENV_FIELDS.items():
+        if var in env:
+            values[name] = env[var]
+    for var, name in _S3_ENV_FIELDS.items():
+        if var in env:
+            s3_values[name] = env[var]
+    defaults = Config()
+    coerced = {k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()}
+    return Config(**coerced, s3=S3Config(**s3_values))
+
+
+def dump_config_toml(config: Config) -> str:
+    """Render a config as TOML (str/int values, lists of str and the [s3] table)."""
+    lines = []
+    s3_lines = []
+    for f in dataclasses.fields(Config):
+        value = getattr(config, f.name)
+        if f.name == "s3":
+            for sf in dataclasses.fields(S3Config):
+                sv = getattr(value, sf.name)
+                if sv is not None:
+                    s3_lines.append(f"{sf.name} = {_toml_value(sv)}")
+            continue
+        lines.append(f"{f.name} = {_toml_value(value)}")
+    text = "\n".join(lines) + "\n"
+    if s3_lines:
+        text += "\n[s3]\n" + "\n".join(s3_lines) + "\n"
+    return text
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -1,0 +1,70 @@
+"""Directory listings over the flat path index: directories are implicit in the keys.
+
+The children of directory ``/a`` are the keys in ``["/a/", "/a0")`` ('0' is the
+character after '/'). A key ``/a/x`` is a file child; a key ``/a/d/...`` makes ``d``
+a directory child, whose size and file count come from ``FileIndex.stats`` on
+``["/a/d/", "/a/d0")`` — and the listing then seeks past that whole range instead
+of reading it, so a directory of D subdirectories costs O(D log N) node visits no
+matter how many files lie below them.
+
+Keys must be normalized paths (``shared.api.names.normalize_path``). Children come in
+key order; a directory sorts where its first descendant does (``b.txt`` < ``b/``
+because '.' < '/').
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Literal
+
+from shared.storage.file_index.node import IndexEntry
+from shared.storage.file_index.tree import FileIndex
+
+
+@dataclass(frozen=True, slots=True)
+class DirChild:
+    """One child of a listed directory: a file (with its entry) or an implicit directory."""
+
+    name: str
+    kind: Literal["file", "dir"]
+    entry: IndexEntry | None
+    size: int
+    count: int  # files below (1 for a file)
+
+
+def dir_prefix(dir_path: str) -> tuple[str, str]:
+    """The key range ``[prefix, end)`` holding everything under ``dir_path``."""
+    prefix = dir_path.rstrip("/") + "/"
+    return prefix, prefix[:-1] + "0"
+
+
+async def list_dir(
+    index: FileIndex, root: str | None, dir_path: str, *, start: str | None = None
+) -> AsyncGenerator[DirChild, None]:
+    """Yield the direct children of ``dir_path`` ("/" is the top) in tree ``root``.
+
+    ``start`` resumes a paged listing at that key (a child's key, or the end of a
+    child directory's range).
+    """
+    prefix, end = dir_prefix(dir_path)
+    cursor = max(prefix, start) if start else prefix
+    while True:
+        entries = index.scan(root, cursor, end, read_ahead=0)
+        try:
+            async for entry in entries:
+                rest = entry.key[len(prefix) :]
+                slash = rest.find("/")
+                if slash < 0:
+                    yield DirChild(rest, "file", entry, entry.size, 1)
+                    continue
+                name = rest[:slash]
+                sub_prefix, sub_end = dir_prefix(prefix + name)
+                count, size = await index.stats(root, sub_prefix, sub_end)
+                yield DirChild(name, "dir", None, size, count)
+                cursor = sub_end
+                break
+            else:
+                return
+        finally:
+            await entries.aclose()

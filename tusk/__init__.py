@@ -1,0 +1,1 @@
+"""Tusk's applications: the ``tusk`` command (``tusk.cli``) and the embedded runner (``tusk.embedded``)."""

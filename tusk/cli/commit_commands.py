@@ -1,0 +1,217 @@
+"""``start|finish|inspect|list|wait|subscribe|squash|delete commit``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import click
+
+from shared.api.pfs_client import PfsClient
+from shared.api.pfs_models import CommitInfo
+from tusk.cli.args import REPO_AT, REPO_AT_REF, Target, writable_branch
+from tusk.cli.output import (
+    echo,
+    echo_json,
+    format_fields,
+    format_table,
+    human_size,
+    output_option,
+    relative_time,
+)
+from tusk.cli.session import closing, run_pfs
+
+COMMIT_HEADERS = ("REPO", "BRANCH", "COMMIT", "FINISHED", "SIZE", "DESCRIPTION")
+
+
+def commit_row(commit: CommitInfo) -> tuple[str, ...]:
+    """One line of ``list commit``; an open commit shows its state where the time would be."""
+    finished = relative_time(commit.finished) if commit.finished else commit.state
+    return (
+        commit.repo,
+        commit.branch or "-",
+        commit.id,
+        finished,
+        human_size(commit.size_bytes),
+        commit.description,
+    )
+
+
+def commit_table(commits: Sequence[CommitInfo]) -> str:
+    """REPO BRANCH COMMIT FINISHED SIZE DESCRIPTION."""
+    return format_table(COMMIT_HEADERS, [commit_row(c) for c in commits])
+
+
+def commit_fields(commit: CommitInfo) -> str:
+    """``inspect commit``'s readable form."""
+    pairs = [
+        ("Commit", f"{commit.repo}@{commit.id}"),
+        ("Original Branch", commit.branch or "-"),
+        ("Parent", commit.parent or "-"),
+        ("State", commit.state),
+        ("Started", relative_time(commit.started)),
+        ("Finished", relative_time(commit.finished)),
+        ("Size", human_size(commit.size_bytes)),
+        ("Files", str(commit.file_count)),
+        ("Description", commit.description),
+        ("Provenance", ", ".join(str(p) for p in commit.provenance) or "-"),
+    ]
+    if commit.error:
+        pairs.append(("Error", commit.error))
+    return format_fields(pairs)
+
+
+def print_commit(commit: CommitInfo, output: str) -> None:
+    if output == "json":
+        echo_json(commit.to_json())
+    else:
+        echo(commit_fields(commit))
+
+
+@click.command("commit")
+@click.argument("target", metavar="REPO@BRANCH", type=REPO_AT)
+@click.option("-m", "--message", "description", default="", help="Describe the commit.")
+def start_commit(target: Target, description: str) -> None:
+    """Open a new commit on a branch and print its id."""
+    branch = writable_branch(target, "start commit")
+    commit = run_pfs(lambda pfs: pfs.start_commit(target.repo, branch, description=description))
+    echo(commit.id)
+
+
+@click.command("commit")
+@click.argument("target", metavar="REPO@REF", type=REPO_AT_REF)
+@click.option("-m", "--message", "description", default=None, help="Replace the description.")
+def finish_commit(target: Target, description: str | None) -> None:
+    """Finish an open commit: its files become visible and immutable."""
+    ref = target.ref_or_default
+    run_pfs(lambda pfs: pfs.finish_commit(target.repo, ref, description=description))
+
+
+@click.command("commit")
+@click.argument("target", metavar="REPO@REF", type=REPO_AT_REF)
+@output_option
+def inspect_commit(target: Target, output: str) -> None:
+    """Show one commit (REF: a branch, a commit id, or master^, master~2…)."""
+    ref = target.ref_or_default
+    print_commit(run_pfs(lambda pfs: pfs.inspect_commit(target.repo, ref)), output)
+
+
+async def collect_commits(
+    pfs: PfsClient, repo: str, branch: str | None, limit: int | None
+) -> list[CommitInfo]:
+    """Newest first across all pages, stopping at ``limit``."""
+    page = min(limit, 100) if limit else 100
+    found: list[CommitInfo] = []
+    async with closing(pfs.iter_commits(repo, branch, page=page)) as commits:
+        async for commit in commits:
+            found.append(commit)
+            if limit is not None and len(found) >= limit:
+                break
+    return found
+
+
+async def commits_made_from(
+    pfs: PfsClient, target: Target, source: Target, limit: int | None
+) -> list[CommitInfo]:
+    """``target``'s commits whose provenance includes the commit ``source`` names."""
+    found = [
+        c
+        for c in await pfs.commit_subvenance(source.repo, source.ref_or_default)
+        if c.repo == target.repo and (target.ref is None or c.branch == target.ref)
+    ]
+    return found[:limit] if limit else found
+
+
+@click.command("commit")
+@click.argument("target", metavar="REPO[@BRANCH]", type=REPO_AT)
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=None, help="Show at most N.")
+@click.option(
+    "--provenance-of",
+    "source",
+    type=REPO_AT_REF,
+    default=None,
+    metavar="REPO@COMMIT",
+    help="Only the commits made from this input commit (e.g. a pipeline's outputs of it).",
+)
+@output_option
+def list_commit(target: Target, limit: int | None, source: Target | None, output: str) -> None:
+    """List commits, newest first (all branches unless one is given)."""
+    if source is not None:
+        chosen = source
+        commits = run_pfs(lambda pfs: commits_made_from(pfs, target, chosen, limit))
+    else:
+        commits = run_pfs(lambda pfs: collect_commits(pfs, target.repo, target.ref, limit))
+    if output == "json":
+        echo_json([c.to_json() for c in commits])
+        return
+    echo(commit_table(commits))
+
+
+@click.command("commit")
+@click.argument("target", metavar="REPO@REF", type=REPO_AT_REF)
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@output_option
+def wait_commit(target: Target, timeout: float | None, output: str) -> None:
+    """Block until a commit is finished, then show it."""
+    ref = target.ref_or_default
+    commit = run_pfs(lambda pfs: pfs.wait_commit(target.repo, ref, timeout=timeout))
+    print_commit(commit, output)
+
+
+async def print_subscription(
+    pfs: PfsClient, repo: str, branch: str, all_: bool, output: str
+) -> None:
+    """Print each finished commit as it arrives: one JSON line, or one table row."""
+    widths = (max(len(repo), 4), max(len(branch), 6), 32, 18, 10)
+    if output != "json":
+        echo(_fixed_row(COMMIT_HEADERS, widths))
+    async with closing(pfs.subscribe_commits(repo, branch, all_=all_)) as commits:
+        async for commit in commits:
+            if output == "json":
+                echo_json(commit.to_json(), compact=True)
+            else:
+                echo(_fixed_row(commit_row(commit), widths))
+
+
+def _fixed_row(cells: Sequence[str], widths: Sequence[int]) -> str:
+    padded = [cell.ljust(width) for cell, width in zip(cells, widths, strict=False)]
+    return "   ".join([*padded, *cells[len(widths) :]]).rstrip()
+
+
+@click.command("commit")
+@click.argument("target", metavar="REPO@BRANCH", type=REPO_AT)
+@click.option("--all", "all_", is_flag=True, help="Start with the branch's existing commits.")
+@output_option
+def subscribe_commit(target: Target, all_: bool, output: str) -> None:
+    """Print each new finished commit on a branch until interrupted (Ctrl-C)."""
+    branch = target.ref_or_default
+    with contextlib.suppress(KeyboardInterrupt):
+        run_pfs(lambda pfs: print_subscription(pfs, target.repo, branch, all_, output))
+
+
+@click.command("commit")
+@click.argument("target", metavar="REPO@REF", type=REPO_AT_REF)
+def squash_commit(target: Target) -> None:
+    """Merge a commit's changes into its child and remove it from history."""
+    ref = target.ref_or_default
+    run_pfs(lambda pfs: pfs.squash_commit(target.repo, ref))
+
+
+@click.command("commit")
+@click.argument("target", metavar="REPO@REF", type=REPO_AT_REF)
+def delete_commit(target: Target) -> None:
+    """Delete a commit (and move branches that pointed at it back to its parent)."""
+    ref = target.ref_or_default
+    run_pfs(lambda pfs: pfs.delete_commit(target.repo, ref))
+
+
+COMMANDS: list[tuple[str, click.Command]] = [
+    ("start", start_commit),
+    ("finish", finish_commit),
+    ("inspect", inspect_commit),
+    ("list", list_commit),
+    ("wait", wait_commit),
+    ("subscribe", subscribe_commit),
+    ("squash", squash_commit),
+    ("delete", delete_commit),
+]
