@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from services.scheduler.images.credentials import Credentials, lookup, parse_docker_config
-from services.scheduler.images.layers import apply_layer
-from services.scheduler.images.manifests import (
+from shared.images.credentials import Credentials, lookup, parse_docker_config
+from shared.images.layers import apply_layer
+from shared.images.manifests import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_INDEX,
@@ -26,7 +26,7 @@ from services.scheduler.images.manifests import (
     parse_manifest,
     select_platform,
 )
-from services.scheduler.images.reference import is_loopback, parse_reference
+from shared.images.reference import is_loopback, parse_reference
 from shared.platform.errors import FailedPrecondition, InvalidArgument
 from tests.fixtures.registry import build_layer
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from services.scheduler.images.archive import load_archive
-from services.scheduler.images.manifests import OCI_INDEX, Platform
-from services.scheduler.images.pull import obtain_image
-from services.scheduler.images.store import ImageStore
+from shared.images.archive import load_archive
+from shared.images.manifests import OCI_INDEX, Platform
+from shared.images.pull import obtain_image
+from shared.images.store import ImageStore
 from shared.platform.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from tests.fixtures.registry import (
     Registry,
@@ -126,7 +126,7 @@ async def test_an_unreachable_registry_fails_within_seconds(
 async def test_a_registry_that_never_answers_times_out(
     session: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import services.scheduler.images.registry as registry
+    import shared.images.registry as registry
 
     monkeypatch.setattr(registry, "_TIMEOUT", aiohttp.ClientTimeout(connect=1, sock_read=0.5))
     accepted: list[asyncio.StreamWriter] = []

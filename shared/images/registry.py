@@ -18,9 +18,9 @@ from typing import Any
 
 import aiohttp
 
-from services.scheduler.images.credentials import Credentials
-from services.scheduler.images.manifests import ACCEPTED
-from services.scheduler.images.reference import ImageReference, is_loopback
+from shared.images.credentials import Credentials
+from shared.images.manifests import ACCEPTED
+from shared.images.reference import ImageReference, is_loopback
 from shared.platform.errors import (
     FailedPrecondition,
     InvalidArgument,

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from services.scheduler.images.layers import _writable_tree, apply_layer
-from services.scheduler.images.manifests import (
+from shared.images.layers import _writable_tree, apply_layer
+from shared.images.manifests import (
     ImageConfig,
     Manifest,
     check_digest,

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from services.scheduler.images.credentials import Credentials, lookup
-from services.scheduler.images.manifests import (
+from shared.images.credentials import Credentials, lookup
+from shared.images.manifests import (
     Index,
     Manifest,
     Platform,
@@ -21,9 +21,9 @@ from services.scheduler.images.manifests import (
     select_platform,
     this_platform,
 )
-from services.scheduler.images.reference import DEFAULT_TAG, ImageReference, parse_reference
-from services.scheduler.images.registry import RegistryClient, verify
-from services.scheduler.images.store import Image, ImageStore
+from shared.images.reference import DEFAULT_TAG, ImageReference, parse_reference
+from shared.images.registry import RegistryClient, verify
+from shared.images.store import Image, ImageStore
 from shared.platform.errors import FailedPrecondition, InvalidArgument, TuskError, Unavailable
 
 log = logging.getLogger("tusk.images")

@@ -19,9 +19,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-from services.scheduler.images.layers import resolve_in_root
-from services.scheduler.images.store import Image
-from services.scheduler.images.users import home_of, resolve_user
 from services.scheduler.sandbox import (
     DEFAULT_PATH,
     DEFAULT_SETTINGS,
@@ -29,6 +26,9 @@ from services.scheduler.sandbox import (
     Sandbox,
     SandboxSettings,
 )
+from shared.images.layers import resolve_in_root
+from shared.images.store import Image
+from shared.images.users import home_of, resolve_user
 from shared.platform.errors import FailedPrecondition
 
 

@@ -16,7 +16,7 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from services.scheduler.images.manifests import (
+from shared.images.manifests import (
     DOCKER_MANIFEST,
     Index,
     Manifest,
@@ -24,8 +24,8 @@ from services.scheduler.images.manifests import (
     select_platform,
     this_platform,
 )
-from services.scheduler.images.reference import parse_reference
-from services.scheduler.images.store import Image, ImageStore
+from shared.images.reference import parse_reference
+from shared.images.store import Image, ImageStore
 from shared.platform.errors import InvalidArgument, NotFound
 
 _LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import aiohttp
 
-from services.scheduler.images.credentials import Credentials, parse_docker_config
-from services.scheduler.images.pull import obtain_image
-from services.scheduler.images.store import ImageStore
+from shared.images.credentials import Credentials, parse_docker_config
+from shared.images.pull import obtain_image
+from shared.images.store import ImageStore
 from shared.platform.errors import TuskError
 
 log = logging.getLogger("tusk.images")

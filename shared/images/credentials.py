@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.scheduler.images.reference import DOCKER_HUB, DOCKER_HUB_API
+from shared.images.reference import DOCKER_HUB, DOCKER_HUB_API
 from shared.platform.errors import InvalidArgument
 
 # The keys a Kubernetes pull secret keeps its config under.
