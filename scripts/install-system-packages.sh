@@ -8,6 +8,11 @@ command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 [ -e /usr/include/fuse3/fuse.h ] || need+=(libfuse3-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+# Images for local workers (docs/images.md): a real registry and a one-file userland for
+# the tests' images; skopeo is the peer of the image benchmark.
+command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ! ldd /bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
+command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "note: not root, cannot install ${need[*]}; tests needing them will skip" >&2; exit 0

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.pfs",
     "tests.fixtures.cluster",
+    "tests.fixtures.registry",
 ]

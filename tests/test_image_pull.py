@@ -28,7 +28,6 @@ from tests.fixtures.registry import (
     digest_of,
     push_image,
     push_manifest,
-    registry_server,  # noqa: F401  (the fixture)
 )
 from tests.fixtures.servers import free_port
 

@@ -39,6 +39,7 @@ async def scheduler_status(request: web.Request) -> web.Response:
 def make_backend(config: Config) -> WorkerBackend:
     """The worker backend the config names."""
     if config.worker_backend == "local":
+        from services.scheduler.backends.image_provider import image_settings
         from services.scheduler.backends.local import LocalBackend
 
         config_path = os.environ.get("TUSK_CONFIG")
@@ -46,6 +47,7 @@ def make_backend(config: Config) -> WorkerBackend:
             Path(config_path) if config_path else None,
             tusk_home() / "logs",
             env={k: v for k, v in os.environ.items() if k.startswith("TUSK_")},
+            images=image_settings(config),
         )
     if config.worker_backend == "kubernetes":
         from services.scheduler.backends.kubernetes import KubernetesBackend

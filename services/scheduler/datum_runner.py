@@ -215,7 +215,7 @@ async def _collect(
 def _settings(
     task: DatumTask, sandbox: Sandbox, secrets: SecretValues, directory: Path
 ) -> SandboxSettings:
-    working_dir = task.working_dir or DEFAULT_WORKING_DIR
+    working_dir = task.working_dir or sandbox.default_working_dir
     if not working_dir.startswith("/"):
         raise InvalidArgument(f"working_dir {working_dir!r} must be an absolute path")
     return SandboxSettings(

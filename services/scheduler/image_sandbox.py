@@ -41,10 +41,7 @@ class ImageSandbox(Sandbox):
         self._passwd = _read(image.root, "passwd")
         self._group = _read(image.root, "group")
         self.path = image.config.environment().get("PATH", DEFAULT_PATH)
-
-    @property
-    def default_working_dir(self) -> str:
-        return self.image.config.working_dir or "/"
+        self.default_working_dir = image.config.working_dir or "/"
 
     def identity(self, user: str | None) -> tuple[int, int] | None:
         return resolve_user(user or self.image.config.user, self._passwd, self._group)

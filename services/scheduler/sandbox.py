@@ -133,6 +133,10 @@ class Sandbox:
     ``python_dirs()``); ``log_limit`` caps the logs kept per run.
     """
 
+    # Where a command runs when transform.working_dir is not set (an image's sandbox
+    # says its own).
+    default_working_dir = "/pfs"
+
     def __init__(
         self,
         *,

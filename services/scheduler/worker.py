@@ -58,6 +58,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from services.scheduler.backends.image_provider import IMAGE_CACHE_ENV, WORKER_IMAGE_ENV
 from services.scheduler.backends.pod_sandbox import PodSandbox
 from services.scheduler.datum_runner import run_datum
 from services.scheduler.datum_secrets import SecretSource, fetch_secrets
@@ -392,9 +393,17 @@ def _died(times: int) -> DatumResult:
 
 def _sandbox() -> Sandbox | None:
     """``TUSK_DATUM_SANDBOX=pod`` (set in Kubernetes worker pods): datums run in the pod's
-    user container (``backends/pod_sandbox.py``); otherwise in bubblewrap here."""
+    user container (``backends/pod_sandbox.py``); otherwise in bubblewrap here, in the
+    cached image ``TUSK_WORKER_IMAGE`` names when the local backend set it."""
     if os.environ.get("TUSK_DATUM_SANDBOX") == "pod":
         return PodSandbox()
+    digest = os.environ.get(WORKER_IMAGE_ENV)
+    if digest:
+        # The local backend pulled the image before starting this worker (docs/images.md).
+        from services.scheduler.image_sandbox import ImageSandbox
+        from shared.images.store import ImageStore
+
+        return ImageSandbox(ImageStore(Path(os.environ[IMAGE_CACHE_ENV])).image(digest))
     return None
 
 

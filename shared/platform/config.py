@@ -48,6 +48,10 @@ class Config:
     pfs_url: str = "http://127.0.0.1:7651"
     pps_url: str = "http://127.0.0.1:7652"
     mountd_url: str = "http://127.0.0.1:7654"
+    # The S3 gateway (docs/s3.md), and the domains under which it also takes
+    # virtual-hosted-style requests (Host: BUCKET.<domain>); "localhost" always counts.
+    s3gateway_url: str = "http://127.0.0.1:7655"
+    s3gateway_domains: tuple[str, ...] = ()
     listen_host: str = "127.0.0.1"
     listen_port: int = 0
     # Largest single file a put accepts (bytes); protects against absurd uploads.
@@ -69,6 +73,14 @@ class Config:
     # Written by ``tusk up``: every service of the cluster reports it (``Tusk-Cluster``
     # header) and clients configured with it refuse a service that reports another.
     cluster_id: str = ""
+    # Local workers and ``transform.image`` (docs/images.md): "pull" runs each datum in its
+    # pipeline's image, pulled from its registry; "host" runs it on this machine's /usr.
+    local_images: str = "pull"
+    # The image cache (empty: $TUSK_HOME/images) and its size bound in bytes (LRU eviction).
+    image_cache_dir: str = ""
+    image_cache_bytes: int = 20 << 30
+    # Registry logins in Docker's config.json format (empty: ~/.docker/config.json).
+    registry_auth_file: str = ""
 
     @property
     def stream_name(self) -> str:
@@ -86,6 +98,8 @@ _ENV_FIELDS = {
     "TUSK_PFS_URL": "pfs_url",
     "TUSK_PPS_URL": "pps_url",
     "TUSK_MOUNTD_URL": "mountd_url",
+    "TUSK_S3GATEWAY_URL": "s3gateway_url",
+    "TUSK_S3GATEWAY_DOMAINS": "s3gateway_domains",
     "TUSK_LISTEN_HOST": "listen_host",
     "TUSK_LISTEN_PORT": "listen_port",
     "TUSK_MAX_FILE_BYTES": "max_file_bytes",
@@ -96,6 +110,10 @@ _ENV_FIELDS = {
     "TUSK_ALLOWED_HOSTS": "allowed_hosts",
     "TUSK_ALLOWED_ORIGINS": "allowed_origins",
     "TUSK_CLUSTER_ID": "cluster_id",
+    "TUSK_LOCAL_IMAGES": "local_images",
+    "TUSK_IMAGE_CACHE_DIR": "image_cache_dir",
+    "TUSK_IMAGE_CACHE_BYTES": "image_cache_bytes",
+    "TUSK_REGISTRY_AUTH_FILE": "registry_auth_file",
 }
 _S3_ENV_FIELDS = {
     "TUSK_S3_ENDPOINT_URL": "endpoint_url",

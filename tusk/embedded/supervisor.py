@@ -76,7 +76,10 @@ STABLE_AFTER = 60.0
 MAX_FAILED_STARTS = 3
 STOP_TIMEOUT = 15.0
 # Settings a user may put in $TUSK_HOME/config.toml that ``tusk up`` keeps when rewriting it.
-KEPT_SETTINGS = ("allowed_hosts", "allowed_origins")
+KEPT_SETTINGS = (
+    "allowed_hosts", "allowed_origins",
+    "local_images", "image_cache_dir", "image_cache_bytes", "registry_auth_file",
+)  # fmt: skip
 # How often a running component's readiness is probed, and how many probes in a row must
 # fail (a slow answer on a busy machine is not an outage) before it shows as ``unready``.
 PROBE_INTERVAL = 1.0

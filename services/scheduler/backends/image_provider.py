@@ -18,13 +18,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 
 from shared.images.credentials import Credentials, parse_docker_config
 from shared.images.pull import obtain_image
 from shared.images.store import ImageStore
-from shared.platform.errors import TuskError
+from shared.platform.config import Config, tusk_home
+from shared.platform.errors import InvalidArgument, TuskError
 
 log = logging.getLogger("tusk.images")
 
@@ -32,6 +34,9 @@ PULL_RETRY_FIRST = 10.0
 PULL_RETRY_MAX = 300.0
 HOST = "host"
 PULL = "pull"
+# What the local backend tells a worker: the manifest digest to run in, and the cache.
+WORKER_IMAGE_ENV = "TUSK_WORKER_IMAGE"
+IMAGE_CACHE_ENV = "TUSK_WORKER_IMAGE_CACHE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +75,9 @@ class ImageProvider:
             self._store = ImageStore(self.settings.cache_dir, self.settings.cache_bytes)
         return self._store
 
-    def image_for(self, pipeline: str, version: int, image: str | None) -> str | bool | None:
+    def image_for(
+        self, pipeline: str, version: int, image: str | None
+    ) -> str | None | Literal[False]:
         """The manifest digest to run ``pipeline`` version ``version`` with; ``None`` when
         it runs on the host (no image, or ``local_images = "host"``); ``False`` while the
         image is being pulled or after it failed (``problem`` says why)."""
@@ -168,6 +175,19 @@ class ImageProvider:
         if path is None or not path.is_file():
             return {}
         return parse_docker_config(path.read_bytes(), str(path))
+
+
+def image_settings(config: Config) -> ImageSettings:
+    """The image settings of ``config`` (refused with the reason if ``local_images`` is
+    neither ``pull`` nor ``host``)."""
+    if config.local_images not in (PULL, HOST):
+        raise InvalidArgument(
+            f"config local_images {config.local_images!r}: use 'pull' (run datums in the "
+            "pipeline's image) or 'host' (this machine's /usr)"
+        )
+    cache = Path(config.image_cache_dir) if config.image_cache_dir else tusk_home() / "images"
+    auth = Path(config.registry_auth_file) if config.registry_auth_file else default_auth_file()
+    return ImageSettings(config.local_images, cache, config.image_cache_bytes or None, auth)
 
 
 def default_auth_file() -> Path:

@@ -2,7 +2,10 @@
 
 Each worker is ``python -m services.scheduler.worker <pipeline>``; a worker that
 exits is started again at the next reconcile, and its unacked datum is
-redelivered by JetStream to a live one. Workers end with the scheduler that started
+redelivered by JetStream to a live one. A pipeline with ``transform.image`` gets its
+workers once its image is pulled into the cache (``image_provider``), and they run their
+datums in it; a pull that fails is the pipeline's problem (``status``), one line naming
+the image and the registry's reason. Workers end with the scheduler that started
 them, even one killed by SIGKILL (the kernel sends them SIGTERM): a restarted
 scheduler starts its own, and none is left running with no owner. Without
 bubblewrap the backend refuses to start, with the reason in one line.
@@ -23,6 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from services.scheduler.backends import WorkerSet
+from services.scheduler.backends.image_provider import (
+    HOST,
+    IMAGE_CACHE_ENV,
+    WORKER_IMAGE_ENV,
+    ImageProvider,
+    ImageSettings,
+)
 from services.scheduler.sandbox import bwrap_available
 from shared.platform.errors import FailedPrecondition
 
@@ -49,7 +59,12 @@ class _Pipeline:
 
 class LocalBackend:
     def __init__(
-        self, config_path: Path | None, log_dir: Path, *, env: Mapping[str, str] | None = None
+        self,
+        config_path: Path | None,
+        log_dir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        images: ImageSettings | None = None,
     ) -> None:
         reason = bwrap_available()
         if reason is not None:
@@ -58,6 +73,8 @@ class LocalBackend:
         self._log_dir = log_dir
         self._env = dict(env or {})
         self._pipelines: dict[str, _Pipeline] = {}
+        # Without settings, images are not used (datums run on the host's /usr).
+        self._images = ImageProvider(images or ImageSettings(HOST, log_dir / "images"))
         log_dir.mkdir(parents=True, exist_ok=True)
 
     async def reconcile(self, desired: Mapping[str, WorkerSet]) -> None:
@@ -65,8 +82,17 @@ class LocalBackend:
             wanted = desired.get(name)
             if wanted is None or wanted.version != self._pipelines[name].version:
                 await self._stop(name)
+        self._images.forget((name, wanted.version) for name, wanted in desired.items())
         for name, wanted in desired.items():
             state = self._pipelines.setdefault(name, _Pipeline(wanted.version))
+            image = wanted.spec.transform.image
+            note = self._images.host_note(name, wanted.version, image)
+            if note is not None:
+                log.info("%s", note)
+                self._note(name, note)
+            digest = self._images.image_for(name, wanted.version, image)
+            if digest is False:
+                continue  # pulling, or the pull failed (status() says why)
             alive = []
             for proc in state.processes:
                 if proc.returncode is None:
@@ -83,12 +109,21 @@ class LocalBackend:
             while len(state.processes) > wanted.spec.parallelism:
                 await _terminate(state.processes.pop())
             while len(state.processes) < wanted.spec.parallelism:
-                state.processes.append(await self._spawn(name))
+                state.processes.append(await self._spawn(name, digest))
 
-    async def _spawn(self, pipeline: str) -> asyncio.subprocess.Process:
+    def _note(self, pipeline: str, line: str) -> None:
+        """A line in the pipeline's worker log, where its workers' own lines go."""
+        with open(self._log_dir / f"worker-{pipeline}.log", "a") as out:
+            out.write(f"[tusk] {line}\n")
+
+    async def _spawn(self, pipeline: str, image: str | None) -> asyncio.subprocess.Process:
         env = dict(os.environ, **self._env)
         if self._config_path is not None:
             env["TUSK_CONFIG"] = str(self._config_path)
+        env.pop(WORKER_IMAGE_ENV, None)
+        if image is not None:
+            env[WORKER_IMAGE_ENV] = image
+            env[IMAGE_CACHE_ENV] = str(self._images.store.directory)
         out = open(self._log_dir / f"worker-{pipeline}.log", "ab")  # noqa: ASYNC230, SIM115  (a log file, handed to the child)
         try:
             scheduler = os.getpid()
@@ -108,16 +143,23 @@ class LocalBackend:
     async def close(self) -> None:
         for name in list(self._pipelines):
             await self._stop(name)
+        await self._images.close()
 
     def status(self) -> list[dict[str, Any]]:
-        return [
-            {
+        entries = []
+        for name, state in sorted(self._pipelines.items()):
+            entry: dict[str, Any] = {
                 "pipeline": name,
                 "workers": [p.pid for p in state.processes if p.returncode is None],
                 "restarts": state.restarts,
             }
-            for name, state in sorted(self._pipelines.items())
-        ]
+            problem = self._images.problem(name, state.version)
+            if problem is not None:
+                # No worker can run without the image: the jobs fail now (the engine).
+                entry["problems"] = [{"reason": "ImagePullFailed", "line": problem,
+                                      "fails_jobs": True}]  # fmt: skip
+            entries.append(entry)
+        return entries
 
     def worker_pids(self, pipeline: str) -> list[int]:
         state = self._pipelines.get(pipeline)
