@@ -549,6 +549,38 @@ async def list_files(request: web.Request) -> web.Response:
     return web.json_response({"files": [f.to_json() for f in files], "next": cursor})
 
 
+@routes.get("/v1/repos/{repo}/commits/{ref}/paths")
+@endpoint(
+    query=[
+        Query("prefix", FILE_PATH, "a string prefix of paths, starting with '/'", required=True),
+        Query("after", FILE_PATH, "list paths after this one (exclusive)"),
+        Query("delimiter", STRING, "roll paths up at the first delimiter past the prefix"),
+        Query("limit", integer(1, 10000)),
+    ]
+)
+async def list_paths(request: web.Request) -> web.Response:
+    """Paths starting with a string prefix, one page, rolled up at a delimiter (S3's listing).
+
+    The page's last item (a path or a prefix) is the next page's ``after`` when ``truncated``.
+    """
+    info, files, prefixes, truncated = await _svc(request).list_paths(
+        request.match_info["repo"],
+        request.match_info["ref"],
+        request.query.get("prefix", "/"),
+        after=request.query.get("after") or None,
+        delimiter=request.query.get("delimiter") or None,
+        limit=query_int(request, "limit", 1000, low=1, high=10000),
+    )
+    return web.json_response(
+        {
+            "commit": info.to_json(),
+            "files": [f.to_json() for f in files],
+            "prefixes": prefixes,
+            "truncated": truncated,
+        }
+    )
+
+
 @routes.get("/v1/repos/{repo}/commits/{ref}/glob")
 @endpoint(query=[Query("pattern", STRING, "a Pachyderm glob", required=True)])
 async def glob_files(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ from shared.pipeline.glob import Glob, compile_glob
 from shared.platform.errors import InvalidArgument, NotFound
 from shared.storage.chunking import FileEntry
 from shared.storage.file_entries import dir_range, from_index_entry, to_index_entry
-from shared.storage.file_index import FileIndex, IndexEntry, list_dir
+from shared.storage.file_index import FileIndex, IndexEntry, list_dir, scan_prefix
 
 Change = tuple[str, FileEntry | None]
 
@@ -122,6 +122,36 @@ class CommittedFiles:
         if not out and path != "/" and after is None:
             raise NotFound(f"file or directory {path} not found")
         return out, cursor
+
+    async def paths_page(
+        self,
+        root: str | None,
+        prefix: str,
+        commit: str | None,
+        *,
+        after: str | None,
+        delimiter: str | None,
+        limit: int,
+    ) -> tuple[list[FileInfo], list[str], bool]:
+        """Up to ``limit`` files and rolled-up prefixes whose paths start with the string
+        ``prefix`` (not only a directory), after ``after``: S3's listing, O(page · log N).
+        The last item (file path or prefix) of a truncated page is the next page's ``after``."""
+        files: list[FileInfo] = []
+        prefixes: list[str] = []
+        truncated = False
+        items = scan_prefix(self.index, root, prefix, after=after, delimiter=delimiter)
+        try:
+            async for item in items:
+                if len(files) + len(prefixes) == limit:
+                    truncated = True
+                    break
+                if isinstance(item, str):
+                    prefixes.append(item)
+                else:
+                    files.append(file_info(item.key, from_index_entry(item), commit))
+        finally:
+            await items.aclose()
+        return files, prefixes, truncated
 
     async def glob(self, root: str | None, pattern: str, commit: str | None) -> list[FileInfo]:
         """Files and directories matching a Pachyderm glob, in path order."""

@@ -822,6 +822,25 @@ class PfsService:
         except NotFound:
             raise NotFound(f"file or directory {path} not found in {repo}@{ref}") from None
 
+    async def list_paths(
+        self,
+        repo: str,
+        ref: str,
+        prefix: str,
+        *,
+        after: str | None,
+        delimiter: str | None,
+        limit: int,
+    ) -> tuple[CommitInfo, list[FileInfo], list[str], bool]:
+        """A page of paths by string prefix (the S3 gateway's listing), and the commit read."""
+        if not prefix.startswith("/"):
+            raise InvalidArgument(f"prefix {prefix!r} must start with '/'")
+        row = await self._readable(repo, ref)
+        files, prefixes, truncated = await self.files.paths_page(
+            row.root, prefix, row.id, after=after, delimiter=delimiter, limit=limit
+        )
+        return row.info, files, prefixes, truncated
+
     async def glob_files(self, repo: str, ref: str, pattern: str) -> list[FileInfo]:
         row = await self._readable(repo, ref)
         return await self.files.glob(row.root, pattern, row.id)

@@ -443,6 +443,30 @@ class PfsClient(ServiceClient):
             if cursor is None:
                 return
 
+    async def list_paths(
+        self,
+        repo: str,
+        ref: str,
+        prefix: str = "/",
+        *,
+        after: str | None = None,
+        delimiter: str | None = None,
+        limit: int = 1000,
+    ) -> tuple[CommitInfo, list[FileInfo], list[str], bool]:
+        """One page of paths starting with the string ``prefix`` (S3's listing): (the commit
+        read, files, rolled-up prefixes, truncated). Resume after the page's last item."""
+        body = await self.request(
+            "GET",
+            f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/paths",
+            params={"prefix": prefix, "after": after, "delimiter": delimiter, "limit": limit},
+        )
+        return (
+            CommitInfo.from_json(body["commit"]),
+            [FileInfo.from_json(f) for f in body["files"]],
+            list(body["prefixes"]),
+            bool(body["truncated"]),
+        )
+
     async def glob_files(self, repo: str, ref: str, pattern: str) -> list[FileInfo]:
         body = await self.request(
             "GET", f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/glob", params={"pattern": pattern}

@@ -638,6 +638,41 @@ async def concat_entries(
     return FileEntry(a.size + b.size, hasher.hexdigest(), _join_refs(a.chunks, b.chunks))
 
 
+def slice_refs(entry: FileEntry, start: int, end: int) -> tuple[ChunkRef, ...]:
+    """The chunk ranges holding bytes ``[start, end)`` of a file: a part of it by reference."""
+    return tuple(
+        ChunkRef(piece.chunk, piece.start, piece.end - piece.start)
+        for piece in _pieces(entry, start, end)
+    )
+
+
+async def join_entries(
+    store: ObjectStore, parts: Iterable[FileEntry], cache: ChunkCache | None = None
+) -> FileEntry:
+    """The parts one after another (a multipart upload completed): their chunk ranges
+    joined, no chunk written; every part is read once to hash the whole, since a BLAKE3
+    cannot be derived from the parts' hashes."""
+    hasher = blake3.blake3()
+    refs: list[ChunkRef] = []
+    size = 0
+    for part in parts:
+        async for piece in read_range(store, part, cache=cache):
+            if len(piece) >= _THREAD_HASH_MIN:
+                await asyncio.to_thread(hasher.update, piece)
+            else:
+                hasher.update(piece)
+        for ref in part.chunks:
+            last = refs[-1] if refs else None
+            if last and last.chunk == ref.chunk and last.offset + last.length == ref.offset:
+                refs[-1] = ChunkRef(last.chunk, last.offset, last.length + ref.length)
+            else:
+                refs.append(ref)
+        size += part.size
+    if size == 0:
+        return EMPTY_FILE
+    return FileEntry(size, hasher.hexdigest(), tuple(refs))
+
+
 __all__ = [
     "AVG_CHUNK_SIZE",
     "EMPTY_FILE",
@@ -652,8 +687,10 @@ __all__ = [
     "chunk_key",
     "concat_entries",
     "hash_bytes",
+    "join_entries",
     "load_chunk",
     "read_all",
     "read_range",
+    "slice_refs",
     "write_files",
 ]

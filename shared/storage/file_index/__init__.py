@@ -33,13 +33,29 @@ chosen by content (a "prolly tree", as in Dolt; lakeFS' ranges are the same idea
   a scan reads ahead the next leaves of its range; every fetched node is checked
   against its hash.
 - **Listing** (``listing``): directories are implicit; ``list_dir`` seeks past each
-  subdirectory and sizes it with ``stats``.
+  subdirectory and sizes it with ``stats``; ``scan_prefix`` lists keys by string prefix
+  and delimiter (S3's listing) and seeks past each rolled-up range.
 
 Keys are sorted by Python ``str`` order, which equals UTF-8 byte order.
 """
 
-from shared.storage.file_index.listing import DirChild, dir_prefix, list_dir
+from shared.storage.file_index.listing import (
+    DirChild,
+    dir_prefix,
+    key_successor,
+    list_dir,
+    scan_prefix,
+)
 from shared.storage.file_index.node import IndexEntry
 from shared.storage.file_index.tree import Change, FileIndex
 
-__all__ = ["Change", "DirChild", "FileIndex", "IndexEntry", "dir_prefix", "list_dir"]
+__all__ = [
+    "Change",
+    "DirChild",
+    "FileIndex",
+    "IndexEntry",
+    "dir_prefix",
+    "key_successor",
+    "list_dir",
+    "scan_prefix",
+]

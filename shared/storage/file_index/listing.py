@@ -68,3 +68,62 @@ async def list_dir(
                 return
         finally:
             await entries.aclose()
+
+
+def key_successor(prefix: str) -> str | None:
+    """The least key greater than every key that starts with ``prefix`` (None: no bound)."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            return prefix[:-1] + chr(last + 1)
+        prefix = prefix[:-1]
+    return None
+
+
+async def scan_prefix(
+    index: FileIndex,
+    root: str | None,
+    prefix: str,
+    *,
+    after: str | None = None,
+    delimiter: str | None = None,
+) -> AsyncGenerator[IndexEntry | str, None]:
+    """Yield the keys starting with ``prefix`` after ``after``, in key order, as S3 lists
+    them: with a ``delimiter``, every key whose rest (past the prefix) holds it is rolled
+    up into one common prefix (a ``str``, ending with the delimiter), and the scan seeks
+    past that whole range — a page costs O(page · log N) node visits wherever it starts.
+
+    ``after`` is exclusive; inside a rolled-up range it resumes past the whole range (that
+    common prefix was already yielded).
+    """
+    end = key_successor(prefix)
+    cursor = prefix
+    if after is not None and after >= prefix:
+        cursor = after + "\x00"  # the least key after ``after``
+        rest = after[len(prefix) :] if after.startswith(prefix) else ""
+        cut = rest.find(delimiter) if delimiter else -1
+        if delimiter and cut >= 0:
+            skip = key_successor(prefix + rest[: cut + len(delimiter)])
+            if skip is None:
+                return
+            cursor = skip
+    while end is None or cursor < end:
+        entries = index.scan(root, cursor, end, read_ahead=0)
+        try:
+            async for entry in entries:
+                rest = entry.key[len(prefix) :]
+                cut = rest.find(delimiter) if delimiter else -1
+                if not delimiter or cut < 0:
+                    yield entry
+                    continue
+                common = prefix + rest[: cut + len(delimiter)]
+                yield common
+                skip = key_successor(common)
+                if skip is None:
+                    return
+                cursor = skip
+                break
+            else:
+                return
+        finally:
+            await entries.aclose()
