@@ -8,15 +8,26 @@ triggers a job like any other input commit.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import UTC, datetime
 
+import asyncpg
+
+from services.scheduler.specs import SpecCache
 from shared.api.pfs_client import PfsClient
+from shared.api.pps_models import PIPELINE_ACTIVE
 from shared.pipeline.durations import parse_cron_spec
-from shared.pipeline.spec import CronInput
-from shared.platform.errors import NotFound
+from shared.pipeline.spec import CronInput, iter_inputs
+from shared.platform.db import acquire
+from shared.platform.errors import NotFound, TuskError
+from shared.pps import store
 from shared.storage.chunking import EMPTY_FILE, FileEntry
 
+log = logging.getLogger("tusk.scheduler")
+
 MAX_CATCH_UP = 100_000
+CRON_INTERVAL_S = 1.0
 
 
 def tick_name(when: datetime) -> str:
@@ -60,3 +71,33 @@ async def tick_if_due(pfs: PfsClient, cron: CronInput, since: datetime, now: dat
     changes.append((tick_name(due), EMPTY_FILE))
     await pfs.put_entries(cron.repo, cron.branch, changes)
     return True
+
+
+class CronTicker:
+    """Every second, commits the due ticks of the active pipelines' cron inputs."""
+
+    def __init__(self, pool: asyncpg.Pool, pfs: PfsClient, specs: SpecCache) -> None:
+        self.pool = pool
+        self.pfs = pfs
+        self.specs = specs
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(CRON_INTERVAL_S)
+            try:
+                await self.tick()
+            except TuskError as exc:
+                log.warning("cron ticks: %s", exc.message)
+
+    async def tick(self) -> None:
+        async with acquire(self.pool) as conn:
+            pipelines = await store.list_pipelines(conn)
+        now = datetime.now(UTC)
+        for pipeline in pipelines:
+            if pipeline.state not in PIPELINE_ACTIVE:
+                continue
+            spec = self.specs.parse(pipeline.name, pipeline.version, pipeline.spec)
+            created = datetime.fromisoformat(pipeline.created)
+            for leaf in iter_inputs(spec.input):
+                if isinstance(leaf, CronInput):
+                    await tick_if_due(self.pfs, leaf, created, now)

@@ -23,10 +23,11 @@ import logging
 
 import asyncpg
 
+from services.scheduler.specs import SpecCache
 from shared.api.events import BranchMoved, CommitFinished, Event
 from shared.api.pfs_client import PfsClient
 from shared.api.pps_models import PIPELINE_ACTIVE, PipelineInfo
-from shared.pipeline.spec import PipelineSpec, parse_pipeline_spec
+from shared.pipeline.spec import PipelineSpec
 from shared.platform.db import acquire
 from shared.platform.errors import NotFound
 from shared.pps import store
@@ -38,9 +39,10 @@ log = logging.getLogger("tusk.scheduler")
 class JobStarter:
     """Turns input events into JOB_CREATED jobs (the engine drives them from there)."""
 
-    def __init__(self, pool: asyncpg.Pool, pfs: PfsClient) -> None:
+    def __init__(self, pool: asyncpg.Pool, pfs: PfsClient, specs: SpecCache) -> None:
         self.pool = pool
         self.pfs = pfs
+        self.specs = specs
 
     async def on_events(self, batch: list[bytes]) -> bool:
         """Handle a batch of ``commit.finished``/``branch.moved`` events; True if a job was made."""
@@ -90,7 +92,7 @@ class JobStarter:
         for pipeline in pipelines:
             if pipeline.state not in PIPELINE_ACTIVE:
                 continue
-            spec = parse_pipeline_spec(pipeline.spec)
+            spec = self.specs.parse(pipeline.name, pipeline.version, pipeline.spec)
             if (repo, branch) in triggering_branches(spec):
                 readers.append((pipeline, spec))
         return readers

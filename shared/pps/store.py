@@ -129,6 +129,14 @@ async def pipeline_versions(conn: Conn, name: str) -> list[tuple[int, dict[str, 
     return [(r["version"], _json(r["spec"]), _t(r["created"]) or "") for r in rows]
 
 
+async def pipeline_spec_version(conn: Conn, name: str, version: int) -> dict[str, Any] | None:
+    """The spec of one version of a pipeline (None if that version is gone)."""
+    spec = await conn.fetchval(
+        "SELECT spec FROM pps_pipeline_versions WHERE name = $1 AND version = $2", name, version
+    )
+    return None if spec is None else dict(_json(spec))
+
+
 async def set_pipeline_state(conn: Conn, name: str, state: str, reason: str | None = None) -> None:
     done = await conn.execute(
         "UPDATE pps_pipelines SET state = $2, reason = $3, updated = now() WHERE name = $1",
@@ -290,6 +298,16 @@ async def update_job(conn: Conn, job_id: str, **values: Any) -> None:
     )
 
 
+async def set_running_jobs_reason(conn: Conn, pipeline: str, reason: str) -> None:
+    """Show a worker problem on the pipeline's starting or running job."""
+    await conn.execute(
+        "UPDATE pps_jobs SET reason = $2 WHERE pipeline = $1 AND state = ANY($3::text[])",
+        pipeline,
+        reason,
+        ["JOB_STARTING", "JOB_RUNNING"],
+    )
+
+
 async def job_removed_datums(conn: Conn, job_id: str) -> list[str]:
     return list(
         _json(await conn.fetchval("SELECT removed_datums FROM pps_jobs WHERE id = $1", job_id))
@@ -370,6 +388,27 @@ async def record_datum_result(
         job_id,
     )
     return True
+
+
+async def starting_datum_ids(conn: Conn, job_id: str) -> set[str]:
+    """The job's datums still waiting for their result."""
+    rows = await conn.fetch(
+        "SELECT datum_id FROM pps_job_datums WHERE job_id = $1 AND state = $2",
+        job_id,
+        DATUM_STARTING,
+    )
+    return {r["datum_id"] for r in rows}
+
+
+async def fail_starting_datums(conn: Conn, job_id: str, reason: str) -> None:
+    """Mark the job's datums still running as failed, so their late results change nothing."""
+    await conn.execute(
+        "UPDATE pps_job_datums SET state = 'FAILED', error = $2, finished = now() "
+        "WHERE job_id = $1 AND state = $3",
+        job_id,
+        reason,
+        DATUM_STARTING,
+    )
 
 
 def _datum(rec: asyncpg.Record) -> DatumInfo:
