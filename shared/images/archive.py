@@ -43,8 +43,10 @@ def load_archive(store: ImageStore, path: Path) -> list[Image]:
                 return _load_oci(store, archive, names)
             if "manifest.json" in names:
                 return _load_docker(store, archive, names)
-    except (tarfile.TarError, OSError) as exc:
-        raise InvalidArgument(f"{path}: not a readable tar archive: {exc}") from None
+    except tarfile.TarError:
+        raise InvalidArgument(f"{path}: not a tar archive") from None
+    except OSError as exc:
+        raise InvalidArgument(f"{path}: cannot read it: {exc.strerror or exc}") from None
     raise InvalidArgument(f"{path}: neither a docker save archive nor an OCI image layout")
 
 

@@ -22,6 +22,7 @@ from tusk.cli import (
     cluster_commands,
     commit_commands,
     file_commands,
+    image_commands,
     mount_commands,
     pipeline_commands,
     repo_commands,
@@ -131,6 +132,7 @@ def _build() -> None:
         *pipeline_commands.TOP_LEVEL,
         *mount_commands.COMMANDS,
         *cluster_commands.COMMANDS,
+        *image_commands.COMMANDS,
     ]:
         cli.add_command(command)
 
