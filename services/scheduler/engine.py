@@ -70,7 +70,9 @@ class Engine:
         self.specs = specs
         self.jobs = JobStarter(pool, pfs, specs)
         self.driver = JobDriver(config, pool, bus, pfs, objects, specs)
-        self.workers = WorkerReconciler(config, pool, bus, backend, specs)
+        self.workers = WorkerReconciler(
+            config, pool, bus, backend, specs, on_unrunnable=self.driver.set_unrunnable
+        )
         self.crons = CronTicker(pool, pfs, specs)
 
     def wake(self) -> None:

@@ -95,9 +95,19 @@ class JobDriver:
         self.index = FileIndex(objects)
         self.specs = specs
         self._wake = asyncio.Event()
+        # Pipelines no worker can run (an image that cannot be pulled) → the reason; their
+        # jobs fail when driven, here, so never while this loop starts one.
+        self._unrunnable: dict[str, str] = {}
 
     def wake(self) -> None:
         self._wake.set()
+
+    def set_unrunnable(self, reasons: dict[str, str]) -> None:
+        """Which pipelines' jobs must fail now, and why (from the worker reconciler)."""
+        if reasons != self._unrunnable:
+            self._unrunnable = dict(reasons)
+            if reasons:
+                self.wake()
 
     async def run(self) -> None:
         while True:
@@ -153,7 +163,10 @@ class JobDriver:
 
     async def progress(self, job: JobInfo) -> None:
         """Move one job as far as it can go now."""
-        if job.state in (JOB_CREATED, JOB_STARTING):
+        unrunnable = self._unrunnable.get(job.pipeline)
+        if unrunnable is not None and job.state in (JOB_CREATED, JOB_STARTING, JOB_RUNNING):
+            await self._fail(job, await self._spec_of(job), unrunnable)
+        elif job.state in (JOB_CREATED, JOB_STARTING):
             await self._start(job)
         elif job.state == JOB_RUNNING:
             async with acquire(self.pool) as conn:

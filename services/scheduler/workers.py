@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -38,8 +39,11 @@ class WorkerReconciler:
         bus: Bus,
         backend: WorkerBackend,
         specs: SpecCache,
+        on_unrunnable: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
         self.config = config
+        # Told which pipelines no worker can run (``fails_jobs`` problems), and why.
+        self.on_unrunnable = on_unrunnable
         self.pool = pool
         self.bus = bus
         self.backend = backend
@@ -81,6 +85,10 @@ class WorkerReconciler:
             for entry in self.backend.status()
             if entry.get("problems")
         }
+        if self.on_unrunnable is not None:
+            self.on_unrunnable(
+                {name: _problem_reason(p) for name, p in problems.items() if p.get("fails_jobs")}
+            )
         async with acquire(self.pool) as conn, conn.transaction():
             for pipeline in pipelines:
                 problem = problems.get(pipeline.name)
@@ -96,6 +104,8 @@ class WorkerReconciler:
 
 
 def _problem_reason(problem: dict[str, Any]) -> str:
+    if problem.get("line"):  # a backend's own whole line (local: the image's pull)
+        return str(problem["line"])
     return "worker {pod}: {reason}: {message}".format(
         pod=problem.get("pod") or "-",
         reason=problem.get("reason"),
