@@ -13,6 +13,8 @@ command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ! ldd /bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+# rclone: one of the real S3 clients the S3 gateway is tested with.
+command -v rclone >/dev/null 2>&1 || need+=(rclone)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "note: not root, cannot install ${need[*]}; tests needing them will skip" >&2; exit 0

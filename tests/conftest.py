@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.fixtures.storage",
     "tests.fixtures.s3",
     "tests.fixtures.pfs",
+    "tests.fixtures.s3gateway",
     "tests.fixtures.cluster",
     "tests.fixtures.registry",
 ]

@@ -27,7 +27,13 @@ KUSTOMIZATIONS = sorted(
 )
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
 # What each Tusk service listens on (its __main__'s default port).
-SERVICE_PORTS = {"pfs": 7651, "pps": 7652, "scheduler": 7653, "mountd": 7654}
+SERVICE_PORTS = {
+    "pfs": 7651,
+    "pps": 7652,
+    "scheduler": 7653,
+    "mountd": 7654,
+    "s3gateway": 7655,
+}
 
 pytestmark = pytest.mark.skipif(
     shutil.which("kubectl") is None, reason="kubectl is not installed: cannot render kustomize"

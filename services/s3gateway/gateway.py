@@ -26,6 +26,7 @@ from shared.storage.objstore import ObjectStore
 
 # Decompressed chunks kept for readers: ranged GETs of one file share boundary chunks.
 CHUNK_CACHE_BYTES = 64 << 20
+DEFAULT_BRANCH = "master"
 # Finished commits are immutable: their times are remembered by id.
 COMMIT_TIMES = 4096
 
@@ -93,6 +94,7 @@ class Gateway:
         self.store = store
         self.cache = ChunkCache(max_bytes=CHUNK_CACHE_BYTES)
         self._times: OrderedDict[str, datetime] = OrderedDict()
+        self._branches: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     # ------------------------------------------------------------------------- buckets
 
@@ -100,12 +102,34 @@ class Gateway:
         """``NoSuchBucket`` unless the branch (or the commit, on that branch) exists."""
         try:
             if bucket.commit is None:
-                await self.pfs.inspect_branch(bucket.repo, bucket.branch)
+                if bucket.branch == DEFAULT_BRANCH:
+                    # A new repo's master exists before its first write, as an empty bucket.
+                    await self.pfs.inspect_repo(bucket.repo)
+                else:
+                    await self.pfs.inspect_branch(bucket.repo, bucket.branch)
                 return
             info = await self.pfs.inspect_commit(bucket.repo, bucket.commit)
         except (NotFound, InvalidArgument):
             raise S3Error.no_such_bucket(bucket.name) from None
         if info.branch != bucket.branch:
+            raise S3Error.no_such_bucket(bucket.name)
+
+    async def check_commit_bucket(self, bucket: Bucket) -> None:
+        """A commit bucket names its branch too: the commit must be on it (remembered,
+        since a commit's branch never changes)."""
+        if bucket.commit is None:
+            return
+        key = (bucket.repo, bucket.commit)
+        branch = self._branches.get(key)
+        if branch is None:
+            try:
+                branch = (await self.pfs.inspect_commit(bucket.repo, bucket.commit)).branch or ""
+            except (NotFound, InvalidArgument):
+                raise S3Error.no_such_bucket(bucket.name) from None
+            self._branches[key] = branch
+            if len(self._branches) > COMMIT_TIMES:
+                self._branches.popitem(last=False)
+        if branch != bucket.branch:
             raise S3Error.no_such_bucket(bucket.name)
 
     def require_writable(self, bucket: Bucket) -> None:
@@ -125,6 +149,7 @@ class Gateway:
 
     async def lookup(self, bucket: Bucket, key: str) -> StoredObject:
         """The object at ``key`` as a read of the bucket sees it; NoSuchKey/NoSuchBucket."""
+        await self.check_commit_bucket(bucket)
         try:
             path = path_of(key)
         except S3Error:
@@ -160,6 +185,7 @@ class Gateway:
         limit: int,
     ) -> Page:
         """One page of keys under ``prefix`` after ``after`` (keys, not paths)."""
+        await self.check_commit_bucket(bucket)
         try:
             commit, files, prefixes, truncated = await self.pfs.list_paths(
                 bucket.repo,

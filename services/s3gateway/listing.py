@@ -10,7 +10,7 @@ from aiohttp import web
 
 from services.s3gateway.buckets import Bucket
 from services.s3gateway.errors import S3Error
-from services.s3gateway.gateway import Gateway, Page, commit_time, etag_of
+from services.s3gateway.gateway import DEFAULT_BRANCH, Gateway, Page, commit_time, etag_of
 from services.s3gateway.xmlio import (
     XML_TYPE,
     ListedObject,
@@ -28,7 +28,8 @@ async def list_buckets(gw: Gateway) -> web.Response:
     buckets: list[tuple[str, datetime]] = []
     for repo in await gw.pfs.list_repos():
         created = datetime.fromisoformat(repo.created)
-        buckets.extend((f"{branch}.{repo.name}", created) for branch in repo.branches)
+        branches = repo.branches or [DEFAULT_BRANCH]  # master exists before its first write
+        buckets.extend((f"{branch}.{repo.name}", created) for branch in branches)
     buckets.sort()
     return web.Response(body=list_buckets_xml(buckets), content_type=XML_TYPE)
 
@@ -39,7 +40,7 @@ def encode_token(key: str) -> str:
 
 def decode_token(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise S3Error.invalid_argument("The continuation token provided is incorrect") from None
 

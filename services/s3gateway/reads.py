@@ -49,10 +49,10 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
         end = int(last) + 1 if last else size
     except ValueError:
         return None
-    if start < 0 or end <= start:
-        return None
     if start >= size:
         raise _invalid_range(size)
+    if start < 0 or end <= start:
+        return None
     return ByteRange(start, min(end, size))
 
 

@@ -52,6 +52,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("pfs", "services.pfs", 7651),
     ServiceSpec("pps", "services.pps", 7652),
     ServiceSpec("scheduler", "services.scheduler", 7653),
+    ServiceSpec("s3gateway", "services.s3gateway", 7655),
 )
 
 
