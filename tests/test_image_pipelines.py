@@ -6,6 +6,8 @@ one line naming the image and the registry's reason."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +18,14 @@ from services.scheduler.sandbox import Sandbox
 from shared.images.store import ImageStore
 from shared.platform.config import Config
 from tests.fixtures.cluster import Cluster, running_cluster
-from tests.fixtures.registry import Registry, TestImage, build_layer, busybox_layer, push_image
+from tests.fixtures.registry import (
+    PrivateRegistry,
+    Registry,
+    TestImage,
+    build_layer,
+    busybox_layer,
+    push_image,
+)
 from tests.fixtures.servers import free_port
 from tests.test_pipelines import files, read, wait_for_jobs
 
@@ -164,3 +173,33 @@ async def test_local_images_host_runs_on_the_host_and_says_so_once(
     log = (tmp_path / "logs" / "worker-onhost.log").read_text()
     assert log.count('local_images = "host": pipeline onhost runs on') == 1, log
     assert isinstance(Sandbox().default_working_dir, str)
+
+
+async def test_a_private_registry_is_pulled_with_a_tusk_secret(
+    image_cluster: Cluster, private_registry: PrivateRegistry
+) -> None:
+    cluster = image_cluster
+    host = private_registry.host
+    login = (private_registry.username, private_registry.password)
+    await push_image(host, "tests/private", "v1", IMAGE, login=login)
+    auth = base64.b64encode(":".join(login).encode()).decode()
+    docker_config = json.dumps({"auths": {host: {"auth": auth}}})
+    await cluster.pps.create_secret({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "registry-login"},
+        "type": "kubernetes.io/dockerconfigjson", "stringData": {".dockerconfigjson": docker_config},
+    })  # fmt: skip
+    await cluster.pfs.create_repo("words")
+    await cluster.pfs.put_files("words", "master", files({"/a": b"alpha\n"}))
+    without = _spec("nologin", f"{host}/tests/private:v1")
+    await cluster.pps.create_pipeline(without)
+    job_reason, _ = await _wait_failed(cluster, "nologin", 20)
+    assert job_reason == (
+        f"image {host}/tests/private:v1: the registry wants a login; none is configured for it"
+    )
+    with_login = _spec("withlogin", f"{host}/tests/private:v1")
+    with_login["transform"] = {**with_login["transform"],  # type: ignore[dict-item]
+                               "image_pull_secrets": ["registry-login"]}  # fmt: skip
+    await cluster.pps.create_pipeline(with_login)
+    (job,) = await wait_for_jobs(cluster, "withlogin", 1, timeout=60)
+    assert job.state == "JOB_SUCCESS", job
+    assert (await read(cluster, "withlogin", "/a")).startswith(b"from the image\n")

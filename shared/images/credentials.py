@@ -22,6 +22,11 @@ class Credentials:
     username: str
     password: str
 
+    def basic(self) -> str:
+        """The ``Authorization`` value for HTTP Basic auth."""
+        pair = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(pair).decode()
+
     def __repr__(self) -> str:  # never print a password into a log
         return f"Credentials({self.username!r}, ***)"
 

@@ -122,9 +122,7 @@ class RegistryClient:
         if scheme.lower() == "basic":
             if self._credentials is None:
                 raise PermissionDenied("the registry wants a login; none is configured for it")
-            return aiohttp.BasicAuth(
-                self._credentials.username, self._credentials.password
-            ).encode()
+            return self._credentials.basic()
         if scheme.lower() != "bearer":
             raise PermissionDenied(f"the registry asks for unsupported auth {challenge!r}")
         params = dict(_CHALLENGE.findall(rest))
@@ -132,10 +130,10 @@ class RegistryClient:
         if not realm:
             raise PermissionDenied("the registry's auth challenge has no realm")
         params.setdefault("scope", f"repository:{self._reference.repository}:pull")
-        auth = None
-        if self._credentials is not None:
-            auth = aiohttp.BasicAuth(self._credentials.username, self._credentials.password)
-        async with self._session.get(realm, params=params, auth=auth, timeout=_TIMEOUT) as reply:
+        headers = {"Authorization": self._credentials.basic()} if self._credentials else {}
+        async with self._session.get(
+            realm, params=params, headers=headers, timeout=_TIMEOUT
+        ) as reply:
             if reply.status >= 400:
                 raise _status_error(reply.status, await reply.text(errors="replace"), "token: ")
             body: Any = await reply.json(content_type=None)

@@ -66,6 +66,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "err_cmd",
         "err_stdin",
         "image",
+        "image_pull_secrets",
         "accept_return_code",
         "working_dir",
         "user",
@@ -109,7 +110,7 @@ _UNSUPPORTED: dict[str, frozenset[str]] = {
         salt spec_commit update reprocess tf_job determined max_queue_size chunk_spec standby
         cache_size enable_stats maximum_expected_uptime dry_run"""
     ),
-    "transform": _words("image_pull_secrets debug dockerfile memory_volume datum_batching"),
+    "transform": _words("debug dockerfile memory_volume datum_batching"),
     "pfs": _words("s3 repo_type reference propagation_spec"),
     "cron": _words("commit"),
     "input": _words("git"),
@@ -150,7 +151,9 @@ class SecretUse:
 
 @dataclass(frozen=True)
 class Transform:
-    """What runs for each datum. ``image`` is kept for Kubernetes; local workers ignore it.
+    """What runs for each datum. ``image``: the pod's image on Kubernetes; local workers
+    pull it and run in its root (docs/images.md), with registry logins from the Tusk
+    secrets ``image_pull_secrets`` names (each holding a ``.dockerconfigjson``).
 
     ``accept_return_code``: exit codes besides 0 that count as success. ``user``: the
     ``uid[:gid]`` (or a name known to the sandbox) the command runs as; ``None`` is the
@@ -163,6 +166,7 @@ class Transform:
     err_cmd: tuple[str, ...] = ()
     err_stdin: tuple[str, ...] = ()
     image: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
     accept_return_code: tuple[int, ...] = ()
     working_dir: str | None = None
     user: str | None = None
@@ -548,6 +552,7 @@ def _parse_transform(obj: _Obj) -> Transform:
         err_cmd=obj.strings("err_cmd"),
         err_stdin=obj.strings("err_stdin"),
         image=obj.string("image"),
+        image_pull_secrets=obj.strings("image_pull_secrets"),
         accept_return_code=_accept_return_codes(obj),
         working_dir=_working_dir(obj),
         user=_user(obj),
@@ -1190,6 +1195,7 @@ def _transform_to_json(transform: Transform) -> dict[str, Any]:
     out: dict[str, Any] = {"cmd": list(transform.cmd)}
     optional: list[tuple[str, Any]] = [
         ("image", transform.image),
+        ("image_pull_secrets", list(transform.image_pull_secrets)),
         ("stdin", list(transform.stdin)),
         ("env", dict(transform.env)),
         ("err_cmd", list(transform.err_cmd)),

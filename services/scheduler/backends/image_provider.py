@@ -22,11 +22,12 @@ from typing import Literal
 
 import aiohttp
 
-from shared.images.credentials import Credentials, parse_docker_config
+from shared.api.pps_client import PpsClient
+from shared.images.credentials import SECRET_KEYS, Credentials, parse_docker_config
 from shared.images.pull import obtain_image
 from shared.images.store import ImageStore
 from shared.platform.config import Config, tusk_home
-from shared.platform.errors import InvalidArgument, TuskError
+from shared.platform.errors import FailedPrecondition, InvalidArgument, TuskError
 
 log = logging.getLogger("tusk.images")
 
@@ -43,17 +44,21 @@ IMAGE_CACHE_ENV = "TUSK_WORKER_IMAGE_CACHE"
 class ImageSettings:
     """``mode``: ``pull`` (run datums in the image) or ``host`` (the host's /usr, as
     before images were honoured); the cache's directory and size bound; the Docker
-    config.json with registry logins (``None``: none)."""
+    config.json with registry logins (``None``: none); PPS, for ``image_pull_secrets``."""
 
     mode: str
     cache_dir: Path
     cache_bytes: int | None = None
     auth_file: Path | None = None
+    # Where ``image_pull_secrets`` are read (PPS, as workers read secrets).
+    pps_url: str | None = None
+    cluster_id: str = ""
 
 
 @dataclass
 class _Pull:
     image: str
+    secrets: tuple[str, ...] = ()
     task: asyncio.Task[str] | None = None
     digest: str | None = None
     error: str | None = None
@@ -68,6 +73,7 @@ class ImageProvider:
     _pulls: dict[tuple[str, int], _Pull] = field(default_factory=dict)
     _session: aiohttp.ClientSession | None = None
     _store: ImageStore | None = None
+    _pps: PpsClient | None = None
 
     @property
     def store(self) -> ImageStore:
@@ -76,8 +82,8 @@ class ImageProvider:
         return self._store
 
     def image_for(
-        self, pipeline: str, version: int, image: str | None
-    ) -> str | None | Literal[False]:
+        self, pipeline: str, version: int, image: str | None, secrets: tuple[str, ...] = ()
+    ) -> str | Literal[False] | None:
         """The manifest digest to run ``pipeline`` version ``version`` with; ``None`` when
         it runs on the host (no image, or ``local_images = "host"``); ``False`` while the
         image is being pulled or after it failed (``problem`` says why)."""
@@ -86,12 +92,12 @@ class ImageProvider:
         key = (pipeline, version)
         pull = self._pulls.get(key)
         if pull is None or pull.image != image:
-            pull = self._pulls[key] = _Pull(image)
+            pull = self._pulls[key] = _Pull(image, secrets)
         if pull.digest is not None:
             return pull.digest
         if pull.task is None and time.monotonic() >= pull.retry_at:
             pull.task = asyncio.get_running_loop().create_task(
-                self._pull(image), name=f"pull {image} for {pipeline}"
+                self._pull(image, pull.secrets), name=f"pull {image} for {pipeline}"
             )
         if pull.task is not None and pull.task.done():
             self._settle(pull)
@@ -140,6 +146,9 @@ class ImageProvider:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._pps is not None:
+            await self._pps.close()
+            self._pps = None
 
     def _settle(self, pull: _Pull) -> None:
         assert pull.task is not None
@@ -159,16 +168,36 @@ class ImageProvider:
         pull.retry_at = time.monotonic() + backoff
         log.warning("%s (trying again in %.0f s)", pull.error, backoff)
 
-    async def _pull(self, image: str) -> str:
+    async def _pull(self, image: str, secrets: tuple[str, ...]) -> str:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         started = time.monotonic()
-        pulled = await obtain_image(self.store, image, self._session, self._credentials())
+        credentials = {**self._credentials(), **await self._secret_credentials(secrets)}
+        pulled = await obtain_image(self.store, image, self._session, credentials)
         log.info("image %s is %s (%.1f s)", image, pulled.record.digest, time.monotonic() - started)
         removed = await asyncio.to_thread(self.store.evict, {*self.in_use(), pulled.record.digest})
         if removed:
             log.info("image cache: evicted %s", ", ".join(removed))
         return pulled.record.digest
+
+    async def _secret_credentials(self, names: tuple[str, ...]) -> dict[str, Credentials]:
+        """Logins from the Tusk secrets ``image_pull_secrets`` names (later ones win)."""
+        found: dict[str, Credentials] = {}
+        if not names:
+            return found
+        if self.settings.pps_url is None:
+            raise FailedPrecondition("image_pull_secrets need PPS, and none is configured")
+        if self._pps is None:
+            self._pps = PpsClient(self.settings.pps_url, cluster_id=self.settings.cluster_id)
+        for name in names:
+            data = await self._pps.secret_data(name)
+            keys = [key for key in SECRET_KEYS if key in data]
+            if not keys:
+                raise InvalidArgument(
+                    f"secret {name!r} has no {' or '.join(SECRET_KEYS)} key with registry logins"
+                )
+            found.update(parse_docker_config(data[keys[0]], f"secret {name!r}"))
+        return found
 
     def _credentials(self) -> dict[str, Credentials]:
         path = self.settings.auth_file
@@ -187,7 +216,14 @@ def image_settings(config: Config) -> ImageSettings:
         )
     cache = Path(config.image_cache_dir) if config.image_cache_dir else tusk_home() / "images"
     auth = Path(config.registry_auth_file) if config.registry_auth_file else default_auth_file()
-    return ImageSettings(config.local_images, cache, config.image_cache_bytes or None, auth)
+    return ImageSettings(
+        config.local_images,
+        cache,
+        config.image_cache_bytes or None,
+        auth,
+        pps_url=config.pps_url,
+        cluster_id=config.cluster_id,
+    )
 
 
 def default_auth_file() -> Path:

@@ -90,7 +90,9 @@ class LocalBackend:
             if note is not None:
                 log.info("%s", note)
                 self._note(name, note)
-            digest = self._images.image_for(name, wanted.version, image)
+            digest = self._images.image_for(
+                name, wanted.version, image, wanted.spec.transform.image_pull_secrets
+            )
             if digest is False:
                 continue  # pulling, or the pull failed (status() says why)
             alive = []
