@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from shared.images.archive import load_archive
 from shared.images.manifests import OCI_INDEX, Platform
@@ -246,3 +247,50 @@ async def test_docker_save_and_oci_archives_load(tmp_path: Path) -> None:
         with tarfile.open(tmp_path / "empty.tar", "w"):
             pass
         load_archive(store, tmp_path / "empty.tar")
+
+
+async def test_an_anonymous_bearer_token_is_fetched_from_the_challenge_realm(
+    registry_server: Registry, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Public registries (Docker Hub, ghcr.io) answer 401 with a Bearer challenge and hand
+    out anonymous pull tokens; a gate in front of the real registry plays that part."""
+    await push_image(registry_server.host, "tests/gated", "v1", _image())
+    issued: list[dict[str, str]] = []
+    scope = "repository:tests/gated:pull"
+
+    async def token(request: web.Request) -> web.Response:
+        issued.append(dict(request.query))
+        return web.json_response({"token": f"T-{request.query.get('scope')}"})
+
+    async def gate(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer T-{scope}":
+            realm = f"http://{request.host}/token"
+            challenge = f'Bearer realm="{realm}",service="tests",scope="{scope}"'
+            return web.json_response(
+                {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
+                status=401,
+                headers={"WWW-Authenticate": challenge},
+            )
+        headers = {"Accept": request.headers.get("Accept", "*/*")}
+        url = f"http://{registry_server.host}{request.path}"
+        async with session.get(url, headers=headers) as reply:
+            body = await reply.read()
+            kept = {k: v for k, v in reply.headers.items()
+                    if k in ("Content-Type", "Docker-Content-Digest")}  # fmt: skip
+            return web.Response(body=body, status=reply.status, headers=kept)
+
+    app = web.Application()
+    app.router.add_get("/token", token)
+    app.router.add_get("/v2/{path:.*}", gate)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        image = await obtain_image(
+            ImageStore(tmp_path), f"127.0.0.1:{port}/tests/gated:v1", session
+        )
+    finally:
+        await runner.cleanup()
+    assert (image.root / "app/only-here.txt").exists()
+    assert issued == [{"service": "tests", "scope": scope}]  # one token for the whole pull
