@@ -172,7 +172,7 @@ async def test_a_task_whose_worker_keeps_dying_ends_failed_after_its_tries(
 ) -> None:
     """Two deliveries taken and never acked (workers that died), then a live worker: the
     datum's two tries are spent, so it publishes FAILED without running the command."""
-    await ensure_worker_consumer(bus.js, config, PIPELINE, 2 + DELIVERY_MARGIN)
+    await ensure_worker_consumer(bus, config, PIPELINE, 2 + DELIVERY_MARGIN)
     dead = await bus.js.pull_subscribe_bind(
         durable=worker_consumer_name(PIPELINE), stream=tasks_stream_name(config)
     )
@@ -214,8 +214,8 @@ async def test_the_worker_consumer_bounds_deliveries_and_follows_datum_tries(
         ),
     )
     assert (await bus.js.consumer_info(stream, name)).config.max_deliver == -1
-    assert await ensure_worker_consumer(bus.js, config, PIPELINE, 6) == 6
+    assert await ensure_worker_consumer(bus, config, PIPELINE, 6) == 6
     # A task with more tries raises it; one with fewer never lowers it.
-    assert await ensure_worker_consumer(bus.js, config, PIPELINE, 13) == 13
-    assert await ensure_worker_consumer(bus.js, config, PIPELINE, 5) == 13
+    assert await ensure_worker_consumer(bus, config, PIPELINE, 13) == 13
+    assert await ensure_worker_consumer(bus, config, PIPELINE, 5) == 13
     assert (await bus.js.consumer_info(stream, name)).config.max_deliver == 13

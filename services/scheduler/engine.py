@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 
 from services.scheduler.backends import WorkerBackend
-from services.scheduler.consumers import pull
+from services.scheduler.consumers import check_result, pull
 from services.scheduler.cron import CronTicker
 from services.scheduler.inputs import JobStarter
 from services.scheduler.jobs import JobDriver
@@ -146,7 +146,14 @@ class Engine:
         async def results() -> None:
             stream = results_stream_name(self.config)
             subject = f"{prefix}.results.>"
-            await pull(self.bus, stream, subject, "scheduler-results", self.driver.record_results)
+            await pull(
+                self.bus,
+                stream,
+                subject,
+                "scheduler-results",
+                self.driver.record_results,
+                decode=check_result,
+            )
 
         return [
             ("consuming commits", commits),

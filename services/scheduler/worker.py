@@ -52,12 +52,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import nats.errors
-import nats.js.errors
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
-
 from services.scheduler.backends.image_provider import IMAGE_CACHE_ENV, WORKER_IMAGE_ENV
 from services.scheduler.backends.pod_sandbox import PodSandbox
 from services.scheduler.datum_runner import run_datum
@@ -74,7 +68,15 @@ from services.scheduler.tasks import (
 )
 from shared.api.pps_client import PpsClient
 from shared.pipeline.spec import DEFAULT_DATUM_TRIES
-from shared.platform.bus import Bus, connect, results_subject, tasks_stream_name, tasks_subject
+from shared.platform.bus import (
+    Bus,
+    Delivery,
+    DurableConsumer,
+    connect,
+    results_subject,
+    tasks_stream_name,
+    tasks_subject,
+)
 from shared.platform.config import Config, load_config
 from shared.platform.errors import (
     FailedPrecondition,
@@ -106,36 +108,22 @@ _REASON_MAX = 500
 _MIN_BEAT = 0.1
 
 
-def worker_consumer_config(config: Config, pipeline: str, max_deliver: int) -> ConsumerConfig:
+def worker_consumer(config: Config, pipeline: str, max_deliver: int) -> DurableConsumer:
     """The pipeline's shared worker consumer; created, or updated in place, with this."""
-    name = worker_consumer_name(pipeline)
-    return ConsumerConfig(
-        name=name,
-        durable_name=name,
-        filter_subject=tasks_subject(config, pipeline),
-        ack_policy=AckPolicy.EXPLICIT,
+    return DurableConsumer(
+        stream=tasks_stream_name(config),
+        name=worker_consumer_name(pipeline),
+        subject=tasks_subject(config, pipeline),
         ack_wait=config.task_ack_wait,
-        max_ack_pending=1000,
         max_deliver=max_deliver,
     )
 
 
-async def ensure_worker_consumer(
-    js: JetStreamContext, config: Config, pipeline: str, max_deliver: int
-) -> int:
+async def ensure_worker_consumer(bus: Bus, config: Config, pipeline: str, max_deliver: int) -> int:
     """Make sure the pipeline's worker consumer exists and redelivers a task at least
     ``max_deliver`` times (never fewer than it already allowed: workers of one pipeline
     may see tasks of different ``datum_tries``); return its ``max_deliver``."""
-    stream = tasks_stream_name(config)
-    with contextlib.suppress(nats.js.errors.NotFoundError):
-        info = await js.consumer_info(stream, worker_consumer_name(pipeline))
-        current = info.config.max_deliver
-        # -1 (unlimited) comes from consumers made before max_deliver was set: bound them.
-        if current is not None and current >= max_deliver:
-            return current
-    # JetStream creates the consumer, or updates it when it exists with another max_deliver.
-    info = await js.add_consumer(stream, worker_consumer_config(config, pipeline, max_deliver))
-    return info.config.max_deliver or max_deliver
+    return await bus.ensure_consumer(worker_consumer(config, pipeline, max_deliver))
 
 
 async def load_task(objects: ObjectStore, data: bytes) -> tuple[DatumTask, int]:
@@ -172,7 +160,7 @@ def is_environment_fault(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS
 
 
-async def _heartbeat(msg: Msg, every: float) -> None:
+async def _heartbeat(msg: Delivery, every: float) -> None:
     while True:
         await asyncio.sleep(every)
         with contextlib.suppress(Exception):
@@ -215,38 +203,36 @@ class Worker:
         self.max_deliver = 0
 
     async def run(self) -> None:
-        self.max_deliver = await ensure_worker_consumer(
-            self.bus.js, self.config, self.pipeline, DEFAULT_DATUM_TRIES + DELIVERY_MARGIN
+        consumer = worker_consumer(
+            self.config, self.pipeline, DEFAULT_DATUM_TRIES + DELIVERY_MARGIN
         )
-        sub = await self.bus.js.pull_subscribe_bind(
-            durable=worker_consumer_name(self.pipeline), stream=tasks_stream_name(self.config)
-        )
-        log.info("worker for %s ready (%d datums at a time)", self.pipeline, self.concurrency)
-        slots = asyncio.Semaphore(self.concurrency)
+        async with self.bus.pull(consumer) as reader:
+            self.max_deliver = reader.max_deliver
+            log.info("worker for %s ready (%d datums at a time)", self.pipeline, self.concurrency)
+            slots = asyncio.Semaphore(self.concurrency)
 
-        async def handle_then_free(msg: Msg) -> None:
-            try:
-                await self.handle(msg)
-            finally:
-                slots.release()
-
-        # A few datums in flight per worker overlap one's sandbox with another's storage
-        # and NATS round trips; each datum still runs alone in its own sandbox.
-        async with asyncio.TaskGroup() as group:
-            while True:
-                await slots.acquire()
+            async def handle_then_free(msg: Delivery) -> None:
                 try:
-                    msgs = await sub.fetch(batch=1, timeout=5.0)
-                except (nats.errors.TimeoutError, TimeoutError):
+                    await self.handle(msg)
+                finally:
                     slots.release()
-                    continue
-                except BaseException:
-                    slots.release()
-                    raise
-                for msg in msgs:
-                    group.create_task(handle_then_free(msg))
 
-    async def handle(self, msg: Msg) -> None:
+            # A few datums in flight per worker overlap one's sandbox with another's
+            # storage and NATS round trips; each datum still runs alone in its own sandbox.
+            async with asyncio.TaskGroup() as group:
+                while True:
+                    await slots.acquire()
+                    try:
+                        msgs = await reader.fetch(1, timeout=5.0)
+                    except BaseException:
+                        slots.release()
+                        raise
+                    if not msgs:
+                        slots.release()
+                    for msg in msgs:
+                        group.create_task(handle_then_free(msg))
+
+    async def handle(self, msg: Delivery) -> None:
         """Take one task message to a published result (then ack it), or leave it for
         redelivery; never raises but for a cancel, so no task can stop the worker."""
         try:
@@ -255,8 +241,8 @@ class Worker:
             # NATS gone while publishing, say: unacked, the task comes back after ack_wait.
             log.exception("task on %s not finished; it will be redelivered", msg.subject)
 
-    async def _handle(self, msg: Msg) -> None:
-        delivered = msg.metadata.num_delivered or 1
+    async def _handle(self, msg: Delivery) -> None:
+        delivered = msg.delivered
         try:
             task, tries = await load_task(self.objects, msg.data)
         except Exception as exc:
@@ -271,7 +257,7 @@ class Worker:
             self.lazy_unavailable = None
         if tries + DELIVERY_MARGIN > self.max_deliver:
             self.max_deliver = await ensure_worker_consumer(
-                self.bus.js, self.config, self.pipeline, tries + DELIVERY_MARGIN
+                self.bus, self.config, self.pipeline, tries + DELIVERY_MARGIN
             )
         left = tries - (delivered - 1)
         if left <= 0 or delivered >= self.max_deliver:
@@ -288,25 +274,21 @@ class Worker:
         await self._publish(task.ids, result, attempts)
         await msg.ack()
 
-    async def _refuse(self, msg: Msg, reason: str, delivered: int) -> None:
+    async def _refuse(self, msg: Delivery, reason: str, delivered: int) -> None:
         """A task that cannot run: fail its datum if the message says which, else drop it."""
-        headers = msg.headers or {}
-        ids = readable_ids(_body(msg.data), headers.get("Nats-Msg-Id"), self.pipeline)
+        ids = readable_ids(_body(msg.data), msg.msg_id, self.pipeline)
         if ids is None:
-            log.error(
-                "terminating a task on %s that names no job and datum: %s", msg.subject, reason
-            )
-            await msg.term()
+            await msg.term(f"a task that names no job and datum: {reason}")
             return
         log.error("datum %s of job %s fails: %s", ids.datum_id, ids.job_id, reason)
         await self._publish(ids, failed_result(reason), delivered)
         await msg.ack()
 
     async def _publish(self, ids: TaskIds, result: DatumResult, attempts: int) -> None:
-        await self.bus.js.publish(
+        await self.bus.publish_raw(
             results_subject(self.config, ids.pipeline),
             json.dumps(result_envelope(ids, result, attempts)).encode(),
-            headers={"Nats-Msg-Id": f"{ids.job_id}:{ids.datum_id}"},
+            f"{ids.job_id}:{ids.datum_id}",
         )
 
     async def _run_with_retries(

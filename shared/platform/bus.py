@@ -10,22 +10,30 @@ Three streams per prefix (a deployment's prefix is ``tusk``; tests use fresh one
 - ``<PREFIX>_RESULTS`` holds ``<prefix>.results.>``: datum results from workers to the
   scheduler, published with ``Nats-Msg-Id`` = job and datum id so a datum's result counts once.
 
-nats-py's errors are translated here into ``shared.platform.errors``.
+Services read the work streams through durable pull consumers (``DurableConsumer``,
+``Bus.pull``, ``Bus.consume``): each message is decoded and settled on its own — the good
+acked, a poison message terminated with a logged reason, a transient failure
+(``Unavailable``) NAKed with a delay that grows with its deliveries — and every consumer
+has a ``max_deliver``, so no message is redelivered forever. nats-py's errors are
+translated here into ``shared.platform.errors``; no service module imports ``nats``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js.api import (
+    AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
@@ -37,7 +45,13 @@ from nats.js.client import JetStreamContext
 
 from shared.api.events import Event
 from shared.platform.config import Config
-from shared.platform.errors import FailedPrecondition, Internal, InvalidArgument, Unavailable
+from shared.platform.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    TuskError,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +194,82 @@ class Bus:
             ) from exc
         return PublishResult(seq=ack.seq, duplicate=bool(ack.duplicate))
 
+    async def ensure_consumer(self, consumer: DurableConsumer) -> int:
+        """Create ``consumer``, or update it in place, so that it redelivers a message at
+        least ``consumer.max_deliver`` times (never fewer than it already allowed: readers
+        of one consumer may ask for different bounds); return its ``max_deliver``."""
+        try:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                info = await self.js.consumer_info(consumer.stream, consumer.name)
+                current = info.config.max_deliver
+                # -1 (unlimited) comes from consumers made before max_deliver was set.
+                if current is not None and current >= consumer.max_deliver:
+                    return int(current)
+            # JetStream creates the consumer, or updates it when it exists differently.
+            info = await self.js.add_consumer(consumer.stream, consumer.config())
+        except nats.js.errors.BadRequestError as exc:
+            raise FailedPrecondition(f"consumer {consumer.name}: {exc.description}") from exc
+        except _NATS_ERRORS as exc:
+            raise Unavailable(f"consumer {consumer.name}: {_reason(exc)}") from exc
+        return int(info.config.max_deliver or consumer.max_deliver)
+
+    @contextlib.asynccontextmanager
+    async def pull(self, consumer: DurableConsumer) -> AsyncIterator[PullConsumer]:
+        """Read ``consumer`` (made sure of first) for the block; settle every delivery."""
+        max_deliver = await self.ensure_consumer(consumer)
+        try:
+            sub = await self.js.pull_subscribe_bind(durable=consumer.name, stream=consumer.stream)
+        except _NATS_ERRORS as exc:
+            raise Unavailable(f"{consumer.name}: cannot subscribe: {_reason(exc)}") from exc
+        try:
+            yield PullConsumer(consumer, sub, max_deliver)
+        finally:
+            with contextlib.suppress(*_NATS_ERRORS):
+                await sub.unsubscribe()
+
+    async def consume(
+        self,
+        consumer: DurableConsumer,
+        decode: Callable[[Delivery], T],
+        handle: Callable[[list[T]], Awaitable[None]],
+        *,
+        batch: int = 50,
+    ) -> None:
+        """Run until cancelled: fetch up to ``batch`` messages, decode each on its own
+        (one that cannot be decoded is poison: terminated with its reason in the log),
+        give the decoded ones to ``handle`` and ack them. When ``handle`` raises
+        ``Unavailable`` the batch is NAKed for a later redelivery; when it raises anything
+        else the messages are handled one by one, so a bad one cannot hold back the
+        good; it is redelivered with a growing delay until ``max_deliver``, then
+        terminated. ``Unavailable`` from NATS itself ends the loop (callers retry)."""
+        async with self.pull(consumer) as reader:
+            while True:
+                deliveries = await reader.fetch(batch, timeout=1.0)
+                good: list[tuple[Delivery, T]] = []
+                for delivery in deliveries:
+                    try:
+                        good.append((delivery, decode(delivery)))
+                    except Exception as exc:
+                        await delivery.term(f"cannot be decoded: {_reason(exc)}")
+                if good:
+                    await _settle(reader, good, handle)
+
+    async def purge_subject(self, stream: str, subject: str) -> None:
+        """Drop every message of ``subject`` from ``stream`` (a deleted pipeline's tasks)."""
+        try:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.js.purge_stream(stream, subject=subject)
+        except _NATS_ERRORS as exc:
+            raise Unavailable(f"purging {subject}: {_reason(exc)}") from exc
+
+    async def delete_consumer(self, stream: str, name: str) -> None:
+        """Delete a durable consumer; one that is not there is already gone."""
+        try:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.js.delete_consumer(stream, name)
+        except _NATS_ERRORS as exc:
+            raise Unavailable(f"deleting consumer {name}: {_reason(exc)}") from exc
+
     def subscribe_events(
         self, subject_filter: str | None = None, deliver: Literal["new", "all"] = "new"
     ) -> EventSubscription:
@@ -207,6 +297,155 @@ class Bus:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+T = TypeVar("T")
+
+# A message NAKed for a passing cause comes back after this, doubled per delivery up to
+# the maximum: an outage of PostgreSQL then costs few deliveries of max_deliver.
+REDELIVER_FIRST_S = 1.0
+REDELIVER_MAX_S = 30.0
+# Deliveries before a message that keeps failing is terminated. With the delays above,
+# 100 deliveries outlast a 45-minute outage of a dependency.
+DEFAULT_MAX_DELIVER = 100
+
+
+def redelivery_delay(delivered: int) -> float:
+    """How long a message NAKed at its ``delivered``-th delivery waits to come back."""
+    return min(REDELIVER_FIRST_S * 2 ** max(0, delivered - 1), REDELIVER_MAX_S)
+
+
+@dataclass(frozen=True)
+class DurableConsumer:
+    """A durable pull consumer: JetStream keeps its place, so a restarted reader resumes
+    where the last one stopped, and hands a message out again until it is settled."""
+
+    stream: str
+    name: str
+    subject: str
+    ack_wait: float = 60.0
+    max_deliver: int = DEFAULT_MAX_DELIVER
+    deliver_new: bool = False
+    max_ack_pending: int = 1000
+
+    def config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            name=self.name,
+            durable_name=self.name,
+            filter_subject=self.subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            deliver_policy=DeliverPolicy.NEW if self.deliver_new else DeliverPolicy.ALL,
+            max_ack_pending=self.max_ack_pending,
+            max_deliver=self.max_deliver,
+        )
+
+
+class Delivery:
+    """One message of a durable consumer, as a reader sees it; settle it once (``ack``,
+    ``nak`` or ``term``). Settling raises ``Unavailable`` when NATS is away: the message
+    then comes back after the consumer's ``ack_wait``."""
+
+    def __init__(self, msg: Msg, consumer: str) -> None:
+        self._msg = msg
+        self.consumer = consumer
+        self.subject: str = msg.subject
+        self.data: bytes = msg.data
+        self.delivered: int = int(msg.metadata.num_delivered or 1)
+        self.msg_id: str | None = (msg.headers or {}).get("Nats-Msg-Id")
+
+    async def ack(self) -> None:
+        await self._settle("acking", self._msg.ack())
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Hand the message back for redelivery after ``delay`` seconds (default: a delay
+        that grows with its deliveries)."""
+        wait = redelivery_delay(self.delivered) if delay is None else delay
+        await self._settle("nak", self._msg.nak(delay=wait))
+
+    async def term(self, reason: str) -> None:
+        """Never deliver this message again; ``reason`` goes to the log with it."""
+        log.error(
+            "%s: terminating message %s on %s (delivery %d): %s",
+            self.consumer, self.msg_id or "-", self.subject, self.delivered, reason,
+        )  # fmt: skip
+        await self._settle("term", self._msg.term())
+
+    async def in_progress(self) -> None:
+        """Still working on it: restart the consumer's ``ack_wait`` for this message."""
+        await self._settle("in progress", self._msg.in_progress())
+
+    async def _settle(self, what: str, call: Awaitable[Any]) -> None:
+        try:
+            await call
+        except _NATS_ERRORS as exc:
+            raise Unavailable(f"{self.consumer}: {what}: {_reason(exc)}") from exc
+
+
+class PullConsumer:
+    """A bound durable pull consumer (``Bus.pull``): fetch deliveries, settle each."""
+
+    def __init__(self, consumer: DurableConsumer, sub: Any, max_deliver: int) -> None:
+        self.consumer = consumer
+        self._sub = sub
+        # The consumer's max_deliver as last made sure of (it may have been higher).
+        self.max_deliver = max_deliver
+
+    async def fetch(self, batch: int = 1, timeout: float = 1.0) -> list[Delivery]:
+        """Up to ``batch`` deliveries; none if nothing arrived within ``timeout`` seconds."""
+        try:
+            msgs = await self._sub.fetch(batch=batch, timeout=timeout)
+        except (nats.errors.TimeoutError, TimeoutError):
+            return []
+        except _NATS_ERRORS as exc:
+            raise Unavailable(f"{self.consumer.name}: fetching: {_reason(exc)}") from exc
+        return [Delivery(msg, self.consumer.name) for msg in msgs]
+
+
+async def _settle(
+    reader: PullConsumer,
+    good: Sequence[tuple[Delivery, T]],
+    handle: Callable[[list[T]], Awaitable[None]],
+) -> None:
+    """Hand decoded messages to ``handle`` together, else one by one (see ``Bus.consume``)."""
+    name = reader.consumer.name
+    try:
+        await handle([value for _, value in good])
+    except Unavailable as exc:
+        log.warning("%s: %s; %d message(s) will be redelivered", name, exc.message, len(good))
+        for delivery, _ in good:
+            await _retry_or_term(reader, delivery, exc)
+        return
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if len(good) == 1:
+            _log_failure(name, exc)
+            await _retry_or_term(reader, good[0][0], exc)
+            return
+        log.warning("%s: a batch of %d failed (%s); handling one by one", name, len(good), exc)
+        for one in good:
+            await _settle(reader, [one], handle)
+        return
+    for delivery, _ in good:
+        await delivery.ack()
+
+
+def _log_failure(name: str, exc: Exception) -> None:
+    if isinstance(exc, TuskError):
+        log.warning("%s: %s", name, exc.message)
+    else:
+        log.error("%s: unexpected error", name, exc_info=exc)
+
+
+async def _retry_or_term(reader: PullConsumer, delivery: Delivery, exc: Exception) -> None:
+    """NAK for a later try; at the last delivery JetStream allows, terminate with a reason
+    (JetStream would stop silently)."""
+    if delivery.delivered >= reader.max_deliver > 0:
+        reason = exc.message if isinstance(exc, TuskError) else f"{type(exc).__name__}: {exc}"
+        await delivery.term(f"failed at each of {delivery.delivered} deliveries: {reason}")
+    else:
+        await delivery.nak()
 
 
 class EventSubscription:
