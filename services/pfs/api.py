@@ -289,7 +289,9 @@ async def wait_commit(request: web.Request) -> web.Response:
     timeout = query_seconds(request, "timeout")
     info = await while_connected(
         request,
-        _svc(request).wait_commit(request.match_info["repo"], request.match_info["ref"], timeout),
+        _svc(request).wait_commit(
+            request.match_info["repo"], request.match_info["ref"], timeout, request.app[BUS]
+        ),
     )
     return web.json_response(info.to_json())
 

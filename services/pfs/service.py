@@ -48,9 +48,11 @@ from shared.api.pfs_models import (
     Trigger,
 )
 from shared.platform.backoff import Backoff, keep_running
+from shared.platform.bus import Bus
 from shared.platform.config import Config
 from shared.platform.db import Conn, acquire, db_ready
 from shared.platform.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from shared.platform.waits import wait_for
 from shared.storage.chunking import (
     ChunkCache,
     FileEntry,
@@ -377,25 +379,24 @@ class PfsService:
             row = await refs.resolve_ref(conn, repo, ref)
             return [r.info for r in await refs.commits_with_provenance(conn, row.id)]
 
-    async def wait_commit(self, repo: str, ref: str, timeout: float | None) -> CommitInfo:
+    async def wait_commit(self, repo: str, ref: str, timeout: float | None, bus: Bus) -> CommitInfo:
+        """The commit once finished; woken by the repo's commit events, not a timer."""
         async with self.pool.acquire() as conn:
             commit_id = (await refs.resolve_ref(conn, repo, ref)).id
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        delay = 0.02
-        while True:
+
+        async def finished() -> CommitInfo | None:
             async with self.pool.acquire() as conn:
                 row = await refs.get_commit(conn, commit_id)
             if row is None:
                 raise NotFound(f"commit {commit_id} was deleted while waiting")
-            if row.finished:
-                return row.info
-            if deadline is not None and loop.time() >= deadline:
-                raise FailedPrecondition(
-                    f"commit {repo}@{commit_id} not finished after {timeout} s"
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+            return row.info if row.finished else None
+
+        # commit.finished and commit.deleted of this repo.
+        subject = f"{self.config.nats_prefix}.pfs.commit.*.{repo}"
+        info = await wait_for(bus, subject, finished, timeout)
+        if info is None:
+            raise FailedPrecondition(f"commit {repo}@{commit_id} not finished after {timeout} s")
+        return info
 
     async def delete_commit(self, repo: str, ref: str) -> None:
         async with self.pool.acquire() as conn, conn.transaction():

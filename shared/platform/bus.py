@@ -254,6 +254,28 @@ class Bus:
                 if good:
                     await _settle(reader, good, handle)
 
+    @contextlib.asynccontextmanager
+    async def watch(self, subject: str) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever a message on ``subject`` (wildcards allowed) is published,
+        for the block: a plain NATS subscription, nothing stored. The server knows of the
+        interest before the block starts, so a state checked inside the block after
+        ``clear()`` cannot miss a change announced later."""
+        changed = asyncio.Event()
+
+        async def on_message(_msg: Msg) -> None:
+            changed.set()
+
+        try:
+            sub = await self.nc.subscribe(subject, cb=on_message)
+            await self.nc.flush(timeout=int(PUBLISH_TIMEOUT_S))
+        except _NATS_ERRORS as exc:
+            raise Unavailable(f"watching {subject}: {_reason(exc)}") from exc
+        try:
+            yield changed
+        finally:
+            with contextlib.suppress(*_NATS_ERRORS):
+                await sub.unsubscribe()
+
     async def purge_subject(self, stream: str, subject: str) -> None:
         """Drop every message of ``subject`` from ``stream`` (a deleted pipeline's tasks)."""
         try:
