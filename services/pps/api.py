@@ -7,6 +7,7 @@ from aiohttp import web
 from services.pps.service import PpsService
 from shared.api.secrets import check_secret_name, encode_values, parse_secret_manifest
 from shared.pipeline.spec import load_spec_documents
+from shared.platform.bus import Bus
 from shared.platform.errors import InvalidArgument
 from shared.platform.http import (
     NAME,
@@ -27,6 +28,7 @@ from shared.platform.http import (
 )
 
 SERVICE: web.AppKey[PpsService] = web.AppKey("pps_service", PpsService)
+BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
 routes = web.RouteTableDef()
 
 
@@ -142,7 +144,9 @@ async def wait_job(request: web.Request) -> web.Response:
     timeout = query_seconds(request, "timeout")
     job = await while_connected(
         request,
-        _svc(request).wait_job(request.match_info["name"], request.match_info["job"], timeout),
+        _svc(request).wait_job(
+            request.match_info["name"], request.match_info["job"], timeout, request.app[BUS]
+        ),
     )
     return web.json_response(job.to_json())
 

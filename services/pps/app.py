@@ -6,17 +6,15 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.pps.api import SERVICE, routes
+from services.pps.api import BUS, SERVICE, routes
 from services.pps.service import PpsService
 from shared.api.pfs_client import PfsClient
-from shared.platform.bus import Bus
 from shared.platform.config import Config
 from shared.platform.http import add_health_routes, service_application
 from shared.platform.service_resources import core_resources
 from shared.pps.store import migrate_pps
 
 VERSION = "0.1.0"
-BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
 
 
 def build_app(config: Config) -> web.Application:

@@ -8,7 +8,6 @@ what users ask for, in one transaction with the event that tells the scheduler.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import uuid
@@ -19,7 +18,7 @@ import asyncpg
 from services.pps.inputs import check_pinned_commits, set_input_triggers
 from services.pps.secret_box import SecretBox, key_file_path
 from services.pps.secrets import SecretService
-from shared.api.events import Event, JobStateChanged, PipelineUpdated
+from shared.api.events import Event, JobStateChanged, PipelineUpdated, subject_filter
 from shared.api.pfs_client import PfsClient
 from shared.api.pps_models import (
     JOB_CREATED,
@@ -40,10 +39,12 @@ from shared.pipeline.spec import (
     parse_pipeline_spec,
     spec_to_json,
 )
+from shared.platform.bus import Bus
 from shared.platform.config import Config
 from shared.platform.db import Conn, db_ready
 from shared.platform.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from shared.platform.outbox import enqueue
+from shared.platform.waits import wait_for
 from shared.pps import store
 from shared.pps.jobs import create_job_if_new, job_inputs
 
@@ -257,18 +258,22 @@ class PpsService:
         async with self.pool.acquire() as conn:
             return await self._job(conn, pipeline, job_id)
 
-    async def wait_job(self, pipeline: str, job_id: str, timeout: float | None) -> JobInfo:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        delay = 0.02
-        while True:
-            job = await self.inspect_job(pipeline, job_id)
-            if job.state in JOB_DONE:
-                return job
-            if deadline is not None and loop.time() >= deadline:
-                raise FailedPrecondition(f"job {pipeline}@{job.id} is still {job.state}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+    async def wait_job(
+        self, pipeline: str, job_id: str, timeout: float | None, bus: Bus
+    ) -> JobInfo:
+        """The job once done; woken by the pipeline's job events, not a timer."""
+        last = await self.inspect_job(pipeline, job_id)
+
+        async def done() -> JobInfo | None:
+            nonlocal last
+            last = await self.inspect_job(pipeline, job_id)
+            return last if last.state in JOB_DONE else None
+
+        subject = subject_filter(self.config.nats_prefix, "job.state", pipeline)
+        job = await wait_for(bus, subject, done, timeout)
+        if job is None:
+            raise FailedPrecondition(f"job {pipeline}@{last.id} is still {last.state}")
+        return job
 
     async def list_datums(self, pipeline: str, job_id: str) -> list[DatumInfo]:
         async with self.pool.acquire() as conn:
