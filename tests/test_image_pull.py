@@ -189,12 +189,17 @@ async def test_layers_are_stored_once_and_eviction_is_least_recently_used(
     store = ImageStore(tmp_path)
     one = await obtain_image(store, f"{host}/tests/lru:one", session)
     two = await obtain_image(store, f"{host}/tests/lru:two", session)
+    # The shared layer is unpacked once; both roots hold its files by hard link.
+    assert len(list((tmp_path / "layers").iterdir())) == 3
+    assert (one.root / "bin/busybox").stat().st_ino == (two.root / "bin/busybox").stat().st_ino
     blobs = {p.name for p in (tmp_path / "blobs/sha256").iterdir()}
     assert len(blobs) == 7  # the shared busybox layer once: 2 manifests, 2 configs, 3 layers
     store.touch(one.record.digest)  # `one` is now the more recently used
     store.limit_bytes = one.record.size + 1
     assert store.evict() == [two.record.digest]
     assert not two.root.exists()
+    assert len(list((tmp_path / "layers").iterdir())) == 2  # its own layer went with it
+    assert (one.root / "bin/busybox").stat().st_size > 0
     assert (tmp_path / "blobs/sha256" / digest_of(base).removeprefix("sha256:")).exists()
     store.limit_bytes = 0
     assert store.evict(keep=[one.record.digest]) == []

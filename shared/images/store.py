@@ -2,9 +2,12 @@
 
 - ``blobs/sha256/<hex>``: manifests, configs and layers, each stored once by digest and
   only after its digest was checked;
-- ``roots/<hex>``: one unpacked root per image (``hex`` of its manifest digest), its
-  layers applied bottom first; built in a scratch directory and renamed into place, so a
-  root that exists is whole;
+- ``layers/<hex>/``: each layer unpacked once per digest (``files/<n>``: its regular
+  files; ``entries.json``: every member in tar order), shared by every image holding it;
+- ``roots/<hex>``: one root per image (``hex`` of its manifest digest), its layers'
+  entries applied bottom first with regular files hard-linked from ``layers/`` (a file
+  is on disk once however many images hold its layer); built in a scratch directory and
+  renamed into place, so a root that exists is whole;
 - ``records/<hex>.json``: what the image is (references, config and layer digests, sizes)
   and when it was last used — the order least-recently-used eviction follows.
 
@@ -26,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shared.images.layers import _writable_tree, apply_layer
+from shared.images.layers import Entry, _writable_tree, apply_entries, unpack_layer
 from shared.images.manifests import (
     ImageConfig,
     Manifest,
@@ -71,7 +74,7 @@ class ImageStore:
     def __init__(self, directory: Path, limit_bytes: int | None = None) -> None:
         self.directory = directory
         self.limit_bytes = limit_bytes
-        for sub in ("blobs/sha256", "roots", "records", "scratch"):
+        for sub in ("blobs/sha256", "layers", "roots", "records", "scratch"):
             (directory / sub).mkdir(parents=True, exist_ok=True)
 
     # Blobs
@@ -205,14 +208,17 @@ class ImageStore:
         for digest in (record.digest, record.config, *record.layers):
             if digest not in shared:
                 self.blob_path(digest).unlink(missing_ok=True)
+                shutil.rmtree(self._layer_dir(digest), ignore_errors=True)
 
     def _build_root(self, manifest: Manifest, root: Path) -> int:
         scratch = Path(tempfile.mkdtemp(dir=self.directory / "scratch", prefix="root-"))
         try:
             size = 0
             for layer in manifest.layers:
-                with open(self.blob_path(layer.digest), "rb") as stream:
-                    size += apply_layer(stream, scratch).bytes
+                entries = self._unpacked(layer.digest)
+                size += apply_entries(
+                    entries, self._layer_dir(layer.digest) / "files", scratch
+                ).bytes
             for name in MOUNT_POINTS:
                 point = scratch / name
                 if not point.is_dir() and not point.is_symlink():
@@ -225,6 +231,26 @@ class ImageStore:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
         return size
+
+    def _layer_dir(self, digest: str) -> Path:
+        return self.directory / "layers" / _hex(digest)
+
+    def _unpacked(self, digest: str) -> list[Entry]:
+        """The layer's entries, unpacking it first if no image did yet (under ``lock``)."""
+        directory = self._layer_dir(digest)
+        if not (directory / "entries.json").is_file():
+            scratch = Path(tempfile.mkdtemp(dir=self.directory / "scratch", prefix="layer-"))
+            try:
+                with open(self.blob_path(digest), "rb") as stream:
+                    entries = unpack_layer(stream, scratch / "files")
+                (scratch / "entries.json").write_text(json.dumps([asdict(e) for e in entries]))
+                shutil.rmtree(directory, ignore_errors=True)  # a half-made one from a crash
+                os.rename(scratch, directory)
+            except BaseException:
+                shutil.rmtree(scratch, ignore_errors=True)
+                raise
+            return entries
+        return [Entry(**e) for e in json.loads((directory / "entries.json").read_text())]
 
     def _read(self, digest: str) -> ImageRecord | None:
         path = self.directory / "records" / f"{_hex(digest)}.json"
