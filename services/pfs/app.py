@@ -8,14 +8,13 @@ import logging
 from collections.abc import AsyncIterator
 from importlib.resources import files
 
-import asyncpg
 from aiohttp import web
 
 from services.pfs.api import BUS, SERVICE, STOPPING, routes
 from services.pfs.committed import CommittedFiles
 from services.pfs.service import PfsService
 from shared.platform.config import Config
-from shared.platform.db import migrate
+from shared.platform.db import Pool, migrate
 from shared.platform.http import add_health_routes, service_application
 from shared.platform.service_resources import core_resources
 from shared.storage.file_index import FileIndex
@@ -25,7 +24,7 @@ log = logging.getLogger("tusk.pfs")
 VERSION = "0.1.0"
 
 
-async def migrate_pfs(pool: asyncpg.Pool) -> list[int]:
+async def migrate_pfs(pool: Pool) -> list[int]:
     return await migrate(pool, "pfs", files("services.pfs.migrations"))
 
 

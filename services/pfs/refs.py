@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
 from shared.api.names import COMMIT_ID_RE, check_name, parse_ref
 from shared.api.pfs_models import BranchInfo, CommitInfo, CommitRef, RepoInfo, Trigger
-from shared.platform.db import Conn
+from shared.platform.db import Conn, Row, duplicate_is
 from shared.platform.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 
@@ -52,7 +50,7 @@ _COMMIT_COLUMNS = (
 )
 
 
-def commit_from_record(rec: asyncpg.Record) -> CommitRow:
+def commit_from_record(rec: Row) -> CommitRow:
     prov = rec["provenance"]
     prov_list = json.loads(prov) if isinstance(prov, str) else (prov or [])
     info = CommitInfo(
@@ -79,12 +77,10 @@ def commit_from_record(rec: asyncpg.Record) -> CommitRow:
 
 async def create_repo(conn: Conn, name: str, description: str) -> None:
     check_name("repo", name)
-    try:
+    with duplicate_is(AlreadyExists(f"repo {name} already exists")):
         await conn.execute(
             "INSERT INTO pfs_repos (name, description) VALUES ($1, $2)", name, description
         )
-    except asyncpg.UniqueViolationError:
-        raise AlreadyExists(f"repo {name} already exists") from None
 
 
 async def repo_exists(conn: Conn, name: str) -> bool:
@@ -120,7 +116,7 @@ async def list_repos(conn: Conn) -> list[RepoInfo]:
     return [_repo_info(r) for r in await conn.fetch(_REPO_SELECT, None)]
 
 
-def _repo_info(rec: asyncpg.Record) -> RepoInfo:
+def _repo_info(rec: Row) -> RepoInfo:
     return RepoInfo(
         name=rec["name"],
         created=_time(rec["created"]) or "",
@@ -168,12 +164,10 @@ async def insert_branch(conn: Conn, repo: str, name: str, head: str | None) -> N
     check_name("branch", name)
     if COMMIT_ID_RE.match(name):
         raise InvalidArgument(f"invalid branch name {name!r}: it looks like a commit id")
-    try:
+    with duplicate_is(AlreadyExists(f"branch {repo}@{name} already exists")):
         await conn.execute(
             "INSERT INTO pfs_branches (repo, name, head) VALUES ($1, $2, $3)", repo, name, head
         )
-    except asyncpg.UniqueViolationError:
-        raise AlreadyExists(f"branch {repo}@{name} already exists") from None
 
 
 async def insert_branch_if_missing(conn: Conn, repo: str, name: str) -> bool:
@@ -257,7 +251,7 @@ async def triggered_branch(conn: Conn, repo: str, name: str) -> TriggeredBranch 
     return _triggered(repo, row) if row is not None else None
 
 
-def _triggered(repo: str, row: asyncpg.Record) -> TriggeredBranch:
+def _triggered(repo: str, row: Row) -> TriggeredBranch:
     trigger = _trigger(row["trigger"])
     assert trigger is not None
     return TriggeredBranch(repo, row["name"], row["head"], trigger, row["head_moved"])

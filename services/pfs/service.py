@@ -22,8 +22,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import asyncpg
-
 from services.pfs import refs, staging, triggers
 from services.pfs.committed import Change, CommittedFiles
 from services.pfs.events import commit_payload, emit
@@ -50,7 +48,7 @@ from shared.api.pfs_models import (
 from shared.platform.backoff import Backoff, keep_running
 from shared.platform.bus import Bus
 from shared.platform.config import Config
-from shared.platform.db import Conn, acquire, db_ready
+from shared.platform.db import Conn, Pool, acquire, db_ready
 from shared.platform.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from shared.platform.waits import wait_for
 from shared.storage.chunking import (
@@ -90,7 +88,7 @@ class PendingWrite:
 
 class PfsService:
     def __init__(
-        self, config: Config, pool: asyncpg.Pool, store: ObjectStore, files: CommittedFiles
+        self, config: Config, pool: Pool, store: ObjectStore, files: CommittedFiles
     ) -> None:
         self.config = config
         self.pool = pool

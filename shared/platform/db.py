@@ -43,6 +43,20 @@ Conn: TypeAlias = (
     "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 )
 
+# What services name in their signatures, so that none imports asyncpg itself.
+Pool: TypeAlias = asyncpg.Pool
+Row: TypeAlias = asyncpg.Record
+
+
+@contextlib.contextmanager
+def duplicate_is(error: TuskError) -> Generator[None, None, None]:
+    """Raise ``error`` (``AlreadyExists``, say) where the block breaks a unique constraint."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError:
+        raise error from None
+
+
 MIGRATION_FILE_RE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 _DATABASE_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Arbitrary constant shared by every Tusk process: the key of the migration advisory lock.
