@@ -25,21 +25,29 @@ from shared.platform.bus import Bus, EventSubscription, connect, tasks_stream_na
 from shared.platform.config import Config
 from shared.platform.db import create_pool, migrate_shared
 from shared.platform.errors import Internal, InvalidArgument, Unavailable
-from shared.platform.outbox import PAUSE_AFTER_PUBLISH_ENV, OutboxRelay, enqueue
+from shared.platform.outbox import OutboxRelay, enqueue
 from tests.fixtures.servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # A relay in its own process (config from TUSK_* variables), for the crash test.
 RELAY_PROCESS = """
 import asyncio, os, pathlib
-from shared.platform.bus import connect
+from shared.platform.bus import Bus, connect
 from shared.platform.config import load_config
 from shared.platform.db import create_pool
 from shared.platform.outbox import OutboxRelay
 
+class PausingBus(Bus):
+    # Stops after a publish: the relay is killed before it deletes the row.
+
+    async def publish_raw(self, subject, payload, msg_id):
+        result = await super().publish_raw(subject, payload, msg_id)
+        await asyncio.sleep(60)
+        return result
+
 async def main():
     config = load_config(path=pathlib.Path(os.devnull))
-    pool, bus = await create_pool(config), await connect(config)
+    pool, bus = await create_pool(config), PausingBus((await connect(config)).nc, config)
     async with OutboxRelay(pool, bus):
         await asyncio.Event().wait()
 
@@ -231,7 +239,6 @@ async def test_relay_killed_between_publish_and_delete_is_deduplicated(
         "TUSK_DATABASE_URL": tusk_config.database_url,
         "TUSK_NATS_URL": tusk_config.nats_url,
         "TUSK_NATS_PREFIX": tusk_config.nats_prefix,
-        PAUSE_AFTER_PUBLISH_ENV: "60",
     }
     async with bus.subscribe_events(deliver="all") as sub:
         relay = await asyncio.create_subprocess_exec(

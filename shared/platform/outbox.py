@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from typing import Any
 
@@ -31,8 +30,6 @@ log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "tusk_outbox"
 # Key of the advisory lock that makes one relay at a time publish ("tuskoutb").
 RELAY_LOCK_KEY = 0x7475_736B_6F75_7462
-# Test hook: seconds to sleep between publishing a batch and deleting it, to test a crash there.
-PAUSE_AFTER_PUBLISH_ENV = "TUSK_TEST_OUTBOX_PAUSE_AFTER_PUBLISH"
 
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
@@ -73,7 +70,6 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: Any = None
-        self._pause_after_publish = float(os.environ.get(PAUSE_AFTER_PUBLISH_ENV, "0") or 0)
         self.published = 0
 
     async def __aenter__(self) -> OutboxRelay:
@@ -121,8 +117,6 @@ class OutboxRelay:
                 )
                 for row in rows:
                     await self._bus.publish_raw(row["subject"], row["payload"], row["event_id"])
-                if rows and self._pause_after_publish:
-                    await asyncio.sleep(self._pause_after_publish)
                 if rows:
                     await conn.execute(
                         "DELETE FROM outbox WHERE seq = ANY($1::bigint[])",
