@@ -119,6 +119,7 @@ async def test_up_restart_down_and_up_again_keeps_data(home: Path) -> None:
             "pfs": "up",
             "pps": "up",
             "scheduler": "up",
+            "s3gateway": "up",
         }
         pids = {c.name: c.pid for c in first.components}
         assert all(pid and alive(pid) for pid in pids.values())
