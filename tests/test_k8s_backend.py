@@ -28,6 +28,7 @@ from services.scheduler.backends.kubernetes import KubernetesBackend, settings_f
 from services.scheduler.backends.pod_sandbox import RUNNER_SCRIPT, PodSandbox, run_script
 from services.scheduler.sandbox import SandboxSettings
 from shared.pipeline.spec import parse_pipeline_spec
+from shared.platform.config import load_config
 from shared.platform.errors import FailedPrecondition, InvalidArgument, Unavailable
 from tests.k8s_api_double import ScriptedKubernetesApi
 
@@ -520,10 +521,10 @@ async def test_datum_runs_through_the_pod_runner_end_to_end(
         await store.close()
 
 
-def test_worker_uses_the_pod_sandbox_when_told(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_uses_the_pod_sandbox_when_told(tmp_path: Path) -> None:
     from services.scheduler.worker import _sandbox
 
-    monkeypatch.setenv("TUSK_DATUM_SANDBOX", "pod")
-    assert isinstance(_sandbox(), PodSandbox)
-    monkeypatch.delenv("TUSK_DATUM_SANDBOX")
-    assert _sandbox() is None
+    no_file = tmp_path / "config.toml"
+    told = load_config(no_file, {"TUSK_DATUM_SANDBOX": "pod"})
+    assert isinstance(_sandbox(told), PodSandbox)
+    assert _sandbox(load_config(no_file, {})) is None

@@ -52,7 +52,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.scheduler.backends.image_provider import IMAGE_CACHE_ENV, WORKER_IMAGE_ENV
 from services.scheduler.backends.pod_sandbox import PodSandbox
 from services.scheduler.datum_runner import run_datum
 from services.scheduler.datum_secrets import SecretSource, fetch_secrets
@@ -190,7 +189,7 @@ class Worker:
         self.objects = objects
         self.workdir = workdir
         self.cache = ChunkCache(max_bytes=256 << 20)
-        self.concurrency = max(1, int(os.environ.get("TUSK_WORKER_CONCURRENCY", "2")))
+        self.concurrency = max(1, config.worker.concurrency)
         self.index = FileIndex(objects)
         # The lazy-input tree, or why there is none (said once, at the first lazy input).
         self.lazy = lazy
@@ -373,19 +372,21 @@ def _died(times: int) -> DatumResult:
     )
 
 
-def _sandbox() -> Sandbox | None:
-    """``TUSK_DATUM_SANDBOX=pod`` (set in Kubernetes worker pods): datums run in the pod's
-    user container (``backends/pod_sandbox.py``); otherwise in bubblewrap here, in the
-    cached image ``TUSK_WORKER_IMAGE`` names when the local backend set it."""
-    if os.environ.get("TUSK_DATUM_SANDBOX") == "pod":
+def _sandbox(config: Config) -> Sandbox | None:
+    """``worker.datum_sandbox = "pod"`` (``TUSK_DATUM_SANDBOX=pod``, set in Kubernetes
+    worker pods): datums run in the pod's user container (``backends/pod_sandbox.py``);
+    otherwise in bubblewrap here, in the cached image ``worker.image``
+    (``TUSK_WORKER_IMAGE``) names when the local backend set it."""
+    worker = config.worker
+    if worker.datum_sandbox == "pod":
         return PodSandbox()
-    digest = os.environ.get(WORKER_IMAGE_ENV)
+    digest = worker.image
     if digest:
         # The local backend pulled the image before starting this worker (docs/images.md).
         from services.scheduler.image_sandbox import ImageSandbox
         from shared.images.store import ImageStore
 
-        return ImageSandbox(ImageStore(Path(os.environ[IMAGE_CACHE_ENV])).image(digest))
+        return ImageSandbox(ImageStore(Path(worker.image_cache)).image(digest))
     return None
 
 
@@ -428,7 +429,7 @@ async def main_async(pipeline: str) -> None:
         async with open_object_store(config) as objects, PpsClient(config.pps_url) as pps:
             with tempfile.TemporaryDirectory(prefix=f"tusk-worker-{pipeline}-") as workdir:
                 worker = Worker(
-                    config, pipeline, bus, objects, Path(workdir), _sandbox(), secrets=pps
+                    config, pipeline, bus, objects, Path(workdir), _sandbox(config), secrets=pps
                 )
                 # Unmounted before the scratch directory holding it is removed.
                 async with lazy_inputs(

@@ -35,6 +35,21 @@ class S3Config:
 
 
 @dataclass(frozen=True)
+class WorkerConfig:
+    """What a datum worker process reads (``[worker]``; env ``TUSK_WORKER_*``)."""
+
+    # Datums one worker runs at once, each in its own sandbox.
+    concurrency: int = 2
+    # Where a datum runs: "bwrap" (a bubblewrap sandbox on this machine) or "pod" (the
+    # user container of the worker's Kubernetes pod, set by the Kubernetes backend).
+    datum_sandbox: str = "bwrap"
+    # Set by the local backend for a pipeline with an image (docs/images.md): the image's
+    # manifest digest and the cache holding it; empty: datums see this machine's /usr.
+    image: str = ""
+    image_cache: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a Tusk process needs to find its peers."""
 
@@ -45,6 +60,7 @@ class Config:
     # "file:///abs/dir" for the local-directory store, "s3" for S3 (see ``s3``).
     object_store: str = "file:///tmp/tusk-objects"
     s3: S3Config = field(default_factory=S3Config)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
     pfs_url: str = "http://127.0.0.1:7651"
     pps_url: str = "http://127.0.0.1:7652"
     mountd_url: str = "http://127.0.0.1:7654"
@@ -125,6 +141,20 @@ _S3_ENV_FIELDS = {
 }
 
 
+_WORKER_ENV_FIELDS = {
+    "TUSK_WORKER_CONCURRENCY": "concurrency",
+    # The Kubernetes backend's name for it, kept: worker pods of older manifests set it.
+    "TUSK_DATUM_SANDBOX": "datum_sandbox",
+    "TUSK_WORKER_IMAGE": "image",
+    "TUSK_WORKER_IMAGE_CACHE": "image_cache",
+}
+# Tables of the TOML file and the environment variables of their fields.
+_SECTIONS: dict[str, tuple[type[Any], dict[str, str]]] = {
+    "s3": (S3Config, _S3_ENV_FIELDS),
+    "worker": (WorkerConfig, _WORKER_ENV_FIELDS),
+}
+
+
 def config_file() -> Path:
     explicit = os.environ.get("TUSK_CONFIG")
     return Path(explicit) if explicit else tusk_home() / "config.toml"
@@ -150,13 +180,14 @@ def load_config(path: Path | None = None, environ: dict[str, str] | None = None)
     env = os.environ if environ is None else environ
     path = path or config_file()
     values: dict[str, Any] = {}
-    s3_values: dict[str, Any] = {}
+    tables: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
     if path.exists():
         try:
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise InvalidArgument(f"config file {path} is not valid TOML: {exc}") from None
-        s3_values.update(data.pop("s3", {}) or {})
+        for name in _SECTIONS:
+            tables[name].update(data.pop(name, {}) or {})
         known = {f.name for f in dataclasses.fields(Config)}
         unknown = set(data) - known
         if unknown:
@@ -165,30 +196,44 @@ def load_config(path: Path | None = None, environ: dict[str, str] | None = None)
     for var, name in _ENV_FIELDS.items():
         if var in env:
             values[name] = env[var]
-    for var, name in _S3_ENV_FIELDS.items():
-        if var in env:
-            s3_values[name] = env[var]
+    for section, (_cls, env_fields) in _SECTIONS.items():
+        for var, name in env_fields.items():
+            if var in env:
+                tables[section][name] = env[var]
     defaults = Config()
     coerced = {k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()}
-    return Config(**coerced, s3=S3Config(**s3_values))
+    for section, (cls, _env_fields) in _SECTIONS.items():
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(tables[section]) - known
+        if unknown:
+            raise InvalidArgument(f"config [{section}]: unknown keys {sorted(unknown)}")
+        default = cls()
+        coerced[section] = cls(
+            **{
+                k: _coerce(f"{section}.{k}", v, getattr(default, k))
+                for k, v in tables[section].items()
+            }
+        )
+    return Config(**coerced)
 
 
 def dump_config_toml(config: Config) -> str:
     """Render a config as TOML (str/int values, lists of str and the [s3] table)."""
     lines = []
-    s3_lines = []
+    tables: dict[str, list[str]] = {name: [] for name in _SECTIONS}
     for f in dataclasses.fields(Config):
         value = getattr(config, f.name)
-        if f.name == "s3":
-            for sf in dataclasses.fields(S3Config):
+        if f.name in _SECTIONS:
+            for sf in dataclasses.fields(value):
                 sv = getattr(value, sf.name)
                 if sv is not None:
-                    s3_lines.append(f"{sf.name} = {_toml_value(sv)}")
+                    tables[f.name].append(f"{sf.name} = {_toml_value(sv)}")
             continue
         lines.append(f"{f.name} = {_toml_value(value)}")
     text = "\n".join(lines) + "\n"
-    if s3_lines:
-        text += "\n[s3]\n" + "\n".join(s3_lines) + "\n"
+    for name, table in tables.items():
+        if table:
+            text += f"\n[{name}]\n" + "\n".join(table) + "\n"
     return text
 
 
