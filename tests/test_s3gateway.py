@@ -545,3 +545,38 @@ async def test_upload_streams_chunked_bodies_from_unsigned_and_signed_clients(
     ):
         body = await call(lambda k=key: unsigned.get_object(Bucket=BUCKET, Key=k)["Body"].read())
         assert body == want
+
+
+async def test_a_slow_complete_answers_at_once_and_sends_its_result_later(
+    repo: str, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.s3gateway import multipart
+
+    # As if joining the parts took longer than a client waits for a first byte.
+    monkeypatch.setattr(multipart, "COMPLETE_PATIENCE_S", 0)
+    monkeypatch.setattr(multipart, "KEEPALIVE_S", 0.01)
+    data = os.urandom(6 << 20)
+    upload_id = (await call(s3.create_multipart_upload, Bucket=BUCKET, Key="slow"))["UploadId"]
+    etag = (
+        await call(
+            s3.upload_part, Bucket=BUCKET, Key="slow", UploadId=upload_id, PartNumber=1, Body=data
+        )
+    )["ETag"]
+    done = await call(
+        s3.complete_multipart_upload,
+        Bucket=BUCKET,
+        Key="slow",
+        UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
+    )
+    assert done["Key"] == "slow"
+    body = await call(lambda: s3.get_object(Bucket=BUCKET, Key="slow")["Body"].read())
+    assert body == data
+
+
+async def test_a_new_repo_lists_its_master_as_an_empty_bucket(repo: str, s3: Any) -> None:
+    names = [b["Name"] for b in (await call(s3.list_buckets))["Buckets"]]
+    assert names == [BUCKET]
+    listed = await call(s3.list_objects_v2, Bucket=BUCKET)
+    assert listed["KeyCount"] == 0
+    assert await refused(s3.head_bucket, Bucket="dev.data") == (404, "404")
