@@ -92,12 +92,13 @@ async def pull(
     limit = asyncio.Semaphore(PARALLEL_BLOBS)
 
     async def fetch(layer_digest: str, size: int) -> None:
-        if store.has_blob(layer_digest):
-            return
         async with limit:
-            scratch = store.scratch_file()
-            await client.blob_to(layer_digest, size, scratch)
-            store.put_blob_file(scratch, layer_digest)
+            if not store.has_blob(layer_digest):
+                scratch = store.scratch_file()
+                await client.blob_to(layer_digest, size, scratch)
+                store.put_blob_file(scratch, layer_digest)
+            # Unpacked at once, beside the other downloads (zlib and sha256 leave the GIL).
+            await asyncio.to_thread(store.unpacked, layer_digest)
 
     try:
         async with asyncio.TaskGroup() as group:

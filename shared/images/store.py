@@ -215,7 +215,7 @@ class ImageStore:
         try:
             size = 0
             for layer in manifest.layers:
-                entries = self._unpacked(layer.digest)
+                entries = self.unpacked(layer.digest)
                 size += apply_entries(
                     entries, self._layer_dir(layer.digest) / "files", scratch
                 ).bytes
@@ -235,8 +235,10 @@ class ImageStore:
     def _layer_dir(self, digest: str) -> Path:
         return self.directory / "layers" / _hex(digest)
 
-    def _unpacked(self, digest: str) -> list[Entry]:
-        """The layer's entries, unpacking it first if no image did yet (under ``lock``)."""
+    def unpacked(self, digest: str) -> list[Entry]:
+        """The stored layer's entries, unpacking it first if nobody did yet. Safe without
+        ``lock`` (a pull unpacks its layers in parallel, each as soon as it arrives): each
+        unpacks into scratch and renames; the loser of a race drops its copy."""
         directory = self._layer_dir(digest)
         if not (directory / "entries.json").is_file():
             scratch = Path(tempfile.mkdtemp(dir=self.directory / "scratch", prefix="layer-"))
@@ -244,12 +246,11 @@ class ImageStore:
                 with open(self.blob_path(digest), "rb") as stream:
                     entries = unpack_layer(stream, scratch / "files")
                 (scratch / "entries.json").write_text(json.dumps([asdict(e) for e in entries]))
-                shutil.rmtree(directory, ignore_errors=True)  # a half-made one from a crash
-                os.rename(scratch, directory)
-            except BaseException:
+                with contextlib.suppress(FileExistsError, OSError):
+                    os.rename(scratch, directory)
+                    return entries
+            finally:
                 shutil.rmtree(scratch, ignore_errors=True)
-                raise
-            return entries
         return [Entry(**e) for e in json.loads((directory / "entries.json").read_text())]
 
     def _read(self, digest: str) -> ImageRecord | None:
