@@ -15,12 +15,12 @@ import pytest
 
 from shared.api.events import (
     CommitFinished,
-    CommitRef,
     Event,
     RepoCreated,
     UnknownPayload,
     subject_filter,
 )
+from shared.api.pfs_models import CommitRef
 from shared.platform.bus import Bus, EventSubscription, connect, tasks_stream_name
 from shared.platform.config import Config
 from shared.platform.db import create_pool, migrate_shared
@@ -108,7 +108,7 @@ def test_event_round_trips_through_bytes_with_typed_payload() -> None:
             branch="master",
             commit="a" * 32,
             parent=None,
-            provenance=[CommitRef(repo="images", branch="master", commit="b" * 32)],
+            provenance=[CommitRef(repo="images", branch="master", id="b" * 32)],
             size_bytes=42,
             error=None,
         )
@@ -119,6 +119,19 @@ def test_event_round_trips_through_bytes_with_typed_payload() -> None:
     assert back.payload.provenance[0].repo == "images"
     assert event.subject("tusk") == "tusk.pfs.commit.finished.edges"
     assert len(event.id) == 32 and event.time.endswith("Z")
+
+
+def test_provenance_keeps_its_old_wire_name_and_old_events_are_still_read() -> None:
+    ref = CommitRef(repo="images", branch="master", id="b" * 32)
+    event = Event(CommitFinished(repo="edges", branch="master", commit="a" * 32, provenance=[ref]))
+    wire = event.to_json()["data"]["provenance"]
+    assert wire == [{"repo": "images", "branch": "master", "id": "b" * 32, "commit": "b" * 32}]
+    old = b'{"id":"x","type":"commit.finished","time":"t","data":{"repo":"edges",'
+    old += b'"branch":"master","commit":"c","provenance":[{"repo":"images","branch":null,'
+    old += b'"commit":"dd"}]}}'
+    payload = Event.from_bytes(old).payload
+    assert isinstance(payload, CommitFinished)
+    assert payload.provenance == [CommitRef(repo="images", branch=None, id="dd")]
 
 
 def test_unknown_event_type_is_kept_raw_and_malformed_events_are_refused() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.api.events import CommitFinished, CommitRef, CommitStarted, Event, Payload
+from shared.api.events import CommitFinished, CommitStarted, Event, Payload
 from shared.api.pfs_models import CommitInfo
 from shared.platform.config import Config
 from shared.platform.db import Conn
@@ -17,7 +17,7 @@ async def emit(conn: Conn, config: Config, payload: Payload) -> None:
 
 def commit_payload(kind: str, info: CommitInfo) -> Payload:
     """The commit.started / commit.finished payload of a commit."""
-    provenance = [CommitRef(p.repo, p.branch, p.id) for p in info.provenance]
+    provenance = list(info.provenance)
     if kind == "commit.started":
         return CommitStarted(
             repo=info.repo,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from shared.api.pfs_models import CommitRef
 from shared.platform.errors import Internal, InvalidArgument
 
 PAYLOAD_TYPES: dict[str, type[Payload]] = {}
@@ -73,15 +74,6 @@ class BranchRef:
     branch: str
 
 
-@dataclass(frozen=True)
-class CommitRef:
-    """One commit that a commit was made from (an entry of its provenance)."""
-
-    repo: str
-    branch: str | None
-    commit: str
-
-
 @dataclass(frozen=True, kw_only=True)
 class PfsPayload(Payload):
     """Base of PFS events; their subject key is the repo."""
@@ -124,12 +116,21 @@ class BranchDeleted(PfsPayload, type="branch.deleted"):
     branch: str
 
 
+def provenance_json(refs: list[CommitRef]) -> list[dict[str, Any]]:
+    """Provenance as events carry it: each ``CommitRef`` with its id also under
+    ``commit``, the name events used before (outside subscribers may still read it)."""
+    return [{**ref.to_json(), "commit": ref.id} for ref in refs]
+
+
 @dataclass(frozen=True, kw_only=True)
 class CommitStarted(PfsPayload, type="commit.started"):
     branch: str | None
     commit: str
     parent: str | None = None
     provenance: list[CommitRef] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "provenance": provenance_json(self.provenance)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +143,9 @@ class CommitFinished(PfsPayload, type="commit.finished"):
     provenance: list[CommitRef] = field(default_factory=list)
     size_bytes: int = 0
     error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "provenance": provenance_json(self.provenance)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -293,12 +297,14 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise InvalidArgument(f"{where}: expected an object")
         hints = typing.get_type_hints(tp)
+        aliases: dict[str, str] = getattr(tp, "JSON_ALIASES", {})
         kwargs = {}
         for f in dataclasses.fields(tp):
             if not f.init:
                 continue
-            if f.name in value:
-                kwargs[f.name] = _decode(hints[f.name], value[f.name], f"{where}.{f.name}")
+            key = f.name if f.name in value else aliases.get(f.name, f.name)
+            if key in value:
+                kwargs[f.name] = _decode(hints[f.name], value[key], f"{where}.{f.name}")
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise InvalidArgument(f"{where}.{f.name}: missing")
         # Unknown fields are ignored: a newer producer may add fields to a known type.

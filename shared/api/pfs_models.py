@@ -8,7 +8,7 @@ Pachyderm user reading ``-o json`` recognises them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from shared.platform.records import Record, from_dict
 
@@ -19,7 +19,12 @@ ChangeKind = Literal["added", "deleted", "modified"]
 
 @dataclass(frozen=True)
 class CommitRef(Record):
-    """One commit named with its repo and branch, as provenance lists them."""
+    """One commit named with its repo and branch, as provenance lists them (in the API's
+    records and in events alike)."""
+
+    # Events written before CommitRef had one definition named the id "commit"; they are
+    # still read (docs/events.md).
+    JSON_ALIASES: ClassVar[dict[str, str]] = {"id": "commit"}
 
     repo: str
     branch: str | None
