@@ -1,18 +1,9 @@
-"""PFS's side of the event bus: record an event in the outbox of the caller's transaction."""
+"""PFS's event payloads of commits (emitted through ``shared.platform.outbox.emit``)."""
 
 from __future__ import annotations
 
-from shared.api.events import CommitFinished, CommitStarted, Event, Payload
+from shared.api.events import CommitFinished, CommitStarted, Payload
 from shared.api.pfs_models import CommitInfo
-from shared.platform.config import Config
-from shared.platform.db import Conn
-from shared.platform.outbox import enqueue
-
-
-async def emit(conn: Conn, config: Config, payload: Payload) -> None:
-    """Enqueue ``payload`` as an event; it is published iff the transaction commits."""
-    event = Event(payload)
-    await enqueue(conn, event, event.subject(config.nats_prefix))
 
 
 def commit_payload(kind: str, info: CommitInfo) -> Payload:

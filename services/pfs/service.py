@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 from services.pfs import refs, staging, triggers
 from services.pfs.committed import Change, CommittedFiles
-from services.pfs.events import commit_payload, emit
+from services.pfs.events import commit_payload
 from shared.api.events import (
     BranchCreated,
     BranchDeleted,
@@ -50,6 +50,7 @@ from shared.platform.bus import Bus
 from shared.platform.config import Config
 from shared.platform.db import Conn, Pool, acquire, db_ready
 from shared.platform.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from shared.platform.outbox import emit
 from shared.platform.waits import wait_for
 from shared.storage.chunking import (
     ChunkCache,

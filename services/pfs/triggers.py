@@ -23,7 +23,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from services.pfs import refs
-from services.pfs.events import emit
 from shared.api.events import BranchMoved
 from shared.api.names import check_name
 from shared.api.pfs_models import Trigger
@@ -31,6 +30,7 @@ from shared.pipeline.durations import parse_cron_spec
 from shared.platform.config import Config
 from shared.platform.db import Conn
 from shared.platform.errors import InvalidArgument
+from shared.platform.outbox import emit
 
 
 def check_trigger(repo: str, branch: str, trigger: Trigger) -> None:

@@ -18,7 +18,7 @@ import asyncpg
 from services.pps.inputs import check_pinned_commits, set_input_triggers
 from services.pps.secret_box import SecretBox, key_file_path
 from services.pps.secrets import SecretService
-from shared.api.events import Event, JobStateChanged, PipelineUpdated, subject_filter
+from shared.api.events import PipelineUpdated, subject_filter
 from shared.api.pfs_client import PfsClient
 from shared.api.pps_models import (
     JOB_CREATED,
@@ -43,17 +43,12 @@ from shared.platform.bus import Bus
 from shared.platform.config import Config
 from shared.platform.db import Conn, db_ready
 from shared.platform.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from shared.platform.outbox import enqueue
+from shared.platform.outbox import emit
 from shared.platform.waits import wait_for
 from shared.pps import store
 from shared.pps.jobs import create_job_if_new, job_inputs
 
 log = logging.getLogger("tusk.pps")
-
-
-async def emit(conn: Conn, config: Config, payload: PipelineUpdated | JobStateChanged) -> None:
-    event = Event(payload)
-    await enqueue(conn, event, event.subject(config.nats_prefix))
 
 
 class PpsService:

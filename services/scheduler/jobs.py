@@ -38,7 +38,7 @@ from services.scheduler.tasks import (
     task_envelope,
     task_ref_envelope,
 )
-from shared.api.events import Event, JobStateChanged
+from shared.api.events import JobStateChanged
 from shared.api.pfs_client import PfsClient
 from shared.api.pfs_models import CommitRef
 from shared.api.pps_models import (
@@ -60,7 +60,7 @@ from shared.platform.bus import Bus, tasks_subject
 from shared.platform.config import Config
 from shared.platform.db import Conn, acquire
 from shared.platform.errors import FailedPrecondition, NotFound, TuskError
-from shared.platform.outbox import enqueue
+from shared.platform.outbox import emit
 from shared.pps import store
 from shared.storage.file_index import FileIndex
 from shared.storage.objstore import ObjectStore
@@ -181,16 +181,14 @@ class JobDriver:
     async def _set_state(self, conn: Conn, job: JobInfo, state: str, **values: Any) -> None:
         reason = values.get("reason")
         await store.update_job(conn, job.id, state=state, **values)
-        event = Event(
-            JobStateChanged(
-                pipeline=job.pipeline,
-                job=job.id,
-                state=state,
-                reason=reason,
-                output_commit=values.get("output_commit", job.output_commit),
-            )
+        changed = JobStateChanged(
+            pipeline=job.pipeline,
+            job=job.id,
+            state=state,
+            reason=reason,
+            output_commit=values.get("output_commit", job.output_commit),
         )
-        await enqueue(conn, event, event.subject(self.config.nats_prefix))
+        await emit(conn, self.config, changed)
 
     async def _start(self, job: JobInfo) -> None:
         spec = await self._spec_of(job)

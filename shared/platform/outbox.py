@@ -20,8 +20,9 @@ from typing import Any
 
 import asyncpg
 
-from shared.api.events import Event
+from shared.api.events import Event, Payload
 from shared.platform.bus import Bus
+from shared.platform.config import Config
 from shared.platform.db import Conn
 from shared.platform.errors import Internal, TuskError, Unavailable
 
@@ -46,6 +47,14 @@ async def enqueue(conn: Conn, event: Event, subject: str) -> None:
     )
     # Delivered on commit only, and once per transaction however many events it enqueued.
     await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+
+
+async def emit(conn: Conn, config: Config, payload: Payload) -> Event:
+    """Record ``payload`` as an event of the caller's open transaction on ``conn``; it is
+    published if and only if that transaction commits. Every service emits through this."""
+    event = Event(payload)
+    await enqueue(conn, event, event.subject(config.nats_prefix))
+    return event
 
 
 class OutboxRelay:
