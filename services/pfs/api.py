@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from services.pfs.fsck import check_storage
 from services.pfs.service import PfsService
 from shared.api.events import CommitFinished, subject_filter
 from shared.api.filestream import CONTENT_TYPE, FileStreamReader, encode_block, encode_header
@@ -616,3 +617,15 @@ async def diff_files(request: web.Request) -> web.Response:
         request.query.get("old_path") or None,
     )
     return web.json_response({"changes": [c.to_json() for c in changes]})
+
+
+# Storage checks
+
+
+@routes.get("/v1/fsck")
+@endpoint(query=[Query("repo", NAME, "check only this repo")])
+async def fsck(request: web.Request) -> web.Response:
+    """Verify every finished commit's index nodes and chunks, branch heads and provenance."""
+    svc = _svc(request)
+    report = await check_storage(svc.pool, svc.store, request.query.get("repo") or None)
+    return web.json_response(report.to_json())

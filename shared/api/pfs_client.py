@@ -15,6 +15,7 @@ from urllib.parse import quote
 import aiohttp
 
 from shared.api.filestream import CONTENT_TYPE, FileStreamReader, encode_files
+from shared.api.lifecycle_models import FsckReport
 from shared.api.names import MAX_TEXT_CHARS
 from shared.api.pfs_models import (
     BranchInfo,
@@ -528,6 +529,10 @@ class PfsClient(ServiceClient):
         """Commits whose provenance includes ``repo@ref`` (e.g. a pipeline's outputs of it)."""
         body = await self.request("GET", f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/subvenance")
         return [CommitInfo.from_json(c) for c in body["commits"]]
+
+    async def fsck(self, repo: str | None = None) -> FsckReport:
+        """Verify the object store holds every commit's nodes and chunks intact (PFS's fsck)."""
+        return FsckReport.from_json(await self.request("GET", "/v1/fsck", params={"repo": repo}))
 
     async def delete_file(self, repo: str, branch: str, path: str) -> PutResult:
         body = await self.request(

@@ -23,6 +23,7 @@ from tusk.cli import (
     commit_commands,
     file_commands,
     image_commands,
+    lifecycle_commands,
     mount_commands,
     pipeline_commands,
     repo_commands,
@@ -133,6 +134,7 @@ def _build() -> None:
         *mount_commands.COMMANDS,
         *cluster_commands.COMMANDS,
         *image_commands.COMMANDS,
+        *lifecycle_commands.COMMANDS,
     ]:
         cli.add_command(command)
 

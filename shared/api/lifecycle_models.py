@@ -1,0 +1,56 @@
+"""Records of the storage-lifecycle API (fsck; later merge and garbage collection),
+shared by PFS, its client and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FsckProblem:
+    """One thing broken: where (repo, commit, path — empty when not known) and what."""
+
+    repo: str
+    commit: str
+    path: str
+    detail: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"repo": self.repo, "commit": self.commit, "path": self.path, "detail": self.detail}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FsckProblem:
+        return cls(str(data["repo"]), str(data["commit"]), str(data["path"]), str(data["detail"]))
+
+    def line(self) -> str:
+        """``repo@commit:path: detail``, leaving out the parts that are not known."""
+        where = self.repo + (f"@{self.commit}" if self.commit else "")
+        where += f":{self.path}" if self.path else ""
+        return f"{where}: {self.detail}"
+
+
+@dataclass
+class FsckReport:
+    """The problems of one fsck run and how much it looked at."""
+
+    problems: list[FsckProblem] = field(default_factory=list)
+    commits: int = 0
+    nodes: int = 0
+    chunks: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "problems": [p.to_json() for p in self.problems],
+            "checked": {"commits": self.commits, "nodes": self.nodes, "chunks": self.chunks},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FsckReport:
+        checked = data.get("checked", {})
+        return cls(
+            [FsckProblem.from_json(p) for p in data["problems"]],
+            int(checked.get("commits", 0)),
+            int(checked.get("nodes", 0)),
+            int(checked.get("chunks", 0)),
+        )
