@@ -2,8 +2,8 @@
 
 A ``Mount`` shows one repo at one ref. Its *base* is a finished commit: the commit
 itself for a commit mount, the branch's newest finished commit for a branch mount
-(refreshed on request and every ``refresh_interval`` seconds, so a half-made commit
-is never shown). A read-write mount also keeps an ``Overlay`` of its changes and
+(refreshed on request, on PFS's ``branch.moved`` events and at least every
+``refresh_interval`` seconds, so a half-made commit is never shown). A read-write mount also keeps an ``Overlay`` of its changes and
 stages each one in an open commit on the branch as it happens: a file's bytes when
 its last writer closes it, deletes and renames at once. The open commit is finished
 by ``commit()`` (the HTTP call) or at unmount, so ``cp -r`` into a mount then unmount
@@ -572,7 +572,7 @@ class MountManager:
         *,
         root: str,
         scratch: str,
-        refresh_interval: float = 2.0,
+        refresh_interval: float = 30.0,
         list_page: int = DEFAULT_LIST_PAGE,
     ) -> None:
         self.client = client
@@ -584,6 +584,8 @@ class MountManager:
         self.mounts: dict[str, Mount] = {}
         # Called after a mount shows new content, so the kernel's caches are dropped.
         self.on_change: ChangeHook | None = None
+        # Set whenever PFS announces a branch move (``Bus.watch``); None: poll only.
+        self.branch_moves: asyncio.Event | None = None
         self._lock = asyncio.Lock()
 
     def get(self, name: str) -> Mount:
@@ -644,11 +646,19 @@ class MountManager:
             await self.on_change(None)
 
     async def follow(self) -> None:
-        """Refresh every branch mount each ``refresh_interval`` seconds, forever."""
-        if self.refresh_interval <= 0:
+        """Refresh the branch mounts whenever a branch moves (``branch_moves``, an event
+        set by PFS's ``branch.moved`` events), and at least every ``refresh_interval``
+        seconds, forever (the interval alone when there are no events)."""
+        if self.branch_moves is None and self.refresh_interval <= 0:
             return
+        interval = self.refresh_interval if self.refresh_interval > 0 else None
         while True:
-            await asyncio.sleep(self.refresh_interval)
+            if self.branch_moves is None:
+                await asyncio.sleep(self.refresh_interval)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.branch_moves.wait(), interval)
+                self.branch_moves.clear()
             for mount in list(self.mounts.values()):
                 try:
                     if await mount.refresh():

@@ -8,6 +8,7 @@ finding peers). Both the HTTP service and the foreground ``tusk mount`` run the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,11 +21,15 @@ from services.mountd.files import DEFAULT_BLOCK_SIZE, BlockSource
 from services.mountd.fs import TuskFs
 from services.mountd.mounts import MountManager
 from services.mountd.session import fuse_session
+from shared.api.events import subject_filter
 from shared.api.pfs_client import PfsClient
+from shared.platform.bus import connect
 from shared.platform.config import Config, tusk_home
-from shared.platform.errors import InvalidArgument
+from shared.platform.errors import InvalidArgument, Unavailable
 from shared.storage.chunking import ChunkCache
 from shared.storage.objstore import open_object_store
+
+log = logging.getLogger("tusk.mountd")
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class MountSettings:
 
     mount_root: Path
     scratch: Path
-    refresh_interval: float = 2.0
+    refresh_interval: float = 30.0
     cache_bytes: int = 256 << 20
     block_size: int = DEFAULT_BLOCK_SIZE
     list_page: int = 1000
@@ -48,7 +53,7 @@ class MountSettings:
         return cls(
             mount_root=Path(env.get("TUSK_MOUNT_ROOT") or home / "mnt"),
             scratch=Path(env.get("TUSK_MOUNT_SCRATCH") or home / "mountd-scratch"),
-            refresh_interval=_number(env, "TUSK_MOUNT_REFRESH_S", 2.0, float),
+            refresh_interval=_number(env, "TUSK_MOUNT_REFRESH_S", 30.0, float),
             cache_bytes=_number(env, "TUSK_MOUNT_CACHE_MB", 256, int) << 20,
             block_size=_number(env, "TUSK_MOUNT_BLOCK_KB", DEFAULT_BLOCK_SIZE >> 10, int) << 10,
             list_page=_number(env, "TUSK_MOUNT_LIST_PAGE", 1000, int),
@@ -103,7 +108,29 @@ async def mount_tree(
         )
         fs = TuskFs(manager, list_window=settings.list_page)
         try:
-            async with fuse_session(fs, settings.mount_root) as serving, manager.running():
-                yield manager, serving
+            async with (
+                branch_moves(config) as moves,
+                fuse_session(fs, settings.mount_root) as serving,
+            ):
+                manager.branch_moves = moves
+                async with manager.running():
+                    yield manager, serving
         finally:
             await cache.aclose()
+
+
+@asynccontextmanager
+async def branch_moves(config: Config) -> AsyncIterator[asyncio.Event | None]:
+    """An event set whenever PFS announces a branch move, or None where NATS cannot be
+    reached (branch mounts are then refreshed on their timer alone)."""
+    try:
+        bus = await connect(config, name="tusk-mountd")
+    except Unavailable as exc:
+        log.warning("branch mounts refresh on a timer only: %s", exc.message)
+        yield None
+        return
+    try:
+        async with bus.watch(subject_filter(config.nats_prefix, "branch.moved")) as moved:
+            yield moved
+    finally:
+        await bus.close()
