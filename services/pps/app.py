@@ -8,11 +8,11 @@ from aiohttp import web
 
 from services.pps.api import BUS, SERVICE, routes
 from services.pps.service import PpsService
+from services.pps.store import migrate_pps
 from shared.api.pfs_client import PfsClient
 from shared.platform.config import Config
 from shared.platform.http import add_health_routes, service_application
 from shared.platform.service_resources import core_resources
-from shared.pps.store import migrate_pps
 
 VERSION = "0.1.0"
 

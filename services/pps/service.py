@@ -15,10 +15,12 @@ from typing import Any
 
 import asyncpg
 
+from services.pps import store
 from services.pps.inputs import check_pinned_commits, set_input_triggers
 from services.pps.secret_box import SecretBox, key_file_path
 from services.pps.secrets import SecretService
 from shared.api.events import PipelineUpdated, subject_filter
+from shared.api.input_commits import job_inputs
 from shared.api.pfs_client import PfsClient
 from shared.api.pps_models import (
     JOB_CREATED,
@@ -27,6 +29,7 @@ from shared.api.pps_models import (
     PIPELINE_PAUSED,
     PIPELINE_RUNNING,
     DatumInfo,
+    InputCommit,
     JobInfo,
     LogLine,
     PipelineInfo,
@@ -42,13 +45,21 @@ from shared.pipeline.spec import (
 from shared.platform.bus import Bus
 from shared.platform.config import Config
 from shared.platform.db import Conn, db_ready
-from shared.platform.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from shared.platform.errors import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from shared.platform.outbox import emit
 from shared.platform.waits import wait_for
-from shared.pps import store
-from shared.pps.jobs import create_job_if_new, job_inputs
 
 log = logging.getLogger("tusk.pps")
+
+# A pipeline that changes between asking PFS and locking its row is resolved again, this
+# many times at most (only a storm of concurrent updates exhausts it).
+RESOLVE_TRIES = 5
 
 
 class PpsService:
@@ -78,6 +89,8 @@ class PpsService:
         await check_pinned_commits(self.pfs, spec)
         created_repo = await self._ensure_output_repo(spec, new=existing is None)
         try:
+            # PFS is asked before the transaction: no network call while a row is locked.
+            inputs = await job_inputs(self.pfs, spec)
             async with self.pool.acquire() as conn, conn.transaction():
                 await self.secrets.check_uses(conn, spec.transform.secrets, lock=True)
                 if existing is None:
@@ -87,10 +100,9 @@ class PpsService:
                     await store.get_pipeline(conn, spec.name, lock=True)
                     info = await store.update_pipeline_spec(conn, spec.name, spec.raw)
                     trigger = f"update:{info.version}"
-                inputs = await job_inputs(self.pfs, spec)
                 if inputs is not None and info.state in PIPELINE_ACTIVE:
-                    await create_job_if_new(
-                        conn, spec, info.version, trigger, inputs, reprocess=reprocess
+                    await store.create_job(
+                        conn, spec.name, info.version, trigger, inputs, reprocess=reprocess
                     )
                 await emit(
                     conn,
@@ -171,23 +183,35 @@ class PpsService:
 
     async def set_running(self, name: str, running: bool) -> PipelineInfo:
         """Stop (pause) or start a pipeline; starting runs a job if inputs moved meanwhile."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            info = await store.get_pipeline(conn, name, lock=True)
-            state = PIPELINE_RUNNING if running else PIPELINE_PAUSED
-            await store.set_pipeline_state(conn, name, state)
-            if running and info.state == PIPELINE_PAUSED:
-                spec = parse_pipeline_spec(info.spec)
-                inputs = await job_inputs(self.pfs, spec)
-                if inputs is not None and not await self._inputs_already_processed(
-                    conn, name, inputs
+        state = PIPELINE_RUNNING if running else PIPELINE_PAUSED
+        for _ in range(RESOLVE_TRIES):
+            seen = await self.inspect_pipeline(name)
+            needs_job = running and seen.state == PIPELINE_PAUSED
+            inputs = await self._next_inputs(seen) if needs_job else None
+            async with self.pool.acquire() as conn, conn.transaction():
+                info = await store.get_pipeline(conn, name, lock=True)
+                if info.version != seen.version or info.state != seen.state:
+                    continue  # changed while PFS was asked: resolve again
+                await store.set_pipeline_state(conn, name, state)
+                if (
+                    needs_job
+                    and inputs is not None
+                    and not await self._inputs_already_processed(conn, name, inputs)
                 ):
-                    await create_job_if_new(
-                        conn, spec, info.version, f"start:{uuid.uuid4().hex}", inputs
+                    await store.create_job(
+                        conn, name, info.version, f"start:{uuid.uuid4().hex}", inputs
                     )
-            await emit(
-                conn, self.config, PipelineUpdated(pipeline=name, version=info.version, state=state)
-            )
-            return await store.get_pipeline(conn, name)
+                await emit(
+                    conn,
+                    self.config,
+                    PipelineUpdated(pipeline=name, version=info.version, state=state),
+                )
+                return await store.get_pipeline(conn, name)
+        raise Conflict(f"pipeline {name} kept changing; try again")
+
+    async def _next_inputs(self, info: PipelineInfo) -> list[InputCommit] | None:
+        """The input commits a new job of ``info``'s spec would read (asked of PFS)."""
+        return await job_inputs(self.pfs, parse_pipeline_spec(info.spec))
 
     async def _inputs_already_processed(self, conn: Conn, name: str, inputs: list[Any]) -> bool:
         jobs = await store.list_jobs(conn, name, 1)
@@ -213,35 +237,33 @@ class PpsService:
 
     async def restart_datum(self, pipeline: str, job_id: str, datum_id: str) -> JobInfo | None:
         """Run a datum again: forget its result and queue a job over the latest inputs."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            info = await store.get_pipeline(conn, pipeline, lock=True)
-            job = await self._job(conn, pipeline, job_id)
-            datum = await store.get_job_datum(conn, job.id, datum_id)
-            await conn.execute(
-                "UPDATE pps_current_datums SET hash = 'restart' WHERE pipeline = $1 AND datum_id = $2",
-                pipeline,
-                datum.id,
-            )
-            spec = parse_pipeline_spec(info.spec)
-            inputs = await job_inputs(self.pfs, spec)
-            if inputs is None:
-                return None
-            return await create_job_if_new(
-                conn, spec, info.version, f"restart:{uuid.uuid4().hex}", inputs
-            )
+        for _ in range(RESOLVE_TRIES):
+            seen = await self.inspect_pipeline(pipeline)
+            inputs = await self._next_inputs(seen)
+            async with self.pool.acquire() as conn, conn.transaction():
+                info = await store.get_pipeline(conn, pipeline, lock=True)
+                if info.version != seen.version:
+                    continue  # a new spec while PFS was asked: resolve again
+                job = await self._job(conn, pipeline, job_id)
+                datum = await store.get_job_datum(conn, job.id, datum_id)
+                if inputs is None:
+                    return None
+                # The scheduler runs the datum again even though its hash is unchanged.
+                return await store.create_job(
+                    conn,
+                    pipeline,
+                    info.version,
+                    f"restart:{uuid.uuid4().hex}",
+                    inputs,
+                    rerun=[datum.id],
+                )
+        raise Conflict(f"pipeline {pipeline} kept changing; try again")
 
     # Jobs, datums, logs
 
     async def _job(self, conn: Conn, pipeline: str, job_id: str) -> JobInfo:
         await store.get_pipeline(conn, pipeline)
-        row = await conn.fetchrow(
-            "SELECT id FROM pps_jobs WHERE pipeline = $1 AND (id = $2 OR id LIKE $2 || '%') LIMIT 2",
-            pipeline,
-            job_id,
-        )
-        if row is None:
-            raise NotFound(f"job {pipeline}@{job_id} not found (tusk list job -p {pipeline})")
-        return await store.get_job(conn, row["id"])
+        return await store.find_job(conn, pipeline, job_id)
 
     async def list_jobs(self, pipeline: str | None, limit: int) -> list[JobInfo]:
         async with self.pool.acquire() as conn:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from services.scheduler.backends import WorkerBackend
 from services.scheduler.engine import Engine
+from services.scheduler.store import migrate_scheduler
 from shared.api.pfs_client import PfsClient
 from shared.platform.config import Config, tusk_home
 from shared.platform.db import db_ready
@@ -20,7 +21,6 @@ from shared.platform.errors import InvalidArgument
 from shared.platform.http import add_health_routes, service_application
 from shared.platform.service_main import FAILURE, Failure
 from shared.platform.service_resources import core_resources
-from shared.pps.store import migrate_pps
 from shared.storage.objstore import open_object_store
 
 log = logging.getLogger("tusk.scheduler")
@@ -77,7 +77,7 @@ def build_app(config: Config, backend: WorkerBackend | None = None) -> web.Appli
         workers = backend or make_backend(config)
         try:
             async with (
-                core_resources(config, name="tusk-scheduler", migrations=[migrate_pps]) as (
+                core_resources(config, name="tusk-scheduler", migrations=[migrate_scheduler]) as (
                     pool,
                     bus,
                 ),

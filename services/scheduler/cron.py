@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from services.scheduler import store
 from services.scheduler.specs import SpecCache
 from shared.api.pfs_client import PfsClient
 from shared.api.pps_models import PIPELINE_ACTIVE
@@ -21,7 +22,6 @@ from shared.pipeline.durations import parse_cron_spec
 from shared.pipeline.spec import CronInput, iter_inputs
 from shared.platform.db import acquire
 from shared.platform.errors import NotFound, TuskError
-from shared.pps import store
 from shared.storage.chunking import EMPTY_FILE, FileEntry
 
 log = logging.getLogger("tusk.scheduler")

@@ -20,20 +20,55 @@ Both run again safely when an event is delivered twice.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import asyncpg
 
+from services.scheduler import store
 from services.scheduler.specs import SpecCache
 from shared.api.events import BranchMoved, CommitFinished, Event
+from shared.api.input_commits import job_inputs, triggering_branches
 from shared.api.pfs_client import PfsClient
-from shared.api.pps_models import PIPELINE_ACTIVE, PipelineInfo
+from shared.api.pps_models import PIPELINE_ACTIVE, InputCommit, JobInfo, PipelineInfo
 from shared.pipeline.spec import PipelineSpec
-from shared.platform.db import acquire
+from shared.platform.db import Conn, acquire
 from shared.platform.errors import NotFound
-from shared.pps import store
-from shared.pps.jobs import InputRead, create_job_unless_read, job_inputs, triggering_branches
 
 log = logging.getLogger("tusk.scheduler")
+
+
+@dataclass(frozen=True)
+class InputRead:
+    """One input commit that made a job: ``commit`` on ``repo@branch``."""
+
+    repo: str
+    branch: str
+    commit: str
+
+
+async def create_job_unless_read(
+    conn: Conn,
+    spec: PipelineSpec,
+    version: int,
+    trigger: str,
+    inputs: list[InputCommit],
+    read: InputRead,
+    *,
+    newest_only: bool,
+) -> JobInfo | None:
+    """Record a job made by ``read`` unless a job of the pipeline already reads it (the
+    newest job, with ``newest_only``: a branch moved back to an older commit runs again).
+
+    One input commit reaches the scheduler twice — as ``commit.finished`` and as the
+    ``branch.moved`` of the same commit, on two consumers — and must make one job. Runs in
+    the caller's transaction: the pipeline's row lock makes the check and the insert one step.
+    """
+    await store.get_pipeline(conn, spec.name, lock=True)
+    if await store.job_reads(
+        conn, spec.name, read.repo, read.branch, read.commit, newest_only=newest_only
+    ):
+        return None
+    return await store.create_job(conn, spec.name, version, trigger, inputs)
 
 
 class JobStarter:

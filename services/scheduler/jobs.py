@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from services.scheduler import store
 from services.scheduler.assembly import DatumOutcome, assemble, check_owners
 from services.scheduler.consumers import publish_task
 from services.scheduler.planner import (
@@ -61,7 +62,6 @@ from shared.platform.config import Config
 from shared.platform.db import Conn, acquire
 from shared.platform.errors import FailedPrecondition, NotFound, TuskError
 from shared.platform.outbox import emit
-from shared.pps import store
 from shared.storage.file_index import FileIndex
 from shared.storage.objstore import ObjectStore
 
@@ -72,6 +72,8 @@ MAX_INLINE_TASK = 768 * 1024
 MAX_LOG_LINES = 10_000
 DRIVE_INTERVAL_S = 1.0
 PUBLISH_BATCH = 256
+# Stands in for the current hash of a datum the user restarted.
+RERUN_HASH = "rerun"
 
 
 class JobDriver:
@@ -256,7 +258,8 @@ class JobDriver:
         async with acquire(self.pool) as conn:
             reprocess = await store.job_reprocess(conn, job.id)
             last = await store.last_job_with_state(conn, job.pipeline, JOB_SUCCESS)
-            current_count = await store.count_current_datums(conn, job.pipeline)
+            current_count = await store.current_datum_count(conn, last.id) if last else 0
+            rerun = await store.job_reruns(conn, job.id)
         baseline = None
         if last is not None:
             base_roots = {
@@ -265,10 +268,9 @@ class JobDriver:
             }
             baseline = Baseline(last.pipeline_version, base_roots, {}, current_count)
         # A restarted datum is not among the changed paths: compare every datum instead.
-        restart = job.trigger.startswith("restart:")
         if (
             baseline is not None
-            and not restart
+            and not rerun
             and can_plan_incrementally(spec, job.pipeline_version, baseline, reprocess)
         ):
 
@@ -281,6 +283,10 @@ class JobDriver:
             )
         async with acquire(self.pool) as conn:
             current = await store.current_datums(conn, job.pipeline)
+        for datum_id in rerun:
+            # No hash equals this one, so the datum runs; its old output is still replaced.
+            if datum_id in current:
+                current[datum_id] = (RERUN_HASH, current[datum_id][1])
         return await plan_full(
             self.index, spec, job.input_commits, roots, current, reprocess=reprocess
         )

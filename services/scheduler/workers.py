@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from services.scheduler import store
 from services.scheduler.backends import WorkerBackend, WorkerSet
 from services.scheduler.consumers import forget_tasks
 from services.scheduler.specs import SpecCache
@@ -21,7 +22,6 @@ from shared.platform.bus import Bus
 from shared.platform.config import Config
 from shared.platform.db import acquire
 from shared.platform.errors import TuskError
-from shared.pps import store
 
 log = logging.getLogger("tusk.scheduler")
 

@@ -1,7 +1,9 @@
-"""PPS metadata in PostgreSQL: pipelines, jobs, datums, outputs, logs.
+"""The scheduler's records in PostgreSQL: jobs, their datums, each pipeline's current
+datums and output path owners, datum logs.
 
-Used by the PPS service (the user's API) and the scheduler (the engine), hence
-in shared/. Functions take a connection so callers own their transactions; bulk
+The scheduler owns these tables (they keep their ``pps_`` names); it reads PPS's pipelines
+and spec versions, and shows worker problems on a pipeline's state (docs/architecture.md,
+"Crossings left"). Functions take a connection so callers own their transactions; bulk
 rows go in with unnest arrays, never one INSERT per datum.
 """
 
@@ -22,19 +24,17 @@ from shared.api.pps_models import (
     JOB_ACTIVE,
     JOB_CREATED,
     PIPELINE_ACTIVE,
-    DatumInfo,
     InputCommit,
     JobInfo,
-    LogLine,
     PipelineInfo,
 )
 from shared.platform.db import Conn, migrate
-from shared.platform.errors import AlreadyExists, NotFound
+from shared.platform.errors import NotFound
 
 
-async def migrate_pps(pool: asyncpg.Pool) -> list[int]:
-    """Apply the PPS schema (both PPS and the scheduler call this; it runs once)."""
-    return await migrate(pool, "pps", files("shared.pps.migrations"))
+async def migrate_scheduler(pool: asyncpg.Pool) -> list[int]:
+    """Apply the scheduler's schema (its own history, apart from PPS's)."""
+    return await migrate(pool, "scheduler", files("services.scheduler.migrations"))
 
 
 def _t(value: datetime | None) -> str | None:
@@ -45,7 +45,7 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-# Pipelines
+# PPS's pipelines, read here
 
 
 def _pipeline(rec: asyncpg.Record) -> PipelineInfo:
@@ -68,44 +68,6 @@ _PIPELINE_SELECT = """
 """
 
 
-async def insert_pipeline(conn: Conn, name: str, spec: dict[str, Any], state: str) -> PipelineInfo:
-    try:
-        await conn.execute(
-            "INSERT INTO pps_pipelines (name, version, spec, state) VALUES ($1, 1, $2::jsonb, $3)",
-            name,
-            json.dumps(spec),
-            state,
-        )
-    except asyncpg.UniqueViolationError:
-        raise AlreadyExists(
-            f"pipeline {name} already exists (tusk update pipeline changes it)"
-        ) from None
-    await conn.execute(
-        "INSERT INTO pps_pipeline_versions (name, version, spec) VALUES ($1, 1, $2::jsonb)",
-        name,
-        json.dumps(spec),
-    )
-    return await get_pipeline(conn, name)
-
-
-async def update_pipeline_spec(conn: Conn, name: str, spec: dict[str, Any]) -> PipelineInfo:
-    version = await conn.fetchval(
-        "UPDATE pps_pipelines SET version = version + 1, spec = $2::jsonb, updated = now() "
-        "WHERE name = $1 RETURNING version",
-        name,
-        json.dumps(spec),
-    )
-    if version is None:
-        raise NotFound(f"pipeline {name} not found")
-    await conn.execute(
-        "INSERT INTO pps_pipeline_versions (name, version, spec) VALUES ($1, $2, $3::jsonb)",
-        name,
-        version,
-        json.dumps(spec),
-    )
-    return await get_pipeline(conn, name)
-
-
 async def get_pipeline(conn: Conn, name: str, *, lock: bool = False) -> PipelineInfo:
     if lock:
         await conn.execute("SELECT 1 FROM pps_pipelines WHERE name = $1 FOR UPDATE", name)
@@ -119,14 +81,6 @@ async def list_pipelines(conn: Conn) -> list[PipelineInfo]:
     return [
         _pipeline(r) for r in await conn.fetch(_PIPELINE_SELECT + " ORDER BY p.created, p.name")
     ]
-
-
-async def pipeline_versions(conn: Conn, name: str) -> list[tuple[int, dict[str, Any], str]]:
-    rows = await conn.fetch(
-        "SELECT version, spec, created FROM pps_pipeline_versions WHERE name = $1 ORDER BY version",
-        name,
-    )
-    return [(r["version"], _json(r["spec"]), _t(r["created"]) or "") for r in rows]
 
 
 async def pipeline_spec_version(conn: Conn, name: str, version: int) -> dict[str, Any] | None:
@@ -146,11 +100,6 @@ async def set_pipeline_state(conn: Conn, name: str, state: str, reason: str | No
     )
     if done.endswith(" 0"):
         raise NotFound(f"pipeline {name} not found")
-
-
-async def delete_pipeline(conn: Conn, name: str) -> None:
-    await conn.execute("DELETE FROM pps_logs WHERE pipeline = $1", name)
-    await conn.execute("DELETE FROM pps_pipelines WHERE name = $1", name)
 
 
 # Jobs
@@ -233,26 +182,15 @@ async def job_reads(
     )
 
 
-async def get_job(conn: Conn, job_id: str, *, lock: bool = False) -> JobInfo:
-    rec = await conn.fetchrow(
-        "SELECT * FROM pps_jobs WHERE id = $1" + (" FOR UPDATE" if lock else ""), job_id
+async def job_reruns(conn: Conn, job_id: str) -> list[str]:
+    """Datum ids the job runs even if unchanged (``tusk restart datum``)."""
+    return list(
+        _json(await conn.fetchval("SELECT rerun_datums FROM pps_jobs WHERE id = $1", job_id)) or []
     )
-    if rec is None:
-        raise NotFound(f"job {job_id} not found")
-    return _job(rec)
 
 
 async def job_reprocess(conn: Conn, job_id: str) -> bool:
     return bool(await conn.fetchval("SELECT reprocess FROM pps_jobs WHERE id = $1", job_id))
-
-
-async def list_jobs(conn: Conn, pipeline: str | None, limit: int) -> list[JobInfo]:
-    rows = await conn.fetch(
-        "SELECT * FROM pps_jobs WHERE ($1::text IS NULL OR pipeline = $1) ORDER BY seq DESC LIMIT $2",
-        pipeline,
-        limit,
-    )
-    return [_job(r) for r in rows]
 
 
 async def jobs_to_drive(conn: Conn) -> list[JobInfo]:
@@ -411,42 +349,6 @@ async def fail_starting_datums(conn: Conn, job_id: str, reason: str) -> None:
     )
 
 
-def _datum(rec: asyncpg.Record) -> DatumInfo:
-    return DatumInfo(
-        id=rec["datum_id"],
-        job_id=rec["job_id"],
-        state=rec["state"],
-        hash=rec["hash"],
-        inputs=_json(rec["inputs"]),
-        output_files=rec["output_files"],
-        output_bytes=rec["output_bytes"],
-        attempts=rec["attempts"],
-        error=rec["error"],
-        seconds=rec["seconds"],
-        started=_t(rec["started"]),
-        finished=_t(rec["finished"]),
-    )
-
-
-async def list_job_datums(conn: Conn, job_id: str, limit: int = 100000) -> list[DatumInfo]:
-    rows = await conn.fetch(
-        "SELECT * FROM pps_job_datums WHERE job_id = $1 ORDER BY datum_id LIMIT $2", job_id, limit
-    )
-    return [_datum(r) for r in rows]
-
-
-async def get_job_datum(conn: Conn, job_id: str, datum_id: str) -> DatumInfo:
-    rec = await conn.fetchrow(
-        "SELECT * FROM pps_job_datums WHERE job_id = $1 AND (datum_id = $2 OR datum_id LIKE $2 || '%') "
-        "ORDER BY datum_id LIMIT 1",
-        job_id,
-        datum_id,
-    )
-    if rec is None:
-        raise NotFound(f"datum {datum_id} not found in job {job_id}")
-    return _datum(rec)
-
-
 async def job_datum_rows(conn: Conn, job_id: str) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(
@@ -475,7 +377,25 @@ async def current_datums(
     return {r["datum_id"]: (r["hash"], r["output_root"]) for r in rows}
 
 
-async def count_current_datums(conn: Conn, pipeline: str) -> int:
+async def current_datum_count(conn: Conn, job_id: str) -> int:
+    """How many current datums the pipeline had once job ``job_id`` succeeded."""
+    return int(
+        await conn.fetchval("SELECT current_datums FROM pps_jobs WHERE id = $1", job_id) or 0
+    )
+
+
+async def _current_count_before(conn: Conn, pipeline: str) -> int:
+    """The current-datum count as of the pipeline's last successful job; counted once
+    only if that job predates the column (kept in step ever since)."""
+    row = await conn.fetchrow(
+        "SELECT current_datums FROM pps_jobs WHERE pipeline = $1 AND state = 'JOB_SUCCESS' "
+        "ORDER BY seq DESC LIMIT 1",
+        pipeline,
+    )
+    if row is None:
+        return 0
+    if row["current_datums"] is not None:
+        return int(row["current_datums"])
     return int(
         await conn.fetchval("SELECT count(*) FROM pps_current_datums WHERE pipeline = $1", pipeline)
     )
@@ -499,7 +419,8 @@ async def commit_datum_outputs(
     succeeded: Sequence[tuple[str, str, str | None]],
     new_paths: Sequence[tuple[str, str]],
 ) -> None:
-    """After a successful job: its datums become the pipeline's current ones.
+    """After a successful job: its datums become the pipeline's current ones, and the job
+    records how many there are now (read back by ``current_datum_count``).
 
     ``replaced``: datum ids whose old rows and output paths go; ``succeeded``: (id, hash,
     output root); ``new_paths``: (path, datum id) of the outputs they wrote.
@@ -509,11 +430,14 @@ async def commit_datum_outputs(
         pipeline,
         list(replaced),
     )
-    await conn.execute(
+    before = await _current_count_before(conn, pipeline)
+    deleted = await conn.execute(
         "DELETE FROM pps_current_datums WHERE pipeline = $1 AND datum_id = ANY($2::text[])",
         pipeline,
         list(replaced),
     )
+    after = before - int(deleted.split()[-1]) + len(succeeded)
+    await conn.execute("UPDATE pps_jobs SET current_datums = $2 WHERE id = $1", job_id, after)
     if succeeded:
         await conn.execute(
             """
@@ -556,29 +480,3 @@ async def insert_logs(
         datum_id,
         list(lines),
     )
-
-
-async def read_logs(
-    conn: Conn,
-    pipeline: str,
-    job_id: str | None,
-    datum_id: str | None,
-    after: int,
-    limit: int,
-) -> list[LogLine]:
-    rows = await conn.fetch(
-        """
-        SELECT * FROM pps_logs WHERE pipeline = $1 AND ($2::text IS NULL OR job_id = $2)
-          AND ($3::text IS NULL OR datum_id LIKE $3 || '%') AND id > $4
-        ORDER BY id LIMIT $5
-        """,
-        pipeline,
-        job_id,
-        datum_id,
-        after,
-        limit,
-    )
-    return [
-        LogLine(r["pipeline"], r["job_id"], r["datum_id"], _t(r["ts"]) or "", r["message"], r["id"])
-        for r in rows
-    ]

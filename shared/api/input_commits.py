@@ -1,7 +1,8 @@
-"""Making jobs: which input commits a pipeline's next job reads.
+"""Which input commits a pipeline's next job reads, asked of PFS over its API.
 
-Shared by the PPS service (a job when a pipeline is created, updated or
-restarted) and the scheduler (a job per finished input commit or moved branch).
+Used by the scheduler (a job per finished input commit or moved branch) and, until it
+asks the scheduler for them, by PPS (a job when a pipeline is created, updated, started
+or a datum restarted). No database here: each service records jobs through its store.
 
 An input pinned to a commit (``input.pfs.commit``) reads exactly that commit, in
 every job; commits and moves on its branch start no job (``triggering_branches``).
@@ -10,17 +11,14 @@ every job; commits and moves on its branch start no job (``triggering_branches``
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from shared.api.pfs_client import PfsClient
 from shared.api.pfs_models import CommitInfo
-from shared.api.pps_models import InputCommit, JobInfo
+from shared.api.pps_models import InputCommit
 from shared.pipeline.spec import CronInput, PfsInput, PipelineSpec, iter_inputs
-from shared.platform.db import Conn
 from shared.platform.errors import NotFound
-from shared.pps import store
 
-log = logging.getLogger("tusk.pps.jobs")
+log = logging.getLogger("tusk.input_commits")
 
 
 def triggering_branches(spec: PipelineSpec) -> set[tuple[str, str]]:
@@ -85,50 +83,3 @@ async def _spec_commit(pfs: PfsClient, pipeline: str, leaf: PfsInput) -> str | N
         )
         return None
     return info.id if info.state == "finished" else None
-
-
-@dataclass(frozen=True)
-class InputRead:
-    """One input commit that made a job: ``commit`` on ``repo@branch``."""
-
-    repo: str
-    branch: str
-    commit: str
-
-
-async def create_job_unless_read(
-    conn: Conn,
-    spec: PipelineSpec,
-    version: int,
-    trigger: str,
-    inputs: list[InputCommit],
-    read: InputRead,
-    *,
-    newest_only: bool,
-) -> JobInfo | None:
-    """Record a job made by ``read`` unless a job of the pipeline already reads it (the
-    newest job, with ``newest_only``: a branch moved back to an older commit runs again).
-
-    One input commit reaches the scheduler twice — as ``commit.finished`` and as the
-    ``branch.moved`` of the same commit, on two consumers — and must make one job. Runs in
-    the caller's transaction: the pipeline's row lock makes the check and the insert one step.
-    """
-    await store.get_pipeline(conn, spec.name, lock=True)
-    if await store.job_reads(
-        conn, spec.name, read.repo, read.branch, read.commit, newest_only=newest_only
-    ):
-        return None
-    return await store.create_job(conn, spec.name, version, trigger, inputs)
-
-
-async def create_job_if_new(
-    conn: Conn,
-    spec: PipelineSpec,
-    version: int,
-    trigger: str,
-    inputs: list[InputCommit],
-    *,
-    reprocess: bool = False,
-) -> JobInfo | None:
-    """Record a JOB_CREATED job unless the same trigger already made one."""
-    return await store.create_job(conn, spec.name, version, trigger, inputs, reprocess=reprocess)
