@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in unmount(config, args.directory, all_=args.all_):
                 print(f"unmounted {path}")
             return 0
-        settings = MountSettings.from_env()
+        settings = MountSettings.from_config(config)
         if getattr(args, "mount_root", None):
             settings = settings.replace(mount_root=Path(args.mount_root))
         web.run_app(

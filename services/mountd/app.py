@@ -102,7 +102,7 @@ async def refresh_mount(request: web.Request) -> web.Response:
 
 def build_app(config: Config, settings: MountSettings | None = None) -> web.Application:
     """The mountd application: the FUSE tree lives as long as the app."""
-    settings = settings or MountSettings.from_env()
+    settings = settings or MountSettings.from_config(config)
     app = service_application(config)
     app.add_routes(routes)
 

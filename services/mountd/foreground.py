@@ -48,7 +48,7 @@ async def serve_foreground_mount(
     parsed = [MountSpec.parse(s) if isinstance(s, str) else s for s in specs]
     if not parsed:
         parsed = await _default_specs(config)
-    settings = (settings or MountSettings.from_env()).replace(mount_root=Path(directory))
+    settings = (settings or MountSettings.from_config(config)).replace(mount_root=Path(directory))
     commits: list[CommitInfo] = []
     async with mount_tree(config, settings) as (manager, serving):
         for spec in parsed:
@@ -113,6 +113,6 @@ def unmount(config: Config, directory: str | Path | None, *, all_: bool = False)
     raise NotFound(f"{directory} is not a Tusk mount")
 
 
-def default_mount_root() -> str:
-    """Where mountd mounts by default (``$TUSK_MOUNT_ROOT`` or ``$TUSK_HOME/mnt``)."""
-    return os.fspath(MountSettings.from_env().mount_root)
+def default_mount_root(config: Config) -> str:
+    """Where mountd mounts by default (``mount.root`` or ``$TUSK_HOME/mnt``)."""
+    return os.fspath(MountSettings.from_config(config).mount_root)

@@ -1,7 +1,7 @@
 """mountd's settings and the running FUSE tree: PFS client, block cache, mounts, kernel session.
 
-Settings come from ``TUSK_MOUNT_*`` environment variables (``Config`` stays about
-finding peers). Both the HTTP service and the foreground ``tusk mount`` run the same
+Settings come from the ``[mount]`` section of ``Config`` (``TUSK_MOUNT_*`` in the
+environment). Both the HTTP service and the foreground ``tusk mount`` run the same
 ``mount_tree``.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -44,36 +43,24 @@ class MountSettings:
     list_page: int = 1000
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> MountSettings:
-        """``TUSK_MOUNT_ROOT`` (default ``$TUSK_HOME/mnt``), ``TUSK_MOUNT_SCRATCH``,
-        ``TUSK_MOUNT_REFRESH_S``, ``TUSK_MOUNT_CACHE_MB``, ``TUSK_MOUNT_BLOCK_KB``,
-        ``TUSK_MOUNT_LIST_PAGE``."""
-        env = dict(os.environ if environ is None else environ)
+    def from_config(cls, config: Config) -> MountSettings:
+        """The ``[mount]`` section of ``config`` (``TUSK_MOUNT_ROOT`` … in the environment)."""
+        mount = config.mount
+        for name in ("refresh_s", "cache_mb", "block_kb", "list_page"):
+            if getattr(mount, name) < 0:
+                raise InvalidArgument(f"config mount.{name}: must not be negative")
         home = tusk_home()
         return cls(
-            mount_root=Path(env.get("TUSK_MOUNT_ROOT") or home / "mnt"),
-            scratch=Path(env.get("TUSK_MOUNT_SCRATCH") or home / "mountd-scratch"),
-            refresh_interval=_number(env, "TUSK_MOUNT_REFRESH_S", 30.0, float),
-            cache_bytes=_number(env, "TUSK_MOUNT_CACHE_MB", 256, int) << 20,
-            block_size=_number(env, "TUSK_MOUNT_BLOCK_KB", DEFAULT_BLOCK_SIZE >> 10, int) << 10,
-            list_page=_number(env, "TUSK_MOUNT_LIST_PAGE", 1000, int),
+            mount_root=Path(mount.root or home / "mnt"),
+            scratch=Path(mount.scratch or home / "mountd-scratch"),
+            refresh_interval=float(mount.refresh_s),
+            cache_bytes=mount.cache_mb << 20,
+            block_size=mount.block_kb << 10,
+            list_page=mount.list_page,
         )
 
     def replace(self, **changes: Any) -> MountSettings:
         return replace(self, **changes)
-
-
-def _number(env: dict[str, str], name: str, default: Any, kind: type) -> Any:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise InvalidArgument(f"{name}: expected a number, got {raw!r}") from None
-    if value < 0:
-        raise InvalidArgument(f"{name}: must not be negative")
-    return value
 
 
 @asynccontextmanager

@@ -50,6 +50,20 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
+class MountConfig:
+    """How mountd mounts (``[mount]``; env ``TUSK_MOUNT_*``)."""
+
+    # Where the FUSE tree goes and where rw mounts buffer writes (empty: under $TUSK_HOME).
+    root: str = ""
+    scratch: str = ""
+    # Branch mounts follow branch.moved events; this re-check covers a missed event (0: off).
+    refresh_s: float = 30.0
+    cache_mb: int = 256
+    block_kb: int = 1024
+    list_page: int = 1000
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a Tusk process needs to find its peers."""
 
@@ -61,6 +75,7 @@ class Config:
     object_store: str = "file:///tmp/tusk-objects"
     s3: S3Config = field(default_factory=S3Config)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    mount: MountConfig = field(default_factory=MountConfig)
     pfs_url: str = "http://127.0.0.1:7651"
     pps_url: str = "http://127.0.0.1:7652"
     mountd_url: str = "http://127.0.0.1:7654"
@@ -148,10 +163,19 @@ _WORKER_ENV_FIELDS = {
     "TUSK_WORKER_IMAGE": "image",
     "TUSK_WORKER_IMAGE_CACHE": "image_cache",
 }
+_MOUNT_ENV_FIELDS = {
+    "TUSK_MOUNT_ROOT": "root",
+    "TUSK_MOUNT_SCRATCH": "scratch",
+    "TUSK_MOUNT_REFRESH_S": "refresh_s",
+    "TUSK_MOUNT_CACHE_MB": "cache_mb",
+    "TUSK_MOUNT_BLOCK_KB": "block_kb",
+    "TUSK_MOUNT_LIST_PAGE": "list_page",
+}
 # Tables of the TOML file and the environment variables of their fields.
 _SECTIONS: dict[str, tuple[type[Any], dict[str, str]]] = {
     "s3": (S3Config, _S3_ENV_FIELDS),
     "worker": (WorkerConfig, _WORKER_ENV_FIELDS),
+    "mount": (MountConfig, _MOUNT_ENV_FIELDS),
 }
 
 
@@ -167,6 +191,11 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
             raise InvalidArgument(f"config {name}: expected a list of strings, got {value!r}")
         return tuple(i.strip() for i in items if i.strip())
+    if isinstance(default, float) and not isinstance(value, int | float):
+        try:
+            return float(value)
+        except ValueError:
+            raise InvalidArgument(f"config {name}: expected a number, got {value!r}") from None
     if isinstance(default, int) and not isinstance(value, int):
         try:
             return int(value)
