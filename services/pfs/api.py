@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from services.pfs.fsck import check_storage
+from services.pfs.merge import STRATEGIES, Strategy
 from services.pfs.service import PfsService
 from shared.api.events import CommitFinished, subject_filter
 from shared.api.filestream import CONTENT_TYPE, FileStreamReader, encode_block, encode_header
@@ -617,6 +618,52 @@ async def diff_files(request: web.Request) -> web.Response:
         request.query.get("old_path") or None,
     )
     return web.json_response({"changes": [c.to_json() for c in changes]})
+
+
+# Merge and revert
+
+
+@routes.post("/v1/repos/{repo}/branches/{branch}/merge")
+@endpoint(
+    body=json_body(
+        {"source": NAME, "strategy": {"enum": list(STRATEGIES)}, "message": TEXT},
+        required=["source"],
+    )
+)
+async def merge_branch(request: web.Request) -> web.Response:
+    """Merge branch ``source`` into this branch. Body: {source, strategy?: source|dest, message?}.
+
+    Answers {result: fast-forward|merge|up-to-date, commit}; conflicts are a 409 listing paths.
+    """
+    body = await read_json(request)
+    strategy = field(body, "strategy", str, default=None)
+    if strategy is not None and strategy not in STRATEGIES:
+        raise InvalidArgument(f"field strategy: expected one of {', '.join(STRATEGIES)}")
+    chosen: Strategy | None = (
+        None if strategy is None else ("source" if strategy == "source" else "dest")
+    )
+    result, info = await _svc(request).merge_branch(
+        request.match_info["repo"],
+        field(body, "source", str),
+        request.match_info["branch"],
+        strategy=chosen,
+        message=field(body, "message", str, default=""),
+    )
+    return web.json_response({"result": result, "commit": info.to_json()})
+
+
+@routes.post("/v1/repos/{repo}/commits/{ref}/revert")
+@endpoint(body=json_body({"branch": NAME, "message": TEXT}))
+async def revert_commit(request: web.Request) -> web.Response:
+    """A new commit undoing this commit's changes. Body: {branch?, message?}."""
+    body = await read_json(request)
+    info = await _svc(request).revert_commit(
+        request.match_info["repo"],
+        request.match_info["ref"],
+        field(body, "branch", str, default=None),
+        field(body, "message", str, default=""),
+    )
+    return web.json_response(info.to_json())
 
 
 # Storage checks

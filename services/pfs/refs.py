@@ -46,7 +46,7 @@ class CommitRow:
 
 _COMMIT_COLUMNS = (
     "id, repo, branch, parent, state, root, size_bytes, file_count, description, error, "
-    "provenance, started, finishing, finished"
+    "provenance, started, finishing, finished, second_parent"
 )
 
 
@@ -68,6 +68,7 @@ def commit_from_record(rec: Row) -> CommitRow:
         error=rec["error"],
         provenance=[CommitRef.from_json(p) for p in prov_list],
         index_root=rec["root"],
+        second_parent=rec["second_parent"],
     )
     return CommitRow(info, rec["root"])
 
@@ -401,15 +402,16 @@ async def insert_commit(
     file_count: int = 0,
     description: str = "",
     provenance: list[CommitRef] | None = None,
+    second_parent: str | None = None,
 ) -> CommitRow:
     prov = json.dumps([{"repo": p.repo, "branch": p.branch, "id": p.id} for p in provenance or []])
     finished_now = state == "finished"
     rec = await conn.fetchrow(
         f"""
         INSERT INTO pfs_commits (id, repo, branch, parent, state, root, size_bytes, file_count,
-                                 description, provenance, finishing, finished)
+                                 description, provenance, finishing, finished, second_parent)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb,
-                CASE WHEN $11 THEN now() END, CASE WHEN $11 THEN now() END)
+                CASE WHEN $11 THEN now() END, CASE WHEN $11 THEN now() END, $12)
         RETURNING {_COMMIT_COLUMNS}
         """,
         commit_id,
@@ -423,6 +425,7 @@ async def insert_commit(
         description,
         prov,
         finished_now,
+        second_parent,
     )
     assert rec is not None
     return commit_from_record(rec)

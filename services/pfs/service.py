@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from services.pfs import refs, staging, triggers
 from services.pfs.committed import Change, CommittedFiles
 from services.pfs.events import commit_payload
+from services.pfs.merge import MergePlan, Strategy, merge_base, plan_merge
 from shared.api.events import (
     BranchCreated,
     BranchDeleted,
@@ -658,6 +659,174 @@ class PfsService:
                 return row.info
         raise Conflict(f"branch {repo}@{branch} kept moving; the write was not applied, retry it")
 
+    # Merge and revert
+
+    async def merge_branch(
+        self,
+        repo: str,
+        source: str,
+        dest: str,
+        *,
+        strategy: Strategy | None = None,
+        message: str = "",
+    ) -> tuple[str, CommitInfo]:
+        """Merge ``repo@source`` into ``repo@dest``: ("fast-forward" | "merge" | "up-to-date", head)."""
+        async with self.pool.acquire() as conn:
+            await refs.require_repo(conn, repo)
+            await self._check_mergeable_into(conn, repo, dest)
+            their = await refs.resolve_readable(conn, repo, source)
+            await refs.get_branch(conn, repo, source)  # a branch, not a commit id
+        async with self._lane(repo, dest):
+            for _ in range(MAX_HEAD_RETRIES):
+                async with self.pool.acquire() as conn:
+                    _, head = await refs.get_branch_head(conn, repo, dest)
+                    ours = await refs.get_commit(conn, head) if head else None
+                    if ours is not None and not ours.finished:
+                        raise FailedPrecondition(
+                            f"{repo}@{dest} has an open commit {ours.id}; finish it before merging"
+                        )
+                    base = await merge_base(conn, their.id, head) if head else None
+                if ours is not None and base == their.id:
+                    return "up-to-date", ours.info
+                if ours is None or base == ours.id:
+                    moved = await self._move_head(repo, dest, head, their)
+                    if moved is not None:
+                        return "fast-forward", moved
+                    continue
+                async with self.pool.acquire() as conn:
+                    base_row = await refs.get_commit(conn, base) if base else None
+                plan = await plan_merge(
+                    self.files.index,
+                    base_row.root if base_row else None,
+                    their.root,
+                    ours.root,
+                    strategy,
+                )
+                if plan.conflicts:
+                    raise Conflict(
+                        _conflict_text(
+                            f"merge of {repo}@{source} into {repo}@{dest} refused",
+                            "changed on both sides",
+                            plan,
+                            "--strategy source|dest takes one side for all of them",
+                        )
+                    )
+                description = message or f"Merge {repo}@{source} ({their.id}) into {dest}"
+                made = await self._commit_on(
+                    repo, dest, ours, plan, description, second_parent=their
+                )
+                if made is not None:
+                    return "merge", made
+        raise Conflict(f"branch {repo}@{dest} kept moving; the merge was not applied, retry it")
+
+    async def revert_commit(
+        self, repo: str, ref: str, branch: str | None = None, message: str = ""
+    ) -> CommitInfo:
+        """A new commit on ``branch`` undoing what commit ``ref`` changed (three-way)."""
+        async with self.pool.acquire() as conn:
+            undone = await refs.resolve_readable(conn, repo, ref)
+            target = branch or undone.info.branch
+            if target is None:
+                raise InvalidArgument(f"commit {undone.id} has no branch: name one with --branch")
+            await self._check_mergeable_into(conn, repo, target)
+            parent = await refs.get_commit(conn, undone.info.parent) if undone.info.parent else None
+        async with self._lane(repo, target):
+            for _ in range(MAX_HEAD_RETRIES):
+                async with self.pool.acquire() as conn:
+                    _, head = await refs.get_branch_head(conn, repo, target)
+                    ours = await refs.get_commit(conn, head) if head else None
+                    if ours is None or not ours.finished:
+                        raise FailedPrecondition(
+                            f"{repo}@{target} has no finished head commit to revert on"
+                        )
+                    if await merge_base(conn, undone.id, ours.id) != undone.id:
+                        raise InvalidArgument(
+                            f"commit {undone.id} is not in the history of {repo}@{target}"
+                        )
+                plan = await plan_merge(
+                    self.files.index, undone.root, parent.root if parent else None, ours.root, None
+                )
+                if plan.conflicts:
+                    raise Conflict(
+                        _conflict_text(
+                            f"revert of {repo}@{undone.id} on {target} refused",
+                            "changed again by later commits",
+                            plan,
+                            "revert those later commits first, or change the files by hand",
+                        )
+                    )
+                description = message or f"Revert {repo}@{undone.id}"
+                made = await self._commit_on(repo, target, ours, plan, description)
+                if made is not None:
+                    return made
+        raise Conflict(f"branch {repo}@{target} kept moving; the revert was not applied, retry it")
+
+    async def _check_mergeable_into(self, conn: Conn, repo: str, branch: str) -> None:
+        """Pipelines own their output branches: refuse merges and reverts into them."""
+        upstream = await refs.branch_provenance(conn, repo, branch)
+        if upstream:
+            sources = ", ".join(f"{r}@{b}" for r, b in upstream)
+            raise FailedPrecondition(
+                f"cannot merge into {repo}@{branch}: it is a pipeline's output, computed from "
+                f"{sources}; merge into the inputs instead"
+            )
+
+    async def _move_head(
+        self, repo: str, branch: str, old: str | None, new: refs.CommitRow
+    ) -> CommitInfo | None:
+        """Fast-forward: the head moves to ``new`` if it is still ``old`` (None if it moved)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await self._lock_or_create_branch(conn, repo, branch) != old:
+                return None
+            await refs.set_branch_head(conn, repo, branch, new.id)
+            await self._emit_moved(conn, repo, branch, old, new.id)
+            await triggers.follow(conn, self.config, repo, branch, datetime.now(UTC))
+            return new.info
+
+    async def _commit_on(
+        self,
+        repo: str,
+        branch: str,
+        head: refs.CommitRow,
+        plan: MergePlan,
+        description: str,
+        *,
+        second_parent: refs.CommitRow | None = None,
+    ) -> CommitInfo | None:
+        """A finished commit on ``branch`` applying ``plan`` to ``head`` (None if it moved)."""
+        root = await self.files.index.apply(head.root, plan.changes)
+        count, size = await self.files.totals(root)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await self._lock_or_create_branch(conn, repo, branch) != head.id:
+                return None
+            provenance = list(head.info.provenance)
+            if second_parent is not None:
+                # A merge commit comes from both lines: it names both parents' provenance.
+                seen = {(p.repo, p.id) for p in provenance}
+                provenance += [
+                    p for p in second_parent.info.provenance if (p.repo, p.id) not in seen
+                ]
+            row = await refs.insert_commit(
+                conn,
+                commit_id=refs.new_commit_id(),
+                repo=repo,
+                branch=branch,
+                parent=head.id,
+                second_parent=second_parent.id if second_parent else None,
+                state="finished",
+                root=root,
+                size_bytes=size,
+                file_count=count,
+                description=description,
+                provenance=provenance,
+            )
+            await refs.set_branch_head(conn, repo, branch, row.id)
+            await self._emit_commit(conn, "commit.started", row)
+            await self._emit_commit(conn, "commit.finished", row)
+            await self._emit_moved(conn, repo, branch, head.id, row.id)
+            await triggers.follow(conn, self.config, repo, branch, datetime.now(UTC))
+            return row.info
+
     async def _stage_into_open(
         self, repo: str, branch: str, commit_id: str, pending: PendingWrite
     ) -> CommitInfo | None:
@@ -870,6 +1039,12 @@ class PfsService:
 
     async def ready(self) -> bool:
         return await db_ready(self.pool)
+
+
+def _conflict_text(what: str, why: str, plan: MergePlan, hint: str) -> str:
+    """The refusal: a summary line, then every conflicting path on a line of its own."""
+    paths = "\n".join(f"  {p}" for p in plan.conflicts)
+    return f"{what}: {len(plan.conflicts)} path(s) {why} ({hint}):\n{paths}"
 
 
 def _parse_branch(text: str) -> tuple[str, str]:

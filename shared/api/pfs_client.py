@@ -530,6 +530,34 @@ class PfsClient(ServiceClient):
         body = await self.request("GET", f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/subvenance")
         return [CommitInfo.from_json(c) for c in body["commits"]]
 
+    async def merge_branch(
+        self,
+        repo: str,
+        source: str,
+        dest: str,
+        *,
+        strategy: str | None = None,
+        message: str = "",
+    ) -> tuple[str, CommitInfo]:
+        """Merge ``repo@source`` into ``repo@dest``: (fast-forward|merge|up-to-date, head)."""
+        body = await self.request(
+            "POST",
+            f"/v1/repos/{_q(repo)}/branches/{_q(dest)}/merge",
+            json_body={"source": source, "strategy": strategy, "message": message},
+        )
+        return str(body["result"]), CommitInfo.from_json(body["commit"])
+
+    async def revert_commit(
+        self, repo: str, ref: str, *, branch: str | None = None, message: str = ""
+    ) -> CommitInfo:
+        """A new commit on ``branch`` (default: the commit's own) undoing ``repo@ref``."""
+        body = await self.request(
+            "POST",
+            f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/revert",
+            json_body={"branch": branch, "message": message},
+        )
+        return CommitInfo.from_json(body)
+
     async def fsck(self, repo: str | None = None) -> FsckReport:
         """Verify the object store holds every commit's nodes and chunks intact (PFS's fsck)."""
         return FsckReport.from_json(await self.request("GET", "/v1/fsck", params={"repo": repo}))

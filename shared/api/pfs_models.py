@@ -95,6 +95,9 @@ class CommitInfo(Record):
     provenance: list[CommitRef] = field(default_factory=list)
     # Root of the commit's file index in the object store (data-plane readers use it).
     index_root: str | None = None
+    # A merge commit's other parent: the head of the branch merged in (``parent`` is the
+    # destination's head before the merge).
+    second_parent: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CommitInfo:

@@ -47,7 +47,8 @@ def commit_fields(commit: CommitInfo) -> str:
     pairs = [
         ("Commit", f"{commit.repo}@{commit.id}"),
         ("Original Branch", commit.branch or "-"),
-        ("Parent", commit.parent or "-"),
+        # A merge commit has two parents: the destination's old head, then the source's.
+        ("Parent", ", ".join(p for p in (commit.parent, commit.second_parent) if p) or "-"),
         ("State", commit.state),
         ("Started", relative_time(commit.started)),
         ("Finished", relative_time(commit.finished)),

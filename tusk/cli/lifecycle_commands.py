@@ -1,10 +1,11 @@
-"""``tusk fsck`` (and, as they land, merge, revert and garbage-collect): storage lifecycle."""
+"""Storage lifecycle: ``tusk fsck``, ``merge branch`` and ``revert commit``."""
 
 from __future__ import annotations
 
 import click
 
-from tusk.cli.args import REPO
+from shared.platform.errors import InvalidArgument
+from tusk.cli.args import REPO, REPO_AT_REF, Target
 from tusk.cli.errors import EXIT_ERROR
 from tusk.cli.output import echo, echo_json, output_option
 from tusk.cli.session import run_pfs
@@ -35,4 +36,66 @@ def fsck(ctx: click.Context, repo: str | None, output: str) -> None:
         ctx.exit(EXIT_ERROR)
 
 
+@click.command("branch")
+@click.argument("source", type=REPO_AT_REF)
+@click.argument("dest", type=REPO_AT_REF)
+@click.option(
+    "--strategy",
+    type=click.Choice(["source", "dest"]),
+    default=None,
+    help="Resolve paths changed on both sides by taking this side's version.",
+)
+@click.option("-m", "--message", default="", help="The merge commit's description.")
+@output_option
+def merge_branch(
+    source: Target, dest: Target, strategy: str | None, message: str, output: str
+) -> None:
+    """Merge branch REPO@SOURCE into REPO@DEST (three-way, per file).
+
+    Refused, listing every conflicting path, when a file changed differently on both
+    sides since their newest common ancestor, unless --strategy picks a side.
+    """
+    if source.repo != dest.repo:
+        raise InvalidArgument(
+            f"merge needs two branches of one repo, not {source.repo} and {dest.repo}"
+        )
+    assert source.ref is not None and dest.ref is not None
+    src_ref, dest_ref = source.ref, dest.ref
+    result, head = run_pfs(
+        lambda pfs: pfs.merge_branch(
+            source.repo, src_ref, dest_ref, strategy=strategy, message=message
+        )
+    )
+    if output == "json":
+        echo_json({"result": result, "commit": head.to_json()})
+        return
+    what = {
+        "up-to-date": f"{dest.repo}@{dest_ref} already has everything in {src_ref}",
+        "fast-forward": f"fast-forwarded {dest.repo}@{dest_ref} to {head.id}",
+        "merge": f"merged {src_ref} into {dest.repo}@{dest_ref}: commit {head.id}",
+    }
+    echo(what.get(result, f"{result}: {head.id}"))
+
+
+@click.command("commit")
+@click.argument("target", type=REPO_AT_REF)
+@click.option("--branch", default=None, help="The branch to revert on (default: the commit's own).")
+@click.option("-m", "--message", default="", help="The new commit's description.")
+@output_option
+def revert_commit(target: Target, branch: str | None, message: str, output: str) -> None:
+    """Make a new commit on BRANCH that undoes what REPO@COMMIT changed."""
+    assert target.ref is not None
+    ref = target.ref
+    info = run_pfs(lambda pfs: pfs.revert_commit(target.repo, ref, branch=branch, message=message))
+    if output == "json":
+        echo_json(info.to_json())
+        return
+    echo(f"reverted {target.repo}@{ref} on {info.branch}: commit {info.id}")
+
+
 COMMANDS: list[click.Command] = [fsck]
+# (verb, noun command) pairs, as the other command modules list theirs.
+VERB_COMMANDS: list[tuple[str, click.Command]] = [
+    ("merge", merge_branch),
+    ("revert", revert_commit),
+]

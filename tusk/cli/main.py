@@ -50,6 +50,8 @@ VERBS: dict[str, str] = {
     "glob": "Find files by glob pattern.",
     "diff": "Compare two commits' files.",
     "copy": "Copy files between commits and branches.",
+    "merge": "Merge one branch into another.",
+    "revert": "Undo a commit with a new commit.",
 }
 
 
@@ -127,6 +129,8 @@ def _build() -> None:
     ):
         for verb, command in module.COMMANDS:
             groups[verb].add_command(command)
+    for verb, command in lifecycle_commands.VERB_COMMANDS:
+        groups[verb].add_command(command)
     for group in groups.values():
         cli.add_command(group)
     for command in [
