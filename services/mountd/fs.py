@@ -36,6 +36,7 @@ from shared.platform.errors import (
     TooLarge,
     TuskError,
 )
+from shared.platform.fuse_base import TuskOperations
 
 log = logging.getLogger("tusk.mountd.fs")
 
@@ -122,8 +123,11 @@ class Handle:
     writable: bool
 
 
-class TuskFs(pyfuse3.Operations):
+class TuskFs(TuskOperations):
     """pyfuse3 operations over the mounts of ``manager``."""
+
+    # Read-write mounts change it; read-only ones refuse with EROFS mount by mount.
+    WRITABLE = True
 
     def __init__(self, manager: MountManager, *, list_window: int = 1000) -> None:
         super().__init__()
@@ -507,28 +511,8 @@ class TuskFs(pyfuse3.Operations):
                 node.parent = new_parent
             self._by_key[(mount, node.path)] = node.inode
 
-    # Unsupported kinds of entries: Tusk versions regular files and directories.
-
-    async def symlink(
-        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)
-
-    async def mknod(
-        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)
-
-    async def link(
-        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)
-
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return []
+    # Symlinks, device nodes, hard links and extended attributes: TuskOperations
+    # refuses them (EPERM: Tusk versions regular files and directories).
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
