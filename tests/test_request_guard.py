@@ -341,3 +341,20 @@ async def test_a_client_refuses_a_service_of_another_cluster(tusk_config: Config
                 await anext(other.get_file("data", "master", "/x"))
     finally:
         await stop(runner)
+
+
+async def test_text_postgresql_cannot_hold_is_a_400(pfs: RunningPfs, pps_url: str) -> None:
+    # Found by tests/test_api_fuzz.py: both reached PostgreSQL and came back as 500.
+    json_type = {"Content-Type": "application/json"}
+    for text in (b'"a\\u0000b"', b'"\\ud921"'):
+        status, body = await call(
+            "POST",
+            f"{pfs.url}/v1/repos",
+            data=b'{"name": "x", "description": %s}' % text,
+            headers=json_type,
+        )
+        assert status == 400, body
+        assert "NUL or unpaired surrogates" in body["error"]["message"]
+    for url in (f"{pps_url}/v1/jobs?pipeline=a%00b", f"{pfs.url}/v1/repos/x/commits?branch=%00"):
+        status, body = await call("GET", url)
+        assert status == 400, (url, body)

@@ -14,6 +14,7 @@ from shared.platform.http import (
     SECONDS,
     YAML,
     Query,
+    check_structure,
     endpoint,
     field,
     flag,
@@ -44,6 +45,7 @@ async def _spec_body(request: web.Request) -> dict[str, object]:
     docs = load_spec_documents(await read_text(request))
     if len(docs) != 1:
         raise InvalidArgument(f"expected one pipeline spec in the body, got {len(docs)}")
+    check_structure(docs[0])
     return docs[0]
 
 
@@ -206,6 +208,11 @@ def _secret_name(request: web.Request) -> str:
 
 
 @routes.post("/v1/secrets")
+@endpoint(
+    body=json_body({"secret": {"type": "object"}}, required=["secret"]),
+    query=[flag("update", "replace an existing secret")],
+    status=201,
+)
 async def create_secret(request: web.Request) -> web.Response:
     """Store a secret from a Kubernetes Secret manifest {secret: {...}} (?update=true replaces)."""
     manifest = parse_secret_manifest(field(await read_json(request), "secret", dict))

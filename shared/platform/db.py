@@ -373,7 +373,7 @@ class _Acquire(_AcquireBase):
         lost = isinstance(error, BaseException) and _lost(error, self.connection)
         # Releasing a broken connection fails; the pool replaces it on the next acquire, and
         # the block's own outcome (done, or its error) is what the caller must see.
-        with contextlib.suppress(*CLOSED_ERRORS):
+        with contextlib.suppress(*BROKEN_ERRORS):
             await super().__aexit__(*exc_info)
         if lost:
             assert isinstance(error, BaseException)

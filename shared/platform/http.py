@@ -22,6 +22,7 @@ import ipaddress
 import json
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -180,6 +181,12 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "path": FILE_PATH,
     "job": {"type": "string", "pattern": "^[0-9A-Za-z_-]{1,64}$"},
     "datum": {"type": "string", "pattern": "^[0-9A-Za-z_-]{1,64}$"},
+    # A DNS subdomain, as Kubernetes names secrets (shared.api.secrets.check_secret_name).
+    "secret": {
+        "type": "string",
+        "pattern": "^[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?$",
+        "maxLength": 253,
+    },
 }
 
 
@@ -281,6 +288,9 @@ def request_guard(config: Config) -> Middleware:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         _check_host(request, config.allowed_hosts)
+        check_text(request.path, "request path")
+        for name, value in request.query.items():
+            check_text(name + value, f"query parameter {name!r}")
         if request.method in STATE_CHANGING:
             _check_origin(request, allowed_origins)
         if request.match_info.http_exception is None:
@@ -439,20 +449,37 @@ def parse_json_object(raw: bytes | str) -> dict[str, Any]:
         raise InvalidArgument("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidArgument("request body must be a JSON object")
-    _check_depth(body)
+    check_structure(body)
     return body
 
 
-def _check_depth(value: Any) -> None:
+def check_structure(value: Any) -> None:
+    """Refuse a parsed document (JSON, YAML) nested past ``MAX_JSON_DEPTH`` or holding
+    strings no text column can hold."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
             raise InvalidArgument(f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
+        if isinstance(item, str):
+            check_text(item, "request body")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                check_text(key, "request body")
+                stack.append((child, depth + 1))
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
+
+
+# NUL (no PostgreSQL text can hold it) and halves of surrogate pairs (a JSON "\ud800"
+# escape alone is no character): refused wherever a request carries text.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_text(value: str, where: str) -> None:
+    """Refuse text with a NUL character or a lone surrogate, naming where it was."""
+    if _UNSTORABLE.search(value):
+        raise InvalidArgument(f"{where}: text may not contain NUL or unpaired surrogates")
 
 
 def field(
