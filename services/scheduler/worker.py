@@ -426,7 +426,10 @@ async def main_async(pipeline: str) -> None:
     config = load_config()
     bus = await connect(config, name=f"tusk-worker-{pipeline}")
     try:
-        async with open_object_store(config) as objects, PpsClient(config.pps_url) as pps:
+        async with (
+            open_object_store(config) as objects,
+            PpsClient(config.pps_url, cluster_id=config.cluster_id) as pps,
+        ):
             with tempfile.TemporaryDirectory(prefix=f"tusk-worker-{pipeline}-") as workdir:
                 worker = Worker(
                     config, pipeline, bus, objects, Path(workdir), _sandbox(config), secrets=pps
