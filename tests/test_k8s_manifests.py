@@ -33,6 +33,7 @@ SERVICE_PORTS = {
     "scheduler": 7653,
     "mountd": 7654,
     "s3gateway": 7655,
+    "console": 7656,
 }
 
 pytestmark = pytest.mark.skipif(

@@ -83,6 +83,8 @@ class Config:
     # virtual-hosted-style requests (Host: BUCKET.<domain>); "localhost" always counts.
     s3gateway_url: str = "http://127.0.0.1:7655"
     s3gateway_domains: tuple[str, ...] = ()
+    # The web console (docs/console.md); ``tusk up`` records where it serves.
+    console_url: str = "http://127.0.0.1:7656"
     listen_host: str = "127.0.0.1"
     listen_port: int = 0
     # Largest single file a put accepts (bytes); protects against absurd uploads.
@@ -131,6 +133,7 @@ _ENV_FIELDS = {
     "TUSK_MOUNTD_URL": "mountd_url",
     "TUSK_S3GATEWAY_URL": "s3gateway_url",
     "TUSK_S3GATEWAY_DOMAINS": "s3gateway_domains",
+    "TUSK_CONSOLE_URL": "console_url",
     "TUSK_LISTEN_HOST": "listen_host",
     "TUSK_LISTEN_PORT": "listen_port",
     "TUSK_MAX_FILE_BYTES": "max_file_bytes",

@@ -53,6 +53,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("pps", "services.pps", 7652),
     ServiceSpec("scheduler", "services.scheduler", 7653),
     ServiceSpec("s3gateway", "services.s3gateway", 7655),
+    ServiceSpec("console", "services.console", 7656),
 )
 
 
