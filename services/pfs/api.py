@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from services.pfs.collector import Collector
 from services.pfs.fsck import check_storage
 from services.pfs.merge import STRATEGIES, Strategy
 from services.pfs.service import PfsService
@@ -41,6 +42,7 @@ from shared.storage.chunking import FileEntry
 
 SERVICE: web.AppKey[PfsService] = web.AppKey("pfs_service", PfsService)
 BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
+COLLECTOR: web.AppKey[Collector] = web.AppKey("collector", Collector)
 # Set when the app shuts down, so long-lived streams end instead of holding shutdown up.
 STOPPING: web.AppKey[asyncio.Event] = web.AppKey("stopping", asyncio.Event)
 HEARTBEAT_S = 1.0
@@ -675,4 +677,25 @@ async def fsck(request: web.Request) -> web.Response:
     """Verify every finished commit's index nodes and chunks, branch heads and provenance."""
     svc = _svc(request)
     report = await check_storage(svc.pool, svc.store, request.query.get("repo") or None)
+    return web.json_response(report.to_json())
+
+
+@routes.post("/v1/gc")
+@endpoint(
+    body=json_body(
+        {"dry_run": BOOLEAN, "grace_s": {"type": "number", "minimum": 0}},
+    )
+)
+async def garbage_collect(request: web.Request) -> web.Response:
+    """Collect unreachable objects now. Body: {dry_run?, grace_s?} (default: configured grace)."""
+    body = await read_json(request)
+    grace = body.get("grace_s")
+    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int | float)):
+        raise InvalidArgument("field grace_s: expected a number of seconds")
+    if grace is not None and grace < 0:
+        raise InvalidArgument("field grace_s: must be 0 or more seconds")
+    report = await request.app[COLLECTOR].collect(
+        grace_s=None if grace is None else float(grace),
+        dry_run=field(body, "dry_run", bool, default=False),
+    )
     return web.json_response(report.to_json())

@@ -10,9 +10,11 @@ from importlib.resources import files
 
 from aiohttp import web
 
-from services.pfs.api import BUS, SERVICE, STOPPING, routes
+from services.pfs.api import BUS, COLLECTOR, SERVICE, STOPPING, routes
+from services.pfs.collector import Collector
 from services.pfs.committed import CommittedFiles
 from services.pfs.service import PfsService
+from services.pfs.store_guard import GuardedStore
 from shared.platform.config import Config
 from shared.platform.db import Pool, migrate
 from shared.platform.http import add_health_routes, service_application
@@ -37,17 +39,28 @@ def build_app(config: Config) -> web.Application:
             core_resources(config, name="tusk-pfs", migrations=[migrate_pfs]) as (pool, bus),
             open_object_store(config) as store,
         ):
-            service = PfsService(config, pool, store, CommittedFiles(FileIndex(store)))
+            # Every write goes through the guard, so a collection never deletes what a
+            # write in flight is about to reference (services/pfs/store_guard.py).
+            guarded = GuardedStore(store)
+            service = PfsService(config, pool, guarded, CommittedFiles(FileIndex(guarded)))
             await service.recover_finishing()
             app[SERVICE] = service
             app[BUS] = bus
-            crons = asyncio.create_task(service.run_cron_triggers(), name="pfs-cron-triggers")
+            collector = Collector(config, pool, guarded, service.files.index)
+            app[COLLECTOR] = collector
+            tasks = [asyncio.create_task(service.run_cron_triggers(), name="pfs-cron-triggers")]
+            if config.gc_interval_s > 0:
+                tasks.append(
+                    asyncio.create_task(collector.run_every(config.gc_interval_s), name="pfs-gc")
+                )
             try:
                 yield
             finally:
-                crons.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await crons
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     app.cleanup_ctx.append(resources)
     app[STOPPING] = asyncio.Event()

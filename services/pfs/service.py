@@ -26,6 +26,7 @@ from services.pfs import refs, staging, triggers
 from services.pfs.committed import Change, CommittedFiles
 from services.pfs.events import commit_payload
 from services.pfs.merge import MergePlan, Strategy, merge_base, plan_merge
+from services.pfs.store_guard import GuardedStore
 from shared.api.events import (
     BranchCreated,
     BranchDeleted,
@@ -61,7 +62,6 @@ from shared.storage.chunking import (
     missing_chunks,
     read_range,
 )
-from shared.storage.objstore import ObjectStore
 
 log = logging.getLogger("tusk.pfs")
 
@@ -90,7 +90,7 @@ class PendingWrite:
 
 class PfsService:
     def __init__(
-        self, config: Config, pool: Pool, store: ObjectStore, files: CommittedFiles
+        self, config: Config, pool: Pool, store: GuardedStore, files: CommittedFiles
     ) -> None:
         self.config = config
         self.pool = pool
@@ -462,6 +462,12 @@ class PfsService:
         description: str = "",
     ) -> PutResult:
         """Store every file of an upload stream, then land them in one commit (or none)."""
+        async with self.store.upload():
+            return await self._put_files(repo, branch, reader, append, description)
+
+    async def _put_files(
+        self, repo: str, branch: str, reader: FileStreamReader, append: bool, description: str
+    ) -> PutResult:
         await self._check_writable_branch(repo, branch)
         paths: list[str] = []
         async with PackWriter(self.store, max_file_bytes=self.config.max_file_bytes) as writer:
@@ -497,6 +503,16 @@ class PfsService:
 
         ``None`` deletes a path. With ``commit``, the branch's open head must be that commit.
         """
+        async with self.store.upload():
+            return await self._put_entries(repo, branch, changes, commit)
+
+    async def _put_entries(
+        self,
+        repo: str,
+        branch: str,
+        changes: list[tuple[str, FileEntry | None]],
+        commit: str | None,
+    ) -> PutResult:
         await self._check_writable_branch(repo, branch)
         pending = PendingWrite.empty()
         for path, entry in changes:

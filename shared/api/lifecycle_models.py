@@ -1,5 +1,5 @@
-"""Records of the storage-lifecycle API (fsck; later merge and garbage collection),
-shared by PFS, its client and the CLI."""
+"""Records of the storage-lifecycle API (fsck, garbage collection), shared by PFS, its
+client and the CLI."""
 
 from __future__ import annotations
 
@@ -53,4 +53,37 @@ class FsckReport:
             int(checked.get("commits", 0)),
             int(checked.get("nodes", 0)),
             int(checked.get("chunks", 0)),
+        )
+
+
+@dataclass
+class GcReport:
+    """What one garbage collection freed (or, in a dry run, would free) and what it saw."""
+
+    dry_run: bool = False
+    objects: int = 0
+    bytes: int = 0
+    scanned: int = 0
+    young: int = 0
+    live_objects: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "objects": self.objects,
+            "bytes": self.bytes,
+            "scanned": self.scanned,
+            "young": self.young,
+            "live_objects": self.live_objects,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GcReport:
+        return cls(
+            bool(data.get("dry_run", False)),
+            int(data.get("objects", 0)),
+            int(data.get("bytes", 0)),
+            int(data.get("scanned", 0)),
+            int(data.get("young", 0)),
+            int(data.get("live_objects", 0)),
         )

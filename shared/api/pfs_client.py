@@ -15,7 +15,7 @@ from urllib.parse import quote
 import aiohttp
 
 from shared.api.filestream import CONTENT_TYPE, FileStreamReader, encode_files
-from shared.api.lifecycle_models import FsckReport
+from shared.api.lifecycle_models import FsckReport, GcReport
 from shared.api.names import MAX_TEXT_CHARS
 from shared.api.pfs_models import (
     BranchInfo,
@@ -557,6 +557,15 @@ class PfsClient(ServiceClient):
             json_body={"branch": branch, "message": message},
         )
         return CommitInfo.from_json(body)
+
+    async def garbage_collect(
+        self, *, dry_run: bool = False, grace_s: float | None = None
+    ) -> GcReport:
+        """Delete objects nothing references and nothing wrote recently (PFS's collector)."""
+        body = await self.request(
+            "POST", "/v1/gc", json_body={"dry_run": dry_run, "grace_s": grace_s}
+        )
+        return GcReport.from_json(body)
 
     async def fsck(self, repo: str | None = None) -> FsckReport:
         """Verify the object store holds every commit's nodes and chunks intact (PFS's fsck)."""

@@ -114,6 +114,13 @@ class Config:
     image_cache_bytes: int = 20 << 30
     # Registry logins in Docker's config.json format (empty: ~/.docker/config.json).
     registry_auth_file: str = ""
+    # Garbage collection (docs/lifecycle.md): objects younger than the grace period are
+    # never deleted; PFS collects every interval (0: only on ``tusk garbage-collect``);
+    # the other owners asked what they reference: "scheduler" and "s3gateway" name those
+    # services' URLs, anything else is a base URL.
+    gc_grace_s: float = 3600.0
+    gc_interval_s: float = 86400.0
+    gc_reference_owners: tuple[str, ...] = ("scheduler", "s3gateway")
 
     @property
     def stream_name(self) -> str:

@@ -1,13 +1,14 @@
-"""Storage lifecycle: ``tusk fsck``, ``merge branch`` and ``revert commit``."""
+"""Storage lifecycle: ``tusk fsck``, ``garbage-collect``, ``merge branch``, ``revert commit``."""
 
 from __future__ import annotations
 
 import click
 
+from shared.pipeline.durations import parse_duration
 from shared.platform.errors import InvalidArgument
 from tusk.cli.args import REPO, REPO_AT_REF, Target
 from tusk.cli.errors import EXIT_ERROR
-from tusk.cli.output import echo, echo_json, output_option
+from tusk.cli.output import echo, echo_json, human_size, output_option
 from tusk.cli.session import run_pfs
 
 
@@ -93,7 +94,47 @@ def revert_commit(target: Target, branch: str | None, message: str, output: str)
     echo(f"reverted {target.repo}@{ref} on {info.branch}: commit {info.id}")
 
 
-COMMANDS: list[click.Command] = [fsck]
+def _garbage_collect(dry_run: bool, grace: str | None, output: str) -> None:
+    grace_s = None if grace is None else parse_duration(grace)
+    if grace_s is not None and grace_s < 0:
+        raise InvalidArgument(f"--grace {grace}: must not be negative")
+    report = run_pfs(lambda pfs: pfs.garbage_collect(dry_run=dry_run, grace_s=grace_s))
+    if output == "json":
+        echo_json(report.to_json())
+        return
+    verb = "would free" if dry_run else "freed"
+    echo(
+        f"{verb} {report.objects} object(s), {human_size(report.bytes)} ({report.bytes} bytes); "
+        f"{report.live_objects} live, {report.young} too young to collect"
+    )
+
+
+_GC_OPTIONS = [
+    click.option("--dry-run", is_flag=True, help="Show what would be freed; delete nothing."),
+    click.option(
+        "--grace",
+        default=None,
+        help="Spare objects written within this long (e.g. 1h, 10m, 0); default: configured.",
+    ),
+    output_option,
+]
+
+
+def _gc_command(name: str, hidden: bool = False) -> click.Command:
+    def command(dry_run: bool, grace: str | None, output: str) -> None:
+        """Delete stored objects no commit, open commit, job or upload references."""
+        _garbage_collect(dry_run, grace, output)
+
+    for option in reversed(_GC_OPTIONS):
+        command = option(command)
+    return click.command(name, hidden=hidden)(command)
+
+
+COMMANDS: list[click.Command] = [
+    fsck,
+    _gc_command("garbage-collect"),
+    _gc_command("gc"),
+]
 # (verb, noun command) pairs, as the other command modules list theirs.
 VERB_COMMANDS: list[tuple[str, click.Command]] = [
     ("merge", merge_branch),

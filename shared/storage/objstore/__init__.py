@@ -19,12 +19,22 @@ changes reads O(k log N) index nodes".
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 from shared.platform.config import Config
 from shared.platform.errors import InvalidArgument
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectStat:
+    """A listed object: its key, size in bytes and last write (Unix seconds)."""
+
+    key: str
+    size: int
+    modified: float
 
 
 class ObjectStore(Protocol):
@@ -48,6 +58,15 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str) -> AsyncIterator[str]:
         """Yield the keys starting with ``prefix`` in sorted order."""
+        ...
+
+    def list_stats(self, prefix: str) -> AsyncIterator[ObjectStat]:
+        """Like ``list``, with each object's size and last write (the garbage collector's
+        view: it spares objects written recently)."""
+        ...
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove ``keys`` (missing ones are not an error); S3 does it 1,000 per request."""
         ...
 
     async def close(self) -> None:
@@ -170,6 +189,16 @@ class CountingStore:
         """Forward (listings are not counted)."""
         return self.inner.list(prefix)
 
+    def list_stats(self, prefix: str) -> AsyncIterator[ObjectStat]:
+        """Forward (listings are not counted)."""
+        return self.inner.list_stats(prefix)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Forward and count one delete per key."""
+        for key in keys:
+            self.deletes[key] += 1
+        await self.inner.delete_many(keys)
+
     async def close(self) -> None:
         """Close the wrapped store."""
         await self.inner.close()
@@ -177,6 +206,7 @@ class CountingStore:
 
 __all__ = [
     "CountingStore",
+    "ObjectStat",
     "ObjectStore",
     "check_range",
     "open_object_store",

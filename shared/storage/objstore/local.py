@@ -17,13 +17,13 @@ import contextlib
 import functools
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from shared.platform.errors import InvalidArgument, NotFound, Unavailable
-from shared.storage.objstore import check_range
+from shared.storage.objstore import ObjectStat, check_range
 
 _TEMP_PREFIX = ".tmp-"
 T = TypeVar("T")
@@ -96,6 +96,20 @@ class LocalStore:
         keys = await self._run(_list_keys, self.root, prefix)
         for key in keys:
             yield key
+
+    async def list_stats(self, prefix: str) -> AsyncIterator[ObjectStat]:
+        """Yield each key under ``prefix`` (sorted) with its size and modification time."""
+        async for key in self.list(prefix):
+            try:
+                info = await self._run(os.stat, self._path(key))
+            except FileNotFoundError:
+                continue  # deleted since the listing
+            yield ObjectStat(key, info.st_size, info.st_mtime)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Unlink each key's file if present."""
+        for key in keys:
+            await self.delete(key)
 
     async def close(self) -> None:
         """Stop the thread pool (waiting for running file operations)."""

@@ -10,7 +10,7 @@ is ``Internal``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.platform.config import S3Config
 from shared.platform.errors import Internal, InvalidArgument, NotFound, TuskError, Unavailable
-from shared.storage.objstore import check_range
+from shared.storage.objstore import ObjectStat, check_range
 
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _UNAVAILABLE_CODES = {
@@ -180,6 +180,32 @@ class S3Store:
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
                 for item in page.get("Contents", ()):
                     yield item["Key"][strip:]
+
+    async def list_stats(self, prefix: str) -> AsyncIterator[ObjectStat]:
+        """Yield keys under ``prefix`` with their size and LastModified, page by page."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        strip = len(self.prefix)
+        with _translate_errors(f"listing objects under {prefix!r}"):
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for item in page.get("Contents", ()):
+                    modified = item["LastModified"].timestamp()
+                    yield ObjectStat(item["Key"][strip:], int(item["Size"]), modified)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """DeleteObjects, up to 1,000 keys per request (S3's limit)."""
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
+            with _translate_errors(f"deleting {len(batch)} objects"):
+                answer = await self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+            failed = answer.get("Errors") or []
+            if failed:
+                first = failed[0]
+                raise Unavailable(
+                    f"S3 refused to delete {len(failed)} object(s), e.g. {first.get('Key')}: "
+                    f"{first.get('Message') or first.get('Code')}"
+                )
 
     async def close(self) -> None:
         """Close the HTTP connections."""
