@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from shared.api.events import BranchMoved, Event, subject_filter
+from shared.api.events import BranchMoved, CommitFinished, Event, subject_filter
 from shared.api.pps_models import JobInfo
 from shared.platform.errors import InvalidArgument
 from tests.fixtures.cluster import Cluster
@@ -229,3 +229,42 @@ async def test_cli_sets_a_branch_trigger(cluster: Cluster, tmp_path: Path) -> No
     assert "staging (size >= 1000 bytes and 3 commits)" in out
     code, _, err = await tusk("create", "branch", "raw@dev", "--trigger-size", "1KB")
     assert code != 0 and "--trigger BRANCH" in err and "Traceback" not in err
+
+
+async def commit_finished_events(cluster: Cluster, repo: str) -> list[Event]:
+    """Every commit.finished event of ``repo`` in the stream, in order."""
+    bus = cluster.runners["pfs"].app[__import__("services.pfs.api", fromlist=["BUS"]).BUS]
+    found: list[Event] = []
+    subject = subject_filter(cluster.config.nats_prefix, "commit.finished", repo)
+    async with bus.subscribe_events(subject, deliver="all") as events:
+        stream = aiter(events)
+        while True:
+            try:
+                found.append(await asyncio.wait_for(anext(stream), 1.0))
+            except TimeoutError:
+                return found
+
+
+async def test_a_late_event_of_an_older_commit_makes_no_job(cluster: Cluster) -> None:
+    await cluster.pfs.create_repo("raw")
+    older = await put(cluster, "raw", "master", "/a")
+    newer = await put(cluster, "raw", "master", "/b")
+    # The pipeline starts over the head: no job has read the older commit.
+    await cluster.pps.create_pipeline(LIST_FILES)
+    (job,) = await jobs_done(cluster, "listing", 1)
+    assert read_commits(job) == [newer]
+
+    # JetStream redelivers the older commit's commit.finished after the newer job ran.
+    finished = {
+        e.payload.commit: e for e in await commit_finished_events(cluster, "raw")
+        if isinstance(e.payload, CommitFinished)
+    }  # fmt: skip
+    assert not await cluster.engine.jobs.on_events([finished[older].to_bytes()])
+    await no_new_jobs(cluster, "listing", 1)
+    assert (await read(cluster, "listing", "/files")).split() == [b"a", b"b"]
+
+    # In order, each later commit still makes its own job.
+    later = await put(cluster, "raw", "master", "/c")
+    assert read_commits((await jobs_done(cluster, "listing", 2))[0]) == [later]
+    assert not await cluster.engine.jobs.on_events([finished[newer].to_bytes()])
+    assert (await read(cluster, "listing", "/files")).split() == [b"a", b"b", b"c"]

@@ -182,6 +182,21 @@ async def job_reads(
     )
 
 
+async def newest_read(conn: Conn, pipeline: str, repo: str, branch: str) -> str | None:
+    """The commit of ``repo@branch`` that the pipeline's newest job over that branch reads."""
+    reading = json.dumps([{"repo": repo, "branch": branch}])
+    commits = await conn.fetchval(
+        "SELECT input_commits FROM pps_jobs WHERE pipeline = $1 AND input_commits @> $2::jsonb "
+        "ORDER BY seq DESC LIMIT 1",
+        pipeline,
+        reading,
+    )
+    for commit in _json(commits) or []:
+        if commit.get("repo") == repo and commit.get("branch") == branch:
+            return str(commit["id"])
+    return None
+
+
 async def job_reruns(conn: Conn, job_id: str) -> list[str]:
     """Datum ids the job runs even if unchanged (``tusk restart datum``)."""
     return list(
