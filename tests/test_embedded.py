@@ -21,6 +21,7 @@ import pytest
 
 from shared.platform.config import CLUSTER_HEADER, load_config
 from tests.fixtures.servers import server_scratch_dir
+from tusk.contexts import LOCAL, Context, load_contexts
 from tusk.embedded import ClusterStatus, down, status, up
 from tusk.embedded.components import SERVICES, pick_port
 
@@ -211,6 +212,12 @@ async def test_up_keeps_home_private_and_postgres_behind_a_password(tmp_path: Pa
             # The cluster's services report its id, which config.toml gives the CLI.
             cluster_id = (home / "cluster-id").read_text().strip()
             assert config.cluster_id == cluster_id
+            # tusk up names this cluster as the active ``local`` context.
+            known = load_contexts(home)
+            assert known.active == LOCAL
+            assert known.contexts[LOCAL] == Context(
+                LOCAL, config.pfs_url, config.pps_url, cluster_id
+            )
             async with (
                 aiohttp.ClientSession() as session,
                 session.get(f"{config.pfs_url}/healthz") as resp,

@@ -9,6 +9,7 @@ import click
 
 from shared.api.pfs_client import PfsClient
 from shared.api.pfs_models import CommitInfo
+from shared.platform.errors import InvalidArgument
 from tusk.cli.args import REPO_AT, REPO_AT_REF, Target, writable_branch
 from tusk.cli.output import (
     echo,
@@ -123,8 +124,21 @@ async def commits_made_from(
     return found[:limit] if limit else found
 
 
+async def recent_commits_everywhere(pfs: PfsClient, limit: int) -> list[CommitInfo]:
+    """``list commit`` with no repo: the newest ``limit`` commits over every repo."""
+    found: list[CommitInfo] = []
+    for repo in await pfs.list_repos():
+        found.extend(await collect_commits(pfs, repo.name, None, limit))
+    found.sort(key=lambda c: c.started or "", reverse=True)
+    return found[:limit]
+
+
+# How many commits ``list commit`` shows when neither a repo nor -n is given.
+RECENT_COMMITS = 50
+
+
 @click.command("commit")
-@click.argument("target", metavar="REPO[@BRANCH]", type=REPO_AT)
+@click.argument("target", metavar="[REPO[@BRANCH]]", type=REPO_AT, required=False)
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=None, help="Show at most N.")
 @click.option(
     "--provenance-of",
@@ -135,11 +149,21 @@ async def commits_made_from(
     help="Only the commits made from this input commit (e.g. a pipeline's outputs of it).",
 )
 @output_option
-def list_commit(target: Target, limit: int | None, source: Target | None, output: str) -> None:
-    """List commits, newest first (all branches unless one is given)."""
-    if source is not None:
-        chosen = source
-        commits = run_pfs(lambda pfs: commits_made_from(pfs, target, chosen, limit))
+def list_commit(
+    target: Target | None, limit: int | None, source: Target | None, output: str
+) -> None:
+    """List commits, newest first (all branches unless one is given).
+
+    With no repo: the most recent commits of every repo (50 unless -n says otherwise).
+    """
+    if target is None:
+        if source is not None:
+            raise InvalidArgument("--provenance-of needs the repo to look in: list commit REPO")
+        recent = limit or RECENT_COMMITS
+        commits = run_pfs(lambda pfs: recent_commits_everywhere(pfs, recent))
+    elif source is not None:
+        chosen, within = source, target
+        commits = run_pfs(lambda pfs: commits_made_from(pfs, within, chosen, limit))
     else:
         commits = run_pfs(lambda pfs: collect_commits(pfs, target.repo, target.ref, limit))
     if output == "json":

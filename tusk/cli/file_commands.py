@@ -28,7 +28,16 @@ from tusk.cli.output import (
 )
 from tusk.cli.progress import Progress
 from tusk.cli.session import closing, run_pfs
-from tusk.cli.sources import UploadStream, is_url, plan_uploads
+from tusk.cli.sources import (
+    STDIN,
+    Upload,
+    UploadStream,
+    extract_archives,
+    is_url,
+    plan_tree,
+    plan_uploads,
+    read_source_list,
+)
 
 # put file
 
@@ -40,23 +49,58 @@ from tusk.cli.sources import UploadStream, is_url, plan_uploads
     "--file",
     "sources",
     multiple=True,
-    required=True,
     metavar="LOCAL|URL|-",
-    help="A local file or directory, an http(s) URL, or - for stdin (repeatable).",
+    help="A local file or directory, an http(s) URL, or - for stdin (repeatable; default: -).",
+)
+@click.option(
+    "-i",
+    "--input-file",
+    "lists",
+    multiple=True,
+    metavar="LIST",
+    help="A file naming one source (local path or http(s) URL) per line; - reads stdin.",
 )
 @click.option("-r", "--recursive", is_flag=True, help="Upload directories with all their files.")
 @click.option("-a", "--append", is_flag=True, help="Append to existing files instead of replacing.")
-def put_file(target: Target, sources: tuple[str, ...], recursive: bool, append: bool) -> None:
-    """Upload files into a branch: all of them in one request and one commit."""
+@click.option(
+    "--untar",
+    is_flag=True,
+    help="The sources are tar archives (gzip, bzip2, xz too): upload their files instead.",
+)
+def put_file(
+    target: Target,
+    sources: tuple[str, ...],
+    lists: tuple[str, ...],
+    recursive: bool,
+    append: bool,
+    untar: bool,
+) -> None:
+    """Upload files into a branch: all of them in one request and one commit.
+
+    With no -f and no -i the file's bytes come from standard input (pachctl's habit).
+    """
     branch = writable_branch(target, "put file")
-    plan = plan_uploads(target, sources, recursive=recursive)
+    named = [*sources, *(s for path in lists for s in read_source_list(path))]
+    if lists and not named:
+        raise InvalidArgument(f"{', '.join(lists)} names no source")
+    if untar:
+        with tempfile.TemporaryDirectory(prefix="tusk-untar-") as unpacked:
+            extract_archives(named or [STDIN], unpacked)
+            plan = plan_tree(target, unpacked)
+            _upload(target, branch, plan, append=append, urls=False)
+        return
+    plan = plan_uploads(target, named or [STDIN], recursive=recursive)
+    _upload(target, branch, plan, append=append, urls=any(is_url(s) for s in named))
+
+
+def _upload(target: Target, branch: str, plan: list[Upload], *, append: bool, urls: bool) -> None:
     known = [u.size for u in plan]
     total = None if None in known else sum(s or 0 for s in known)
     label = plan[0].dst if len(plan) == 1 else f"{len(plan)} files"
 
     async def upload(pfs: PfsClient) -> PutResult:
         with Progress(f"put {label}", total) as progress:
-            async with _download_session(any(is_url(s) for s in sources)) as session:
+            async with _download_session(urls) as session:
                 stream = UploadStream(plan, session=session, count=progress.count)
                 try:
                     return await pfs.put_files(target.repo, branch, stream.files(), append=append)
@@ -292,7 +336,13 @@ def diff_file(new: Target, old: Target | None, output: str) -> None:
 
 @click.command("file")
 @click.argument("target", metavar="REPO@BRANCH:/PATH", type=REPO_FILE)
-def delete_file(target: Target) -> None:
+@click.option(
+    "-r",
+    "--recursive",
+    is_flag=True,
+    help="Accepted as pachctl's habit: a directory is always deleted with everything under it.",
+)
+def delete_file(target: Target, recursive: bool) -> None:
     """Delete a file or a whole directory from a branch (in a new commit)."""
     branch = writable_branch(target, "delete file")
     run_pfs(lambda pfs: pfs.delete_file(target.repo, branch, target.path_or_root))

@@ -21,6 +21,7 @@ import click
 from tusk.cli import (
     cluster_commands,
     commit_commands,
+    context_commands,
     file_commands,
     image_commands,
     lifecycle_commands,
@@ -137,6 +138,7 @@ def _build() -> None:
         *pipeline_commands.TOP_LEVEL,
         *mount_commands.COMMANDS,
         *cluster_commands.COMMANDS,
+        *context_commands.COMMANDS,
         *image_commands.COMMANDS,
         *lifecycle_commands.COMMANDS,
     ]:

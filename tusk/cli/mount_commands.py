@@ -24,12 +24,21 @@ def _exec_mountd(*args: str) -> None:
 
 @click.command("mount")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.argument("specs", nargs=-1)
-def mount(directory: str, specs: tuple[str, ...]) -> None:
+@click.argument("positional", nargs=-1)
+@click.option(
+    "-r",
+    "--repos",
+    "flagged",
+    multiple=True,
+    metavar="REPO[@REF][+w]",
+    help="A repo to mount (pachctl's form; repeatable, and mixes with the positional form).",
+)
+def mount(directory: str, positional: tuple[str, ...], flagged: tuple[str, ...]) -> None:
     """Mount repos at DIRECTORY until Ctrl-C: REPO[@REF] read-only, REPO[@BRANCH]+w read-write.
 
     Without specs every repo's master is mounted read-only. Each appears as DIRECTORY/REPO.
     """
+    specs = (*positional, *flagged)
     for text in specs:
         # A bad spec is one line here, before anything is mounted.
         spec = MountSpec.parse(text)

@@ -1,35 +1,73 @@
-"""What the CLI prints: aligned tables like pachctl's, ``-o json``, human sizes and times.
+"""What the CLI prints: aligned tables like pachctl's, ``-o json|yaml``, ``--raw``, sizes, times.
 
-Pure formatting; the commands decide what to print, this module decides how.
+Pure formatting; the commands decide what to print, this module decides how. A command
+asks for ``output == "json"`` and prints its document with ``echo_json``; the document's
+rendering (indented JSON, YAML, or ``--raw``: one compact JSON document per line) is chosen
+here once, from the options ``output_option`` adds, so every listing and inspect has all three.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
+import yaml
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-OUTPUT_FORMATS = ("table", "json")
+OUTPUT_FORMATS = ("table", "json", "yaml")
+# How a document is rendered: "json" (indented), "yaml", or "raw" (compact, one per line).
+DOCUMENT_STYLES = ("json", "yaml", "raw")
 _SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+_document_style: ContextVar[str] = ContextVar("document_style", default="json")
 
 
 def output_option(func: F) -> F:
-    """Add ``-o/--output [table|json]`` to a listing or inspection command."""
-    return click.option(
-        "-o",
-        "--output",
-        "output",
-        type=click.Choice(OUTPUT_FORMATS),
-        default="table",
-        show_default=True,
-        help="Output format: an aligned table for people, JSON for programs.",
-    )(func)
+    """Add ``-o/--output [table|json|yaml]`` and ``--raw`` to a listing or inspection command.
+
+    The command itself only sees ``table`` or ``json``: yaml and raw are renderings of the
+    JSON document, applied by ``echo_json``.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, output: str, raw: bool, **kwargs: Any) -> Any:
+        style = "raw" if raw else output
+        if style in DOCUMENT_STYLES:
+            _document_style.set(style)
+            output = "json"
+        return func(*args, output=output, **kwargs)
+
+    with_raw = click.option(
+        "--raw",
+        is_flag=True,
+        help="Print the JSON documents as they are, one per line (overrides -o).",
+    )(wrapper)
+    return cast(
+        F,
+        click.option(
+            "-o",
+            "--output",
+            "output",
+            type=click.Choice(OUTPUT_FORMATS),
+            default="table",
+            show_default=True,
+            help="Output format: an aligned table for people, JSON or YAML for programs.",
+        )(with_raw),
+    )
+
+
+def set_document_style(style: str) -> None:
+    """Choose how ``echo_json`` renders documents (``output_option`` does this per command)."""
+    if style not in DOCUMENT_STYLES:
+        raise ValueError(f"unknown document style {style!r}")
+    _document_style.set(style)
 
 
 def human_size(size: int) -> str:
@@ -125,7 +163,25 @@ def echo(text: str) -> None:
     click.echo(text)
 
 
+def render_document(value: Any, style: str, *, compact: bool = False) -> str:
+    """One document as ``style`` prints it.
+
+    ``raw`` prints a listing as one compact document per line (``jq -c`` style, so
+    ``while read`` loops work); ``yaml`` streams (``compact``) carry ``---`` between documents.
+    """
+    if style == "raw":
+        if isinstance(value, list):
+            return "\n".join(to_json_text(item, compact=True) for item in value)
+        return to_json_text(value, compact=True)
+    if style == "yaml":
+        text = yaml.safe_dump(value, sort_keys=False, allow_unicode=True, explicit_start=compact)
+        return text.rstrip("\n")
+    return to_json_text(value, compact=compact)
+
+
 def echo_json(value: Any, *, compact: bool = False) -> None:
-    """Print a JSON value to stdout (flushed: ``subscribe`` output is read live by pipes)."""
-    click.echo(to_json_text(value, compact=compact))
+    """Print a document to stdout (flushed: ``subscribe`` output is read live by pipes)."""
+    text = render_document(value, _document_style.get(), compact=compact)
+    if text:
+        click.echo(text)
     sys.stdout.flush()

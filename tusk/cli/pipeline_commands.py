@@ -20,7 +20,6 @@ import click
 from shared.api.names import check_name
 from shared.api.pps_client import PpsClient
 from shared.api.pps_models import DatumInfo, JobInfo, LogLine, PipelineInfo
-from shared.platform.config import load_config
 from shared.platform.errors import InvalidArgument, TuskError
 from tusk.cli.output import (
     echo,
@@ -33,6 +32,8 @@ from tusk.cli.output import (
     relative_time,
     to_json_text,
 )
+from tusk.cli.session import naming_context
+from tusk.contexts import resolve_endpoints
 
 T = TypeVar("T")
 
@@ -44,12 +45,14 @@ LOG_PAGE = 1000
 def run_pps(call: Callable[[PpsClient], Awaitable[T]]) -> T:
     """Run ``call(client)`` against the configured PPS on a fresh event loop."""
 
+    endpoints = resolve_endpoints()
+
     async def with_client() -> T:
-        config = load_config()
-        async with PpsClient(config.pps_url, cluster_id=config.cluster_id) as client:
+        async with PpsClient(endpoints.pps_url, cluster_id=endpoints.cluster_id) as client:
             return await call(client)
 
-    return asyncio.run(with_client())
+    with naming_context(endpoints, endpoints.pps_url):
+        return asyncio.run(with_client())
 
 
 # --- arguments --------------------------------------------------------------------------------

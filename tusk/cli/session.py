@@ -4,32 +4,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from shared.api.pfs_client import PfsClient
-from shared.platform.config import load_config
+from shared.platform.errors import Unavailable
+from tusk.contexts import Endpoints, resolve_endpoints
 
 T = TypeVar("T")
 
 
-def open_pfs() -> PfsClient:
-    """A client for the PFS named by the configuration ($TUSK_PFS_URL, $TUSK_HOME/config.toml)."""
-    config = load_config()
-    return PfsClient(config.pfs_url, cluster_id=config.cluster_id)
+def open_pfs(endpoints: Endpoints | None = None) -> PfsClient:
+    """A client for the PFS of the environment, the active context, or config.toml."""
+    endpoints = endpoints or resolve_endpoints()
+    return PfsClient(endpoints.pfs_url, cluster_id=endpoints.cluster_id)
 
 
 def run_pfs(call: Callable[[PfsClient], Awaitable[T]]) -> T:
     """Run ``call(client)`` on a fresh event loop and close the client afterwards."""
+    endpoints = resolve_endpoints()
 
     async def with_client() -> T:
-        client = open_pfs()
+        client = open_pfs(endpoints)
         try:
             return await call(client)
         finally:
             await client.close()
 
-    return asyncio.run(with_client())
+    with naming_context(endpoints, endpoints.pfs_url):
+        return asyncio.run(with_client())
+
+
+@contextlib.contextmanager
+def naming_context(endpoints: Endpoints, url: str) -> Iterator[None]:
+    """An unreachable or foreign cluster's error names the context and URL it came from."""
+    try:
+        yield
+    except Unavailable as exc:
+        if not endpoints.context:
+            raise
+        raise Unavailable(f"{endpoints.describe(url)}: {exc.message}") from None
 
 
 @contextlib.asynccontextmanager

@@ -13,6 +13,7 @@ import asyncio
 import os
 import posixpath
 import sys
+import tarfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
@@ -132,6 +133,63 @@ def _plan_one(target: Target, source: str, *, recursive: bool, as_dir: bool) -> 
     if dst == "/":
         raise InvalidArgument(f"cannot put {source} at '/': give a file path")
     return [Upload(dst, "file", source, os.path.getsize(source))]
+
+
+def read_source_list(path: str) -> list[str]:
+    """``put file -i LIST``: one source per line (blank lines and ``#`` comments skipped)."""
+    try:
+        if path == STDIN:
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+    except OSError as exc:
+        raise InvalidArgument(f"{path}: {exc.strerror}") from None
+    found = []
+    for line in text.splitlines():
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            if entry == STDIN:
+                raise InvalidArgument(f"{path}: '-' (stdin) cannot be listed as a source")
+            found.append(entry)
+    return found
+
+
+def extract_archives(sources: Sequence[str], dest: str) -> None:
+    """``put file --untar``: unpack each tar (local file or stdin) below ``dest``.
+
+    Only regular files and directories are taken; tarfile's ``data`` filter refuses
+    absolute names and ``..``, so nothing lands outside ``dest``. A URL is refused
+    (download it first): a half-fetched archive must not become half a commit.
+    """
+    for source in sources:
+        if is_url(source):
+            raise InvalidArgument(f"put file --untar reads local archives or stdin, not {source}")
+        try:
+            # Stdin is a stream ("r|*": no seeking); a local file may be read in any order.
+            archive = (
+                tarfile.open(fileobj=sys.stdin.buffer, mode="r|*")  # noqa: SIM115 - closed below
+                if source == STDIN
+                else tarfile.open(source, mode="r:*")  # noqa: SIM115 - closed below
+            )
+            with archive:
+                for member in archive:
+                    if member.isreg() or member.isdir():
+                        archive.extract(member, dest, filter="data")
+        except tarfile.TarError as exc:
+            name = "stdin" if source == STDIN else source
+            raise InvalidArgument(f"{name} is not a readable tar archive: {exc}") from None
+        except OSError as exc:
+            raise InvalidArgument(f"{source}: {exc.strerror or exc}") from None
+
+
+def plan_tree(target: Target, root: str) -> list[Upload]:
+    """Every file under ``root`` at ``TARGET:/path/<relative path>`` (the root by default)."""
+    files = _walk_files(root)
+    if not files:
+        raise InvalidArgument("the archive holds no files")
+    base = target.path_or_root
+    return [Upload(_join(base, rel), "file", local, os.path.getsize(local)) for rel, local in files]
 
 
 async def read_file_blocks(path: str) -> AsyncIterator[bytes]:

@@ -25,6 +25,7 @@ from typing import IO, Any
 from shared.platform.config import Config, dump_config_toml, load_config
 from shared.platform.db import ensure_database
 from shared.platform.errors import FailedPrecondition, TuskError
+from tusk.contexts import write_local_context
 from tusk.embedded.components import (
     DEFAULT_NATS_PORT,
     DEFAULT_PG_PORT,
@@ -316,6 +317,7 @@ class Supervisor:
         infra, services, config = self._plan(password)
         # 0600: it holds the database password (secrets/postgres-password is the source).
         write_private(self.layout.config_file, dump_config_toml(config))
+        write_local_context(self.layout.home, config)
         self.children = [Child(launch, self.layout, self._changed) for launch in infra + services]
         self.state.components = [child.status for child in self.children]
         self._set_phase(PHASE_STARTING)
