@@ -9,6 +9,7 @@ from aiohttp import web
 
 from services.s3gateway.api import GATEWAY, UPLOADS, dispatch, guard, s3_errors
 from services.s3gateway.gateway import Gateway
+from services.s3gateway.references import references
 from services.s3gateway.uploads import Uploads
 from shared.api.pfs_client import PfsClient
 from shared.platform.config import CLUSTER_HEADER, Config
@@ -36,5 +37,7 @@ def build_app(config: Config) -> web.Application:
             response.headers[CLUSTER_HEADER] = config.cluster_id
 
         app.on_response_prepare.append(stamp)
+    # For PFS's garbage collector (not S3): added first so the catch-all does not take it.
+    app.router.add_get("/v1/references", references)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

@@ -13,12 +13,13 @@ from aiohttp import web
 
 from services.scheduler.backends import WorkerBackend
 from services.scheduler.engine import Engine
+from services.scheduler.references import references_page
 from services.scheduler.store import migrate_scheduler
 from shared.api.pfs_client import PfsClient
 from shared.platform.config import Config, tusk_home
 from shared.platform.db import db_ready
 from shared.platform.errors import InvalidArgument
-from shared.platform.http import add_health_routes, service_application
+from shared.platform.http import add_health_routes, query_int, service_application
 from shared.platform.service_main import FAILURE, Failure
 from shared.platform.service_resources import core_resources
 from shared.storage.objstore import open_object_store
@@ -34,6 +35,14 @@ routes = web.RouteTableDef()
 async def scheduler_status(request: web.Request) -> web.Response:
     """Whether this scheduler leads, and the workers of each pipeline."""
     return web.json_response(request.app[ENGINE].status())
+
+
+@routes.get("/v1/references")
+async def scheduler_references(request: web.Request) -> web.Response:
+    """Datum output trees the garbage collector must keep (?after=&limit=), paged."""
+    limit = query_int(request, "limit", 1000, low=1, high=10000)
+    page = await references_page(request.app[ENGINE].pool, request.query.get("after", ""), limit)
+    return web.json_response(page)
 
 
 def make_backend(config: Config) -> WorkerBackend:
