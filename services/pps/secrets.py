@@ -10,17 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-import asyncpg
-
 from services.pps.secret_box import SecretBox
 from shared.api.pps_models import SecretInfo
 from shared.api.secrets import SecretManifest, check_secret_name
 from shared.pipeline.spec import SecretUse
-from shared.platform.db import Conn
+from shared.platform.db import Conn, Pool, Row
 from shared.platform.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 
-def _info(rec: asyncpg.Record) -> SecretInfo:
+def _info(rec: Row) -> SecretInfo:
     return SecretInfo(
         name=rec["name"],
         type=rec["type"],
@@ -35,7 +33,7 @@ def _not_found(name: str) -> NotFound:
 
 
 class SecretService:
-    def __init__(self, pool: asyncpg.Pool, box: SecretBox) -> None:
+    def __init__(self, pool: Pool, box: SecretBox) -> None:
         self.pool = pool
         self.box = box
 
@@ -47,7 +45,7 @@ class SecretService:
             rec = await (self._replace(conn, values) if update else self._insert(conn, values))
         return _info(rec)
 
-    async def _insert(self, conn: Conn, values: tuple[object, ...]) -> asyncpg.Record:
+    async def _insert(self, conn: Conn, values: tuple[object, ...]) -> Row:
         rec = await conn.fetchrow(
             "INSERT INTO pps_secrets (name, type, keys, key_id, sealed) VALUES ($1, $2, $3, $4, $5)"
             " ON CONFLICT (name) DO NOTHING RETURNING *",
@@ -59,7 +57,7 @@ class SecretService:
             )
         return rec
 
-    async def _replace(self, conn: Conn, values: tuple[object, ...]) -> asyncpg.Record:
+    async def _replace(self, conn: Conn, values: tuple[object, ...]) -> Row:
         rec = await conn.fetchrow(
             "UPDATE pps_secrets SET type = $2, keys = $3, key_id = $4, sealed = $5, updated = now()"
             " WHERE name = $1 RETURNING *",

@@ -13,8 +13,6 @@ import logging
 import uuid
 from typing import Any
 
-import asyncpg
-
 from services.pps import store
 from services.pps.inputs import check_pinned_commits, set_input_triggers
 from services.pps.secret_box import SecretBox, key_file_path
@@ -44,7 +42,7 @@ from shared.pipeline.spec import (
 )
 from shared.platform.bus import Bus
 from shared.platform.config import Config
-from shared.platform.db import Conn, db_ready
+from shared.platform.db import Conn, Pool, db_ready
 from shared.platform.errors import (
     AlreadyExists,
     Conflict,
@@ -63,7 +61,7 @@ RESOLVE_TRIES = 5
 
 
 class PpsService:
-    def __init__(self, config: Config, pool: asyncpg.Pool, pfs: PfsClient) -> None:
+    def __init__(self, config: Config, pool: Pool, pfs: PfsClient) -> None:
         self.config = config
         self.pool = pool
         self.pfs = pfs

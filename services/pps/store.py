@@ -15,8 +15,6 @@ from datetime import datetime
 from importlib.resources import files
 from typing import Any
 
-import asyncpg
-
 from shared.api.pps_models import (
     JOB_CREATED,
     DatumInfo,
@@ -25,11 +23,11 @@ from shared.api.pps_models import (
     LogLine,
     PipelineInfo,
 )
-from shared.platform.db import Conn, migrate
+from shared.platform.db import Conn, Pool, Row, duplicate_is, migrate
 from shared.platform.errors import AlreadyExists, NotFound
 
 
-async def migrate_pps(pool: asyncpg.Pool) -> list[int]:
+async def migrate_pps(pool: Pool) -> list[int]:
     """Apply PPS's schema (its own history, apart from the scheduler's)."""
     return await migrate(pool, "pps-pipelines", files("services.pps.migrations"))
 
@@ -45,7 +43,7 @@ def _json(value: Any) -> Any:
 # Pipelines
 
 
-def _pipeline(rec: asyncpg.Record) -> PipelineInfo:
+def _pipeline(rec: Row) -> PipelineInfo:
     return PipelineInfo(
         name=rec["name"],
         version=rec["version"],
@@ -66,17 +64,15 @@ _PIPELINE_SELECT = """
 
 
 async def insert_pipeline(conn: Conn, name: str, spec: dict[str, Any], state: str) -> PipelineInfo:
-    try:
+    with duplicate_is(
+        AlreadyExists(f"pipeline {name} already exists (tusk update pipeline changes it)")
+    ):
         await conn.execute(
             "INSERT INTO pps_pipelines (name, version, spec, state) VALUES ($1, 1, $2::jsonb, $3)",
             name,
             json.dumps(spec),
             state,
         )
-    except asyncpg.UniqueViolationError:
-        raise AlreadyExists(
-            f"pipeline {name} already exists (tusk update pipeline changes it)"
-        ) from None
     await conn.execute(
         "INSERT INTO pps_pipeline_versions (name, version, spec) VALUES ($1, 1, $2::jsonb)",
         name,
@@ -155,7 +151,7 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def _job(rec: asyncpg.Record) -> JobInfo:
+def _job(rec: Row) -> JobInfo:
     return JobInfo(
         id=rec["id"],
         pipeline=rec["pipeline"],
@@ -228,7 +224,7 @@ async def list_jobs(conn: Conn, pipeline: str | None, limit: int) -> list[JobInf
     return [_job(r) for r in rows]
 
 
-def _datum(rec: asyncpg.Record) -> DatumInfo:
+def _datum(rec: Row) -> DatumInfo:
     return DatumInfo(
         id=rec["datum_id"],
         job_id=rec["job_id"],

@@ -12,15 +12,13 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-import asyncpg
-
 from services.scheduler import store
 from services.scheduler.specs import SpecCache
 from shared.api.pfs_client import PfsClient
 from shared.api.pps_models import PIPELINE_ACTIVE
 from shared.pipeline.durations import parse_cron_spec
 from shared.pipeline.spec import CronInput, iter_inputs
-from shared.platform.db import acquire
+from shared.platform.db import Pool, acquire
 from shared.platform.errors import NotFound, TuskError
 from shared.storage.chunking import EMPTY_FILE, FileEntry
 
@@ -76,7 +74,7 @@ async def tick_if_due(pfs: PfsClient, cron: CronInput, since: datetime, now: dat
 class CronTicker:
     """Every second, commits the due ticks of the active pipelines' cron inputs."""
 
-    def __init__(self, pool: asyncpg.Pool, pfs: PfsClient, specs: SpecCache) -> None:
+    def __init__(self, pool: Pool, pfs: PfsClient, specs: SpecCache) -> None:
         self.pool = pool
         self.pfs = pfs
         self.specs = specs

@@ -21,8 +21,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
-
 from services.scheduler.backends import WorkerBackend
 from services.scheduler.consumers import check_result, pull
 from services.scheduler.cron import CronTicker
@@ -35,7 +33,7 @@ from shared.api.pfs_client import PfsClient
 from shared.platform.backoff import Backoff, keep_running
 from shared.platform.bus import Bus, results_stream_name
 from shared.platform.config import Config
-from shared.platform.db import Conn, acquire, check_alive
+from shared.platform.db import Conn, Pool, acquire, check_alive
 from shared.platform.errors import Unavailable
 from shared.storage.objstore import ObjectStore
 
@@ -55,7 +53,7 @@ class Engine:
     def __init__(
         self,
         config: Config,
-        pool: asyncpg.Pool,
+        pool: Pool,
         bus: Bus,
         pfs: PfsClient,
         objects: ObjectStore,

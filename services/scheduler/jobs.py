@@ -17,8 +17,6 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
-
 from services.scheduler import store
 from services.scheduler.assembly import DatumOutcome, assemble, check_owners
 from services.scheduler.consumers import publish_task
@@ -59,7 +57,7 @@ from shared.pipeline.datums import Datum
 from shared.pipeline.spec import PipelineSpec, pfs_inputs
 from shared.platform.bus import Bus, tasks_subject
 from shared.platform.config import Config
-from shared.platform.db import Conn, acquire
+from shared.platform.db import Conn, Pool, acquire
 from shared.platform.errors import FailedPrecondition, NotFound, TuskError
 from shared.platform.outbox import emit
 from shared.storage.file_index import FileIndex
@@ -83,7 +81,7 @@ class JobDriver:
     def __init__(
         self,
         config: Config,
-        pool: asyncpg.Pool,
+        pool: Pool,
         bus: Bus,
         pfs: PfsClient,
         objects: ObjectStore,

@@ -10,8 +10,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg
-
 from services.scheduler import store
 from services.scheduler.backends import WorkerBackend, WorkerSet
 from services.scheduler.consumers import forget_tasks
@@ -20,7 +18,7 @@ from services.scheduler.tasks import worker_consumer_name
 from shared.api.pps_models import PIPELINE_ACTIVE, PIPELINE_CRASHING, PIPELINE_RUNNING, PipelineInfo
 from shared.platform.bus import Bus
 from shared.platform.config import Config
-from shared.platform.db import acquire
+from shared.platform.db import Pool, acquire
 from shared.platform.errors import TuskError
 
 log = logging.getLogger("tusk.scheduler")
@@ -35,7 +33,7 @@ class WorkerReconciler:
     def __init__(
         self,
         config: Config,
-        pool: asyncpg.Pool,
+        pool: Pool,
         bus: Bus,
         backend: WorkerBackend,
         specs: SpecCache,
