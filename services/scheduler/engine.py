@@ -69,7 +69,13 @@ class Engine:
         self.jobs = JobStarter(pool, pfs, specs)
         self.driver = JobDriver(config, pool, bus, pfs, objects, specs)
         self.workers = WorkerReconciler(
-            config, pool, bus, backend, specs, on_unrunnable=self.driver.set_unrunnable
+            config,
+            pool,
+            bus,
+            backend,
+            specs,
+            self.driver.queues,
+            on_unrunnable=self.driver.set_unrunnable,
         )
         self.crons = CronTicker(pool, pfs, specs)
 

@@ -29,6 +29,7 @@ from services.scheduler.planner import (
     plan_incremental,
 )
 from services.scheduler.specs import SpecCache
+from services.scheduler.task_queues import TaskQueues
 from services.scheduler.tasks import (
     DatumResult,
     DatumTask,
@@ -94,6 +95,7 @@ class JobDriver:
         self.objects = objects
         self.index = FileIndex(objects)
         self.specs = specs
+        self.queues = TaskQueues(config, pool, bus)
         self._wake = asyncio.Event()
         # Pipelines no worker can run (an image that cannot be pulled) → the reason; their
         # jobs fail when driven, here, so never while this loop starts one.
@@ -222,14 +224,16 @@ class JobDriver:
             "incremental" if plan.incremental else "full",
         )  # fmt: skip
         to_publish = [datum for datum, _digest in plan.to_run if datum.id in pending]
-        # Publishes overlap (each still waits for JetStream's ack), so workers get tasks fast.
-        for start in range(0, len(to_publish), PUBLISH_BATCH):
-            await asyncio.gather(
-                *(
-                    self._publish_task(spec, job.id, output_commit, datum)
-                    for datum in to_publish[start : start + PUBLISH_BATCH]
+        # Publishes overlap (each still waits for JetStream's ack), so workers get tasks fast;
+        # never beside a purge of the queue of a deleted pipeline of the same name.
+        async with self.queues.publishing(spec.name):
+            for start in range(0, len(to_publish), PUBLISH_BATCH):
+                await asyncio.gather(
+                    *(
+                        self._publish_task(spec, job.id, output_commit, datum)
+                        for datum in to_publish[start : start + PUBLISH_BATCH]
+                    )
                 )
-            )
         if not pending:
             self.wake()
 

@@ -12,9 +12,8 @@ from typing import Any
 
 from services.scheduler import store
 from services.scheduler.backends import WorkerBackend, WorkerSet
-from services.scheduler.consumers import forget_tasks
 from services.scheduler.specs import SpecCache
-from services.scheduler.tasks import worker_consumer_name
+from services.scheduler.task_queues import TaskQueues
 from shared.api.pps_models import PIPELINE_ACTIVE, PIPELINE_CRASHING, PIPELINE_RUNNING, PipelineInfo
 from shared.platform.bus import Bus
 from shared.platform.config import Config
@@ -37,9 +36,11 @@ class WorkerReconciler:
         bus: Bus,
         backend: WorkerBackend,
         specs: SpecCache,
+        queues: TaskQueues,
         on_unrunnable: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
         self.config = config
+        self.queues = queues
         # Told which pipelines no worker can run (``fails_jobs`` problems), and why.
         self.on_unrunnable = on_unrunnable
         self.pool = pool
@@ -74,7 +75,7 @@ class WorkerReconciler:
         await self._report_problems(pipelines)
         names = {p.name for p in pipelines}
         for gone in self._known_pipelines - names:
-            await forget_tasks(self.bus, self.config, gone, worker_consumer_name(gone))
+            await self.queues.forget_if_gone(gone)
         self._known_pipelines = names
 
     async def _report_problems(self, pipelines: list[PipelineInfo]) -> None:
