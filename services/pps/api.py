@@ -153,6 +153,15 @@ async def wait_job(request: web.Request) -> web.Response:
     return web.json_response(job.to_json())
 
 
+@routes.post("/v1/pipelines/{name}/jobs/{job}/stop")
+async def stop_job(request: web.Request) -> web.Response:
+    """Stop an unfinished job: it ends JOB_KILLED, its output commit finished with the error."""
+    job = await _svc(request).stop_job(
+        request.match_info["name"], request.match_info["job"], request.app[BUS]
+    )
+    return web.json_response(job.to_json())
+
+
 @routes.get("/v1/pipelines/{name}/jobs/{job}/datums")
 async def list_datums(request: web.Request) -> web.Response:
     """The datums a job processed (skipped ones are counted on the job)."""

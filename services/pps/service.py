@@ -17,6 +17,7 @@ from services.pps import store
 from services.pps.inputs import check_pinned_commits, set_input_triggers
 from services.pps.secret_box import SecretBox, key_file_path
 from services.pps.secrets import SecretService
+from services.scheduler import store as job_store
 from shared.api.events import PipelineUpdated, subject_filter
 from shared.api.input_commits import job_inputs
 from shared.api.pfs_client import PfsClient
@@ -58,6 +59,8 @@ log = logging.getLogger("tusk.pps")
 # A pipeline that changes between asking PFS and locking its row is resolved again, this
 # many times at most (only a storm of concurrent updates exhausts it).
 RESOLVE_TRIES = 5
+# How long ``stop job`` waits for the scheduler to end the job (it looks every second).
+STOP_WAIT_S = 30.0
 
 
 class PpsService:
@@ -289,6 +292,15 @@ class PpsService:
         if job is None:
             raise FailedPrecondition(f"job {pipeline}@{last.id} is still {last.state}")
         return job
+
+    async def stop_job(self, pipeline: str, job_id: str, bus: Bus) -> JobInfo:
+        """``tusk stop job``: the scheduler (the jobs' owner) ends it JOB_KILLED; wait for that."""
+        job = await self.inspect_job(pipeline, job_id)
+        async with self.pool.acquire() as conn:
+            asked = await job_store.request_stop(conn, job.id, "stopped by the user")
+        if not asked:
+            raise FailedPrecondition(f"job {pipeline}@{job.id} already ended {job.state}")
+        return await self.wait_job(pipeline, job.id, STOP_WAIT_S, bus)
 
     async def list_datums(self, pipeline: str, job_id: str) -> list[DatumInfo]:
         async with self.pool.acquire() as conn:

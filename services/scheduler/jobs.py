@@ -117,6 +117,13 @@ class JobDriver:
                 await asyncio.wait_for(self._wake.wait(), DRIVE_INTERVAL_S)
             self._wake.clear()
             async with acquire(self.pool) as conn:
+                stops = await store.jobs_to_stop(conn)
+            for job, reason in stops:
+                try:
+                    await self._fail(job, await self._spec_of(job), reason, state=JOB_KILLED)
+                except TuskError as exc:
+                    log.warning("stopping job %s of %s: %s; will retry", job.id, job.pipeline, exc)
+            async with acquire(self.pool) as conn:
                 jobs = await store.jobs_to_drive(conn)
             for job in jobs:
                 try:

@@ -223,6 +223,31 @@ async def jobs_to_drive(conn: Conn) -> list[JobInfo]:
     return [_job(r) for r in rows]
 
 
+async def request_stop(conn: Conn, job_id: str, reason: str) -> bool:
+    """Ask the driver to end an unfinished job JOB_KILLED (``tusk stop job``); False if done.
+
+    The owner's API for stopping: the caller records the wish, the driver acts on it on
+    its next pass (so a stop never races a step the driver is taking on the same job).
+    """
+    status = await conn.execute(
+        "UPDATE pps_jobs SET stop_reason = $2 WHERE id = $1 AND state = ANY($3::text[])",
+        job_id,
+        reason,
+        list(JOB_ACTIVE),
+    )
+    return status != "UPDATE 0"
+
+
+async def jobs_to_stop(conn: Conn) -> list[tuple[JobInfo, str]]:
+    """Unfinished jobs someone asked to stop, with the reason, oldest first."""
+    rows = await conn.fetch(
+        "SELECT * FROM pps_jobs WHERE stop_reason IS NOT NULL AND state = ANY($1::text[]) "
+        "ORDER BY seq",
+        list(JOB_ACTIVE),
+    )
+    return [(_job(r), r["stop_reason"]) for r in rows]
+
+
 async def last_job_with_state(conn: Conn, pipeline: str, state: str) -> JobInfo | None:
     rec = await conn.fetchrow(
         "SELECT * FROM pps_jobs WHERE pipeline = $1 AND state = $2 ORDER BY seq DESC LIMIT 1",

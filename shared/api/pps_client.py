@@ -61,6 +61,10 @@ class PpsClient(ServiceClient):
         )
         return JobInfo.from_json(body)
 
+    async def stop_job(self, pipeline: str, job: str) -> JobInfo:
+        body = await self.request("POST", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}/stop")
+        return JobInfo.from_json(body)
+
     async def list_datums(self, pipeline: str, job: str) -> list[DatumInfo]:
         body = await self.request("GET", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}/datums")
         return [DatumInfo.from_json(d) for d in body["datums"]]

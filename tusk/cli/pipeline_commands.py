@@ -451,6 +451,15 @@ def wait_job(ref: JobRef, timeout: float | None, output: str) -> None:
     print_job(run_pps(lambda pps: pps.wait_job(ref.pipeline, ref.job, timeout=timeout)), output)
 
 
+@click.command("job")
+@click.argument("ref", metavar="PIPELINE@JOB", type=JOB_REF)
+@output_option
+def stop_job(ref: JobRef, output: str) -> None:
+    """Stop an unfinished job: it ends JOB_KILLED, its output commit is finished with that
+    error and the output branch keeps its last good commit; then show the job."""
+    print_job(run_pps(lambda pps: pps.stop_job(ref.pipeline, ref.job)), output)
+
+
 # --- datums -----------------------------------------------------------------------------------
 
 
@@ -545,6 +554,7 @@ COMMANDS: list[tuple[str, click.Command]] = [
     ("list", list_pipeline),
     ("inspect", inspect_pipeline),
     ("stop", stop_pipeline),
+    ("stop", stop_job),
     ("start", start_pipeline),
     ("delete", delete_pipeline),
     ("list", list_job),

@@ -1,0 +1,63 @@
+"""``tusk stop job`` through the installed script against a real cluster (PFS, PPS, scheduler)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from tests.test_cli import Tusk
+from tests.test_cli_pipelines import put, refused, tusk  # noqa: F401 - the cluster's tusk fixture
+
+SLOW = """
+pipeline:
+  name: slow
+transform:
+  cmd: [sh, -c, "if [ -e /pfs/in/slow ]; then sleep 120; fi; cp -r /pfs/in/. /pfs/out/"]
+input:
+  pfs: {repo: in, glob: /}
+"""
+
+
+async def job_in_state(cli: Tusk, pipeline: str, state: str, count: int) -> Any:
+    """The newest job once ``count`` jobs exist and the newest one is in ``state``."""
+    deadline = time.monotonic() + 60
+    while True:
+        jobs = (await cli.ok("list", "job", "-p", pipeline, "-o", "json")).json()
+        if len(jobs) >= count and jobs[0]["state"] == state:
+            return jobs[0]
+        assert time.monotonic() < deadline, f"{pipeline}: no job {state}: {jobs}"
+        await asyncio.sleep(0.2)
+
+
+async def test_stop_job_kills_it_and_keeps_the_last_good_output(tusk: Tusk) -> None:  # noqa: F811
+    await tusk.ok("create", "repo", "in")
+    await put(tusk, "in@master:/quick", b"fine\n")
+    spec = tusk.cwd / "slow.yaml"
+    spec.write_text(SLOW)
+    await tusk.ok("create", "pipeline", "-f", str(spec))
+    good = await job_in_state(tusk, "slow", "JOB_SUCCESS", 1)
+    head = (await tusk.ok("inspect", "commit", "slow@master", "-o", "json")).json()["id"]
+    assert head == good["output_commit"]
+
+    await put(tusk, "in@master:/slow", b"takes long\n")
+    running = await job_in_state(tusk, "slow", "JOB_RUNNING", 2)
+    started = time.monotonic()
+    stopped = (await tusk.ok("stop", "job", f"slow@{running['id']}", "-o", "json")).json()
+    assert time.monotonic() - started < 20
+    assert stopped["state"] == "JOB_KILLED" and stopped["reason"] == "stopped by the user"
+
+    killed = (
+        await tusk.ok("inspect", "commit", f"slow@{running['output_commit']}", "-o", "json")
+    ).json()
+    assert killed["state"] == "finished" and killed["error"] == "stopped by the user"
+    # The branch keeps its last good commit: the killed output is not readable as master.
+    assert (await tusk.ok("get", "file", "slow@master:/quick")).stdout == b"fine\n"
+    assert "slow" not in [
+        f["path"] for f in (await tusk.ok("list", "file", "slow@master", "-o", "json")).json()
+    ]
+    line = await refused(tusk, "stop", "job", f"slow@{running['id']}")
+    assert "already ended JOB_KILLED" in line
+    # The pipeline goes on: the next commit makes a new job.
+    await tusk.ok("delete", "file", "in@master:/slow")
+    await job_in_state(tusk, "slow", "JOB_SUCCESS", 3)
