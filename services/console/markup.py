@@ -41,9 +41,12 @@ def link(href: str, text: object, *, cls: str = "") -> Markup:
     return Markup(f'<a href="{e(href)}"{attr}>{e(text)}</a>')
 
 
-def table(headers: Iterable[str], rows: Iterable[Iterable[Markup | str | int]]) -> Markup:
+def table(
+    headers: Iterable[str], rows: Iterable[Iterable[Markup | str | int]], *, id: str = ""
+) -> Markup:
     head = join(Markup(f'<th scope="col">{e(h)}</th>') for h in headers)
     body = join(
         Markup("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>") for row in rows
     )
-    return Markup(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    ident = f' id="{e(id)}"' if id else ""
+    return Markup(f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")

@@ -10,6 +10,7 @@ import json
 import posixpath
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
@@ -175,7 +176,7 @@ async def repo_page(request: web.Request) -> web.Response:
         f"<p>{e(repo.description)}</p><h2>Branches</h2>"
         f"{table(['Branch', 'Head', 'Provenance'], branch_rows)}"
         f"<h2>Commits{e(' on ' + branch) if branch else ''}</h2>"
-        f"{table(['Commit', 'Branch', 'Started', 'Size', 'Files', 'Origin', 'State', 'Description'], commit_rows)}"
+        f"{table(['Commit', 'Branch', 'Started', 'Size', 'Files', 'Origin', 'State', 'Description'], commit_rows, id='commits')}"
         f"{more}"
     )
     return page(f"Repo {name}", body)
@@ -259,7 +260,7 @@ async def commit_page(request: web.Request) -> web.Response:
         f"<dt>Branch</dt><dd>{e(ci.branch or '')}</dd><dt>State</dt><dd>{e(ci.state)}</dd>"
         f"<dt>Parent</dt><dd>{parent}</dd><dt>Size</dt><dd>{e(size(ci.size_bytes))} in {e(ci.file_count)} files</dd>"
         f"<dt>Description</dt><dd>{e(ci.description)}</dd></dl>{diff}"
-        f"<h2>Files in {e(path)}</h2>{table(['Name', 'Type', 'Size'], rows)}{more}"
+        f"<h2>Files in {e(path)}</h2>{table(['Name', 'Type', 'Size'], rows, id='files')}{more}"
         f"<h2>Provenance (upstream)</h2>{table(['Repo', 'Branch', 'Commit'], prov)}"
         f"<h2>Subvenance (downstream)</h2>{table(['Repo', 'Branch', 'Commit'], down)}"
     )
@@ -354,7 +355,7 @@ async def diff_page(request: web.Request) -> web.Response:
         f"<h1>Changes in {e(ci.id[:12])} against {e(against or 'its parent')}</h1>"
         f'<form method="get"><label for="against">Against commit</label> '
         f'<input id="against" name="against" value="{e(against or "")}"> <button type="submit">Compare</button></form>'
-        f"{table(['Change', 'Path', 'Old size', 'New size'], rows)}"
+        f"{table(['Change', 'Path', 'Old size', 'New size'], rows, id='changes')}"
     )
     return page("Diff", body)
 
@@ -385,7 +386,7 @@ async def pipeline_page(request: web.Request) -> web.Response:
         f"{crumbs(link('/', 'Overview'), e(name))}<h1>Pipeline {e(name)} {state_badge(p.state)}</h1>"
         f"<p>Version {e(p.version)} · output repo {link(url('repos', name), name)}"
         f"{e(' · ' + p.reason) if p.reason else ''}</p>"
-        f"<h2>Jobs</h2>{table(JOB_HEADERS, [_job_row(j) for j in jobs])}"
+        f"<h2>Jobs</h2>{table(JOB_HEADERS, [_job_row(j) for j in jobs], id='jobs')}"
         f"<h2>Spec</h2><pre>{e(json.dumps(p.spec, indent=2, sort_keys=True))}</pre>"
     )
     return page(f"Pipeline {name}", body, poll=any(j.state in RUNNING_JOBS for j in jobs))
@@ -415,7 +416,7 @@ async def job_page(request: web.Request) -> web.Response:
         (
             link(url("pipelines", name, "jobs", job.id, "datums", d.id), d.id[:12]),
             state_badge(d.state),
-            ", ".join(str(i.get("path", "")) for i in d.inputs),
+            ", ".join(str(i.get("match", "")) for i in d.inputs),
             f"{d.seconds:.2f} s" if d.seconds is not None else "",
             d.attempts,
             (d.error or "").splitlines()[0] if d.error else "",
@@ -444,11 +445,20 @@ async def job_page(request: web.Request) -> web.Response:
         f"<h2>Inputs</h2>{table(['Input', 'Repo', 'Commit'], inputs)}"
         f'<h2>Datums</h2><nav aria-label="Filter datums by state" class="filters">'
         f"{join(Markup(f'{x} ') for x in filters)}</nav>"
-        f"{table(['Datum', 'State', 'Inputs', 'Time', 'Attempts', 'Error'], rows)}"
-        f"<h2>Recent jobs of {e(name)}</h2>{table(JOB_HEADERS, [_job_row(j) for j in others])}"
+        f"{table(['Datum', 'State', 'Inputs', 'Time', 'Attempts', 'Error'], rows, id='datums')}"
+        f"<h2>Recent jobs of {e(name)}</h2>{table(JOB_HEADERS, [_job_row(j) for j in others], id='recent-jobs')}"
     )
     running = job.state in RUNNING_JOBS or any(j.state in RUNNING_JOBS for j in others)
     return page(f"Job {job.id[:12]}", body, poll=running)
+
+
+def _input_files(datum_input: dict[str, Any]) -> Markup:
+    """A datum input's files, each a link into the commit it was read from."""
+    repo, commit = str(datum_input.get("repo", "")), str(datum_input.get("commit", ""))
+    files = [str(f) for f in datum_input.get("files", [])]
+    if not (repo and commit):
+        return e(", ".join(files) or datum_input.get("match", ""))
+    return join(Markup(f"{link(url('repos', repo, 'commits', commit, path=f), f)} ") for f in files)
 
 
 @routes.get("/pipelines/{pipeline}/jobs/{job}/datums/{datum}")
@@ -458,17 +468,7 @@ async def datum_page(request: web.Request) -> web.Response:
     job = await c.pps.inspect_job(name, job_id)
     d = await c.pps.inspect_datum(name, job.id, datum_id)
     logs = await c.pps.logs(name, job=job.id, datum=d.id, limit=1000)
-    by_repo = {i.name: i for i in job.input_commits}
-    rows = []
-    for i in d.inputs:
-        path = str(i.get("path", ""))
-        src = by_repo.get(str(i.get("name", ""))) or next(
-            (x for x in job.input_commits if x.repo == i.get("repo")), None
-        )
-        target: Markup | str = (
-            link(url("repos", src.repo, "commits", src.id, path=path), path) if src else path
-        )
-        rows.append((str(i.get("name", "")), target))
+    rows = [(str(i.get("input", "")), _input_files(i)) for i in d.inputs]
     error = (
         Markup(f'<h2>Error</h2><pre class="error">{e(d.error)}</pre>') if d.error else Markup("")
     )
@@ -479,7 +479,7 @@ async def datum_page(request: web.Request) -> web.Response:
         f"<dl><dt>Attempts</dt><dd>{e(d.attempts)}</dd><dt>Time</dt>"
         f"<dd>{e(f'{d.seconds:.2f} s' if d.seconds is not None else '')}</dd>"
         f"<dt>Output</dt><dd>{e(d.output_files)} files, {e(size(d.output_bytes))}</dd></dl>"
-        f"{error}<h2>Input files</h2>{table(['Input', 'File'], rows)}"
+        f"{error}<h2>Input files</h2>{table(['Input', 'Files'], rows, id='inputs')}"
         f'<h2>Logs</h2><pre class="logs">{e(log_text or "no log lines")}</pre>'
     )
     return page(f"Datum {d.id[:12]}", body, poll=d.state == "STARTING")
