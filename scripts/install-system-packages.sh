@@ -15,6 +15,9 @@ command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 # rclone: one of the real S3 clients the S3 gateway is tested with.
 command -v rclone >/dev/null 2>&1 || need+=(rclone)
+# Headless Chromium and its WebDriver: the web console's browser test.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "note: not root, cannot install ${need[*]}; tests needing them will skip" >&2; exit 0
