@@ -60,4 +60,15 @@ async def test_stop_job_kills_it_and_keeps_the_last_good_output(tusk: Tusk) -> N
     assert "already ended JOB_KILLED" in line
     # The pipeline goes on: the next commit makes a new job.
     await tusk.ok("delete", "file", "in@master:/slow")
-    await job_in_state(tusk, "slow", "JOB_SUCCESS", 3)
+    newest = await job_in_state(tusk, "slow", "JOB_SUCCESS", 3)
+
+    # delete job: a finished job and its datum records go; the newest success stays.
+    assert (await tusk.ok("list", "datum", f"slow@{running['id']}", "-o", "json")).json()
+    await tusk.ok("delete", "job", f"slow@{running['id']}")
+    ids = [j["id"] for j in (await tusk.ok("list", "job", "-p", "slow", "-o", "json")).json()]
+    assert ids == [newest["id"], good["id"]]
+    assert "not found" in await refused(tusk, "list", "datum", f"slow@{running['id']}")
+    line = await refused(tusk, "delete", "job", f"slow@{newest['id']}")
+    assert "newest successful job" in line
+    await tusk.ok("delete", "job", f"slow@{good['id']}")
+    assert (await tusk.ok("get", "file", "slow@master:/quick")).stdout == b"fine\n"

@@ -162,6 +162,13 @@ async def stop_job(request: web.Request) -> web.Response:
     return web.json_response(job.to_json())
 
 
+@routes.delete("/v1/pipelines/{name}/jobs/{job}")
+async def delete_job(request: web.Request) -> web.Response:
+    """Delete a finished job and its datum records (not the pipeline's newest success)."""
+    await _svc(request).delete_job(request.match_info["name"], request.match_info["job"])
+    return web.json_response({})
+
+
 @routes.get("/v1/pipelines/{name}/jobs/{job}/datums")
 async def list_datums(request: web.Request) -> web.Response:
     """The datums a job processed (skipped ones are counted on the job)."""

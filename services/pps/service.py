@@ -302,6 +302,12 @@ class PpsService:
             raise FailedPrecondition(f"job {pipeline}@{job.id} already ended {job.state}")
         return await self.wait_job(pipeline, job.id, STOP_WAIT_S, bus)
 
+    async def delete_job(self, pipeline: str, job_id: str) -> None:
+        """``tusk delete job``: a finished job and its datum records, by the jobs' owner."""
+        job = await self.inspect_job(pipeline, job_id)
+        async with self.pool.acquire() as conn:
+            await job_store.delete_finished_job(conn, job.id)
+
     async def list_datums(self, pipeline: str, job_id: str) -> list[DatumInfo]:
         async with self.pool.acquire() as conn:
             job = await self._job(conn, pipeline, job_id)

@@ -23,13 +23,14 @@ from shared.api.pps_models import (
     DATUM_STARTING,
     JOB_ACTIVE,
     JOB_CREATED,
+    JOB_SUCCESS,
     PIPELINE_ACTIVE,
     InputCommit,
     JobInfo,
     PipelineInfo,
 )
 from shared.platform.db import Conn, migrate
-from shared.platform.errors import NotFound
+from shared.platform.errors import FailedPrecondition, NotFound
 
 
 async def migrate_scheduler(pool: asyncpg.Pool) -> list[int]:
@@ -246,6 +247,34 @@ async def jobs_to_stop(conn: Conn) -> list[tuple[JobInfo, str]]:
         list(JOB_ACTIVE),
     )
     return [(_job(r), r["stop_reason"]) for r in rows]
+
+
+async def delete_finished_job(conn: Conn, job_id: str) -> None:
+    """Remove a finished job with its datum records and logs (``tusk delete job``).
+
+    Refused while the job runs (stop it first) and for the pipeline's newest successful
+    job: the next job plans against it. Current datums keep their own output roots, so
+    nothing the output branch holds is lost.
+    """
+    async with conn.transaction():
+        rec = await conn.fetchrow(
+            "SELECT pipeline, state FROM pps_jobs WHERE id = $1 FOR UPDATE", job_id
+        )
+        if rec is None:
+            raise NotFound(f"job {job_id} not found")
+        name = f"{rec['pipeline']}@{job_id}"
+        if rec["state"] in JOB_ACTIVE:
+            raise FailedPrecondition(f"job {name} is {rec['state']}: stop it first (tusk stop job)")
+        newest = await last_job_with_state(conn, rec["pipeline"], JOB_SUCCESS)
+        if newest is not None and newest.id == job_id:
+            raise FailedPrecondition(
+                f"job {name} is the pipeline's newest successful job: the next job plans against it"
+            )
+        await conn.execute(
+            "DELETE FROM pps_logs WHERE pipeline = $1 AND job_id = $2", rec["pipeline"], job_id
+        )
+        # Its datum records go with it (ON DELETE CASCADE).
+        await conn.execute("DELETE FROM pps_jobs WHERE id = $1", job_id)
 
 
 async def last_job_with_state(conn: Conn, pipeline: str, state: str) -> JobInfo | None:

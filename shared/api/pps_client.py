@@ -65,6 +65,9 @@ class PpsClient(ServiceClient):
         body = await self.request("POST", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}/stop")
         return JobInfo.from_json(body)
 
+    async def delete_job(self, pipeline: str, job: str) -> None:
+        await self.request("DELETE", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}")
+
     async def list_datums(self, pipeline: str, job: str) -> list[DatumInfo]:
         body = await self.request("GET", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}/datums")
         return [DatumInfo.from_json(d) for d in body["datums"]]

@@ -460,6 +460,13 @@ def stop_job(ref: JobRef, output: str) -> None:
     print_job(run_pps(lambda pps: pps.stop_job(ref.pipeline, ref.job)), output)
 
 
+@click.command("job")
+@click.argument("ref", metavar="PIPELINE@JOB", type=JOB_REF)
+def delete_job(ref: JobRef) -> None:
+    """Delete a finished job with its datum records and logs (not the newest successful one)."""
+    run_pps(lambda pps: pps.delete_job(ref.pipeline, ref.job))
+
+
 # --- datums -----------------------------------------------------------------------------------
 
 
@@ -557,6 +564,7 @@ COMMANDS: list[tuple[str, click.Command]] = [
     ("stop", stop_job),
     ("start", start_pipeline),
     ("delete", delete_pipeline),
+    ("delete", delete_job),
     ("list", list_job),
     ("inspect", inspect_job),
     ("wait", wait_job),
