@@ -7,6 +7,7 @@ records; the index itself is path → JSON ``FileEntry``.
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Sequence
 
 from shared.api.pfs_models import FileChange, FileInfo
@@ -99,6 +100,7 @@ class CommittedFiles:
                 return [file_info(path, entry, commit)], None
         base = "" if path == "/" else path
         start, end = dir_range(path)
+        after = decode_cursor(after) if after is not None else None
         if after is not None and not (start <= after < end):
             raise InvalidArgument("paging cursor does not belong to this directory")
         out: list[FileInfo] = []
@@ -121,7 +123,7 @@ class CommittedFiles:
             cursor = None
         if not out and path != "/" and after is None:
             raise NotFound(f"file or directory {path} not found")
-        return out, cursor
+        return out, encode_cursor(cursor) if cursor is not None else None
 
     async def paths_page(
         self,
@@ -310,3 +312,20 @@ def _change(path: str, old: FileEntry | None, new: FileEntry | None) -> FileChan
         return FileChange(path, "added", None, file_info(path, new, None))
     assert old is not None
     return FileChange(path, "deleted", file_info(path, old, None), None)
+
+
+def encode_cursor(key: str) -> str:
+    """A paging cursor as clients carry it: the resume key, base64url without padding.
+
+    The key itself may hold a NUL (the key right after a file's path), which no request
+    may carry, so clients get it encoded and hand it back unchanged.
+    """
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The resume key of a cursor ``encode_cursor`` made; anything else is refused."""
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("paging cursor is not one this service returned") from None
