@@ -5,6 +5,7 @@ and a file whose content is script that stays text. Screenshots go to docs/conso
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -13,6 +14,8 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -161,12 +164,14 @@ def find(driver: WebDriver, css: str, within: float = 15) -> WebElement:
 
 
 def shot(driver: WebDriver, name: str) -> None:
+    """The whole page (beyond the window) as docs/console/<name>.png."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    # The whole page, not just the window.
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, max(700, min(int(height) + 40, 2400)))
-    driver.save_screenshot(str(SHOTS / f"{name}.png"))
-    driver.set_window_size(1280, 900)
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": 1280, "height": min(size["height"], 2400), "scale": 1}
+    picture = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    )
+    (SHOTS / f"{name}.png").write_bytes(base64.b64decode(picture["data"]))
 
 
 def test_console_tour(
@@ -237,3 +242,35 @@ def test_console_tour(
         "the new job listed on the open page",
     )
     assert driver.execute_script("return window.tuskMarker") == "same page"
+
+
+def test_pages_are_served_safely(cluster: EmbeddedCluster, data: Path) -> None:
+    """A strict Content-Security-Policy on every page; a download is an attachment of
+    opaque bytes; a non-image is never served inline; unknown names are 404 pages."""
+    base = cluster.config.console_url
+    with urllib.request.urlopen(base + "/repos/tables") as response:
+        assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    commit = jobs(cluster, "check")[-1]["input_commits"][0]["id"]
+    with urllib.request.urlopen(
+        f"{base}/repos/tables/commits/{commit}/download?path=/weather.csv"
+    ) as response:
+        assert response.headers["Content-Type"] == "application/octet-stream"
+        assert response.headers["Content-Disposition"].startswith("attachment;")
+        assert response.read() == WEATHER
+    for path, status in (
+        (f"/repos/tables/commits/{commit}/raw?path=/weather.csv", 400),
+        ("/repos/tables/commits/0123456789abcdef0123456789abcdef", 404),
+        ("/pipelines/check/jobs/0123456789abcdef0123456789abcdef", 404),
+        ("/pipelines/nope", 404),
+        ("/no/such/page", 404),
+    ):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base + path)
+        assert refused.value.code == status, path
+        assert refused.value.headers["Content-Type"].startswith("text/html")
+    # A foreign Host (DNS rebinding) is refused by the shared guard.
+    request = urllib.request.Request(base + "/", headers={"Host": "evil.example"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request)
+    assert refused.value.code == 421

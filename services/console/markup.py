@@ -44,9 +44,12 @@ def link(href: str, text: object, *, cls: str = "") -> Markup:
 def table(
     headers: Iterable[str], rows: Iterable[Iterable[Markup | str | int]], *, id: str = ""
 ) -> Markup:
+    headers = list(headers)
     head = join(Markup(f'<th scope="col">{e(h)}</th>') for h in headers)
     body = join(
         Markup("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>") for row in rows
     )
+    if not body:
+        body = Markup(f'<tr><td colspan="{len(headers)}" class="empty">none</td></tr>')
     ident = f' id="{e(id)}"' if id else ""
     return Markup(f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
