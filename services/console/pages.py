@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from services.console import dag, preview
+from services.console import charts, dag, preview
 from services.console.layout import SAFE_HEADERS, crumbs, page
 from services.console.markup import Markup, e, join, link, table, url
 from shared.api.pfs_client import PfsClient
@@ -382,12 +382,39 @@ async def pipeline_page(request: web.Request) -> web.Response:
     name = request.match_info["pipeline"]
     p = await c.pps.inspect_pipeline(name)
     jobs = await c.pps.list_jobs(name, limit=50)
+    versions = {int(v["version"]): v["spec"] for v in await c.pps.pipeline_history(name)}
+    shown = _int(request.query.get("version"), p.version)
+    if shown not in versions:
+        raise NotFound(f"pipeline {name} has no version {shown}")
+    base = _int(
+        request.query.get("against"), max((v for v in versions if v < shown), default=shown)
+    )
+    if base not in versions:
+        raise NotFound(f"pipeline {name} has no version {base}")
+    spec_text = json.dumps(versions[shown], indent=2, sort_keys=True)
+    version_links = join(
+        Markup(f"{link(url('pipelines', name, version=v), f'version {v}')} ")
+        for v in sorted(versions)
+    )
+    spec_diff = (
+        charts.text_diff(
+            json.dumps(versions[base], indent=2, sort_keys=True),
+            spec_text,
+            f"version {base}",
+            f"version {shown}",
+        )
+        if base != shown
+        else Markup("")
+    )
     body = Markup(
         f"{crumbs(link('/', 'Overview'), e(name))}<h1>Pipeline {e(name)} {state_badge(p.state)}</h1>"
         f"<p>Version {e(p.version)} · output repo {link(url('repos', name), name)}"
         f"{e(' · ' + p.reason) if p.reason else ''}</p>"
         f"<h2>Jobs</h2>{table(JOB_HEADERS, [_job_row(j) for j in jobs], id='jobs')}"
-        f"<h2>Spec</h2><pre>{e(json.dumps(p.spec, indent=2, sort_keys=True))}</pre>"
+        f'<h2>Spec, version {e(shown)}</h2><nav aria-label="Spec versions">{version_links}</nav>'
+        f'<div class="cols"><section><pre>{e(spec_text)}</pre></section>'
+        f"<section>{Markup('<h3>Changes from version ' + e(base) + '</h3>') if base != shown else Markup('')}"
+        f"{spec_diff}</section></div>"
     )
     return page(f"Pipeline {name}", body, poll=any(j.state in RUNNING_JOBS for j in jobs))
 
@@ -424,6 +451,7 @@ async def job_page(request: web.Request) -> web.Response:
         for d in shown
     ]
     others = await c.pps.list_jobs(name, limit=10)
+    times = [d.seconds for d in datums if d.seconds is not None]
     inputs = [
         (
             i.name,
@@ -446,6 +474,7 @@ async def job_page(request: web.Request) -> web.Response:
         f'<h2>Datums</h2><nav aria-label="Filter datums by state" class="filters">'
         f"{join(Markup(f'{x} ') for x in filters)}</nav>"
         f"{table(['Datum', 'State', 'Inputs', 'Time', 'Attempts', 'Error'], rows, id='datums')}"
+        f"<h2>Datum durations</h2>{charts.histogram(times)}"
         f"<h2>Recent jobs of {e(name)}</h2>{table(JOB_HEADERS, [_job_row(j) for j in others], id='recent-jobs')}"
     )
     running = job.state in RUNNING_JOBS or any(j.state in RUNNING_JOBS for j in others)
@@ -483,6 +512,15 @@ async def datum_page(request: web.Request) -> web.Response:
         f'<h2>Logs</h2><pre class="logs">{e(log_text or "no log lines")}</pre>'
     )
     return page(f"Datum {d.id[:12]}", body, poll=d.state == "STARTING")
+
+
+def _int(text: str | None, default: int) -> int:
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidArgument(f"not a number: {text!r}") from None
 
 
 def not_found_page(message: str) -> web.Response:
