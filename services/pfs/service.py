@@ -62,6 +62,7 @@ from shared.storage.chunking import (
     missing_chunks,
     read_range,
 )
+from shared.storage.objstore import ObjectStore
 
 log = logging.getLogger("tusk.pfs")
 
@@ -94,7 +95,9 @@ class PfsService:
     ) -> None:
         self.config = config
         self.pool = pool
-        self.store = store
+        self.store: ObjectStore = store
+        # Writes register here while in flight, for the garbage collector (store_guard).
+        self.guard = store
         self.files = files
         self.chunk_cache = ChunkCache(max_bytes=256 << 20)
         self._lanes: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
@@ -462,7 +465,7 @@ class PfsService:
         description: str = "",
     ) -> PutResult:
         """Store every file of an upload stream, then land them in one commit (or none)."""
-        async with self.store.upload():
+        async with self.guard.upload():
             return await self._put_files(repo, branch, reader, append, description)
 
     async def _put_files(
@@ -503,7 +506,7 @@ class PfsService:
 
         ``None`` deletes a path. With ``commit``, the branch's open head must be that commit.
         """
-        async with self.store.upload():
+        async with self.guard.upload():
             return await self._put_entries(repo, branch, changes, commit)
 
     async def _put_entries(
