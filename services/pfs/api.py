@@ -272,6 +272,15 @@ async def commit_subvenance(request: web.Request) -> web.Response:
     return web.json_response({"commits": [c.to_json() for c in infos]})
 
 
+@routes.get("/v1/repos/{repo}/commits/{ref}/lineage")
+async def commit_lineage(request: web.Request) -> web.Response:
+    """Direct provenance, full provenance (every upstream commit) and full subvenance."""
+    found = await _svc(request).commit_lineage(
+        request.match_info["repo"], request.match_info["ref"]
+    )
+    return web.json_response({k: [c.to_json() for c in v] for k, v in found.items()})
+
+
 @routes.post("/v1/repos/{repo}/commits/{ref}/finish")
 @endpoint(body=json_body({"description": TEXT, "error": TEXT}))
 async def finish_commit(request: web.Request) -> web.Response:

@@ -553,6 +553,54 @@ async def commits_with_provenance(conn: Conn, commit_id: str) -> list[CommitRow]
     return [commit_from_record(r) for r in rows]
 
 
+# The walks below follow provenance edges only: each step looks commits up by primary key
+# (upstream) or through the GIN index on provenance (downstream), so their cost grows with
+# the size of the DAG around the commit, never with the length of any history. The lookups
+# are LATERAL subqueries kept apart by LIMIT/OFFSET so the planner runs them once per
+# commit reached, instead of joining the whole table to a worktable it overestimates.
+_COMMIT_COLUMNS_C = ", ".join(f"c.{name.strip()}" for name in _COMMIT_COLUMNS.split(","))
+
+FULL_PROVENANCE_SQL = f"""
+WITH RECURSIVE up(id) AS (
+    SELECT p->>'id' FROM pfs_commits c, jsonb_array_elements(c.provenance) p WHERE c.id = $1
+  UNION
+    SELECT p->>'id' FROM up,
+        LATERAL (SELECT c.provenance FROM pfs_commits c WHERE c.id = up.id LIMIT 1) c,
+        jsonb_array_elements(c.provenance) p
+)
+SELECT {_COMMIT_COLUMNS_C} FROM up,
+    LATERAL (SELECT * FROM pfs_commits c WHERE c.id = up.id LIMIT 1) c
+ORDER BY c.seq
+"""
+
+FULL_SUBVENANCE_SQL = f"""
+WITH RECURSIVE down(id) AS (
+    SELECT c.id FROM pfs_commits c
+    WHERE c.provenance @> jsonb_build_array(jsonb_build_object('id', $1::text))
+  UNION
+    SELECT c.id FROM down,
+        LATERAL (
+            SELECT c.id FROM pfs_commits c
+            WHERE c.provenance @> jsonb_build_array(jsonb_build_object('id', down.id))
+            OFFSET 0
+        ) c
+)
+SELECT {_COMMIT_COLUMNS_C} FROM down,
+    LATERAL (SELECT * FROM pfs_commits c WHERE c.id = down.id LIMIT 1) c
+ORDER BY c.seq
+"""
+
+
+async def full_provenance(conn: Conn, commit_id: str) -> list[CommitRow]:
+    """Every upstream commit of ``commit_id``, at any distance, oldest first."""
+    return [commit_from_record(r) for r in await conn.fetch(FULL_PROVENANCE_SQL, commit_id)]
+
+
+async def full_subvenance(conn: Conn, commit_id: str) -> list[CommitRow]:
+    """Every downstream commit of ``commit_id``, at any distance, oldest first."""
+    return [commit_from_record(r) for r in await conn.fetch(FULL_SUBVENANCE_SQL, commit_id)]
+
+
 async def unfinished_commits(conn: Conn, state: str) -> list[str]:
     rows = await conn.fetch("SELECT id FROM pfs_commits WHERE state = $1 ORDER BY seq", state)
     return [r["id"] for r in rows]

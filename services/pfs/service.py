@@ -382,6 +382,19 @@ class PfsService:
             row = await refs.resolve_ref(conn, repo, ref)
             return [r.info for r in await refs.commits_with_provenance(conn, row.id)]
 
+    async def commit_lineage(self, repo: str, ref: str) -> dict[str, list[CommitInfo]]:
+        """A commit's direct provenance, its full provenance and its full subvenance."""
+        async with self.pool.acquire() as conn:
+            row = await refs.resolve_ref(conn, repo, ref)
+            upstream = await refs.full_provenance(conn, row.id)
+            downstream = await refs.full_subvenance(conn, row.id)
+        direct = {p.id for p in row.info.provenance}
+        return {
+            "direct_provenance": [r.info for r in upstream if r.id in direct],
+            "full_provenance": [r.info for r in upstream],
+            "subvenance": [r.info for r in downstream],
+        }
+
     async def wait_commit(self, repo: str, ref: str, timeout: float | None, bus: Bus) -> CommitInfo:
         """The commit once finished; woken by the repo's commit events, not a timer."""
         async with self.pool.acquire() as conn:

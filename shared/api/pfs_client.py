@@ -525,6 +525,12 @@ class PfsClient(ServiceClient):
         assert result is not None
         return PutResult(result.commit, files, size)
 
+    async def commit_lineage(self, repo: str, ref: str) -> dict[str, list[CommitInfo]]:
+        """``direct_provenance``, ``full_provenance`` and ``subvenance`` (every downstream
+        commit) of ``repo@ref``, each oldest first."""
+        body = await self.request("GET", f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/lineage")
+        return {k: [CommitInfo.from_json(c) for c in v] for k, v in body.items()}
+
     async def commit_subvenance(self, repo: str, ref: str) -> list[CommitInfo]:
         """Commits whose provenance includes ``repo@ref`` (e.g. a pipeline's outputs of it)."""
         body = await self.request("GET", f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/subvenance")

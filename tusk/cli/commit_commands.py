@@ -91,11 +91,51 @@ def finish_commit(target: Target, description: str | None) -> None:
 
 @click.command("commit")
 @click.argument("target", metavar="REPO@REF", type=REPO_AT_REF)
+@click.option(
+    "--subvenance",
+    is_flag=True,
+    help="List every downstream commit made from this one (at any distance) instead.",
+)
 @output_option
-def inspect_commit(target: Target, output: str) -> None:
-    """Show one commit (REF: a branch, a commit id, or master^, master~2…)."""
+def inspect_commit(target: Target, subvenance: bool, output: str) -> None:
+    """Show one commit (REF: a branch, a commit id, or master^, master~2…).
+
+    Its provenance is shown twice: the direct one (the commits it was made from) and the
+    full one (every upstream commit, however far).
+    """
     ref = target.ref_or_default
-    print_commit(run_pfs(lambda pfs: pfs.inspect_commit(target.repo, ref)), output)
+
+    async def inspect(pfs: PfsClient) -> tuple[CommitInfo, dict[str, list[CommitInfo]]]:
+        return await pfs.inspect_commit(target.repo, ref), await pfs.commit_lineage(
+            target.repo, ref
+        )
+
+    commit, lineage = run_pfs(inspect)
+    if subvenance:
+        print_commits(lineage["subvenance"], output)
+        return
+    if output == "json":
+        echo_json(
+            {
+                **commit.to_json(),
+                "direct_provenance": [_ref_json(c) for c in lineage["direct_provenance"]],
+                "full_provenance": [_ref_json(c) for c in lineage["full_provenance"]],
+            }
+        )
+        return
+    full = ", ".join(f"{c.repo}@{c.id}" for c in lineage["full_provenance"]) or "-"
+    echo(commit_fields(commit) + "\n" + format_fields([("Full Provenance", full)]))
+
+
+def _ref_json(commit: CommitInfo) -> dict[str, str | None]:
+    return {"repo": commit.repo, "branch": commit.branch, "id": commit.id}
+
+
+def print_commits(commits: Sequence[CommitInfo], output: str) -> None:
+    if output == "json":
+        echo_json([c.to_json() for c in commits])
+    else:
+        echo(commit_table(commits))
 
 
 async def collect_commits(
@@ -116,9 +156,10 @@ async def commits_made_from(
     pfs: PfsClient, target: Target, source: Target, limit: int | None
 ) -> list[CommitInfo]:
     """``target``'s commits whose provenance includes the commit ``source`` names."""
+    downstream = (await pfs.commit_lineage(source.repo, source.ref_or_default))["subvenance"]
     found = [
         c
-        for c in await pfs.commit_subvenance(source.repo, source.ref_or_default)
+        for c in reversed(downstream)  # newest first, as list commit prints
         if c.repo == target.repo and (target.ref is None or c.branch == target.ref)
     ]
     return found[:limit] if limit else found
