@@ -197,6 +197,7 @@ def test_console_tour(
     job_url = driver.current_url
     first = find(driver, "#datums tbody tr")
     assert "failed" in first.text and "exited with code 3" in first.text, first.text
+    assert find(driver, "svg.histogram").get_attribute("aria-label").startswith("Datum durations")
     shot(driver, "job")
     first.find_element(By.CSS_SELECTOR, "a").click()
     assert "exited with code 3" in find(driver, "pre.error").text
