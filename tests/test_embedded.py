@@ -112,6 +112,8 @@ async def test_up_restart_down_and_up_again_keeps_data(home: Path) -> None:
     await asyncio.to_thread(up, home, detach=True, echo=lines.append)
     try:
         assert any(line.startswith("pfs") and " up " in line for line in lines), lines
+        # `tusk up` prints where the web console serves (docs/console.md).
+        assert any(line.startswith("console") and " up " in line for line in lines), lines
         first = status(home)
         assert first.running and first.phase == "ready"
         assert {n: s for n, (s, _, _) in by_name(first).items()} == {
@@ -121,6 +123,7 @@ async def test_up_restart_down_and_up_again_keeps_data(home: Path) -> None:
             "pps": "up",
             "scheduler": "up",
             "s3gateway": "up",
+            "console": "up",
         }
         pids = {c.name: c.pid for c in first.components}
         assert all(pid and alive(pid) for pid in pids.values())
