@@ -38,6 +38,7 @@ def histogram(seconds: Sequence[float]) -> Markup:
         f'<svg class="histogram" role="img" aria-label="{e(label)}" width="{width}" '
         f'height="{CHART_H + 18}" viewBox="0 0 {width} {CHART_H + 18}" '
         f'xmlns="http://www.w3.org/2000/svg">{join(bars)}'
+        f'<line x1="0" y1="{CHART_H}" x2="{width}" y2="{CHART_H}" class="axis"/>'
         f'<text x="0" y="{CHART_H + 14}">0 s</text>'
         f'<text x="{width}" y="{CHART_H + 14}" text-anchor="end">{top:.2f} s</text></svg>'
     )
