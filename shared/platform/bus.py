@@ -62,6 +62,8 @@ DUPLICATE_WINDOW_S = 600.0
 # Events are kept a week so a consumer that was down can catch up by replaying.
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 PUBLISH_TIMEOUT_S = 5.0
+# How long closing a connection may wait for its subscriptions to drain.
+CLOSE_DRAIN_LIMIT_S = 1.0
 
 _NATS_ERRORS = (nats.errors.Error, OSError, TimeoutError)
 
@@ -306,13 +308,18 @@ class Bus:
             raise InvalidArgument(f"deliver must be 'new' or 'all', not {deliver!r}")
         return EventSubscription(self, filters, deliver)
 
-    async def close(self) -> None:
-        """Flush and close the connection (idempotent)."""
+    async def close(self, drain_limit: float = CLOSE_DRAIN_LIMIT_S) -> None:
+        """Drain (at most ``drain_limit`` seconds), then close the connection (idempotent).
+
+        The client's own drain waits up to 30 s for subscriptions to empty; a process
+        being stopped must not: what a consumer fetched but did not ack is redelivered
+        anyway, and ``close()`` still flushes what was published."""
         if not self.nc.is_closed:
             with contextlib.suppress(*_NATS_ERRORS):
-                await self.nc.drain()
+                await asyncio.wait_for(self.nc.drain(), drain_limit)
             if not self.nc.is_closed:
-                await self.nc.close()
+                with contextlib.suppress(*_NATS_ERRORS):
+                    await self.nc.close()
 
     async def __aenter__(self) -> Bus:
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,6 +33,8 @@ from tusk.embedded.supervisor import acquire_lock, run_supervisor
 
 READY_TIMEOUT = 120.0
 DOWN_TIMEOUT = 60.0
+# How long processes of the cluster left after its supervisor have to exit after SIGTERM.
+STRAY_GRACE = 5.0
 
 
 @dataclass
@@ -256,6 +259,7 @@ def down(home: Path | None = None, *, echo: Callable[[str], None] = print) -> No
     else:
         echo(f"Tusk is not running in {layout.home}")
     _reap_leftovers(layout, state, echo)
+    _stop_strays(layout, echo)
     if running:
         echo("Tusk stopped; data kept in " + str(layout.home))
 
@@ -287,3 +291,45 @@ def _reap_leftovers(
             time.sleep(0.05)
         if _alive(c.pid):
             os.kill(c.pid, signal.SIGKILL)
+
+
+def _cluster_processes(layout: Layout) -> list[int]:
+    """Tusk's own processes of this cluster still running: services and the workers they
+    started (``python -m services.…``, whose environment names this home).
+
+    Workers run in sessions of their own and outlive a scheduler that was killed for a
+    short while, so neither the supervisor's children nor process groups find them all.
+    """
+    marker = f"TUSK_HOME={layout.home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone, or another user's
+            continue
+        pid = int(entry.name)
+        if marker in environ and "-m services." in _cmdline(pid) and _alive(pid):
+            found.append(pid)
+    return found
+
+
+def _stop_strays(layout: Layout, echo: Callable[[str], None]) -> None:
+    """SIGTERM every process of the cluster still running, SIGKILL those left after
+    ``STRAY_GRACE``; return once all are gone, so nothing of the cluster outlives ``down``."""
+    strays = _cluster_processes(layout)
+    if not strays:
+        return
+    echo(f"stopping {len(strays)} leftover process(es) of the cluster: {strays}")
+    for sig, grace in ((signal.SIGTERM, STRAY_GRACE), (signal.SIGKILL, STRAY_GRACE)):
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            strays = [pid for pid in strays if _alive(pid)]
+            if not strays:
+                return
+            time.sleep(0.05)
+    raise Unavailable(f"processes of the cluster did not stop: {strays}")

@@ -39,6 +39,8 @@ from shared.platform.errors import FailedPrecondition
 log = logging.getLogger("tusk.scheduler.local")
 
 _PR_SET_PDEATHSIG = 1
+# How long a worker may take to exit after SIGTERM (it needs ~1 s) before SIGKILL.
+STOP_GRACE_S = 5.0
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
@@ -143,8 +145,9 @@ class LocalBackend:
             await asyncio.gather(*(_terminate(p) for p in state.processes))
 
     async def close(self) -> None:
-        for name in list(self._pipelines):
-            await self._stop(name)
+        # Every worker at once, under one shared grace: one after the other, eight
+        # pipelines would outlast the supervisor's stop limit for the scheduler.
+        await asyncio.gather(*(self._stop(name) for name in list(self._pipelines)))
         await self._images.close()
 
     def status(self) -> list[dict[str, Any]]:
@@ -168,7 +171,7 @@ class LocalBackend:
         return [p.pid for p in state.processes if p.returncode is None] if state else []
 
 
-async def _terminate(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+async def _terminate(proc: asyncio.subprocess.Process, grace: float = STOP_GRACE_S) -> None:
     """SIGTERM the worker's process group, SIGKILL after ``grace`` seconds; cancelled
     meanwhile (the scheduler stopping), SIGKILL at once: its pipeline was already
     forgotten, so nobody else would stop it."""
