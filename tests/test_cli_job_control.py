@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
+from shared.api.pps_client import PpsClient
 from tests.test_cli import Tusk
 from tests.test_cli_pipelines import put, refused, tusk  # noqa: F401 - the cluster's tusk fixture
 
@@ -15,7 +17,7 @@ pipeline:
 transform:
   cmd: [sh, -c, "if [ -e /pfs/in/slow ]; then sleep 120; fi; cp -r /pfs/in/. /pfs/out/"]
 input:
-  pfs: {repo: in, glob: /}
+  pfs: {repo: in, glob: /*}
 """
 
 
@@ -33,6 +35,8 @@ async def job_in_state(cli: Tusk, pipeline: str, state: str, count: int) -> Any:
 async def test_stop_job_kills_it_and_keeps_the_last_good_output(tusk: Tusk) -> None:  # noqa: F811
     await tusk.ok("create", "repo", "in")
     await put(tusk, "in@master:/quick", b"fine\n")
+    for name in ("a", "b", "c"):
+        await put(tusk, f"in@master:/{name}", name.encode())
     spec = tusk.cwd / "slow.yaml"
     spec.write_text(SLOW)
     await tusk.ok("create", "pipeline", "-f", str(spec))
@@ -61,6 +65,9 @@ async def test_stop_job_kills_it_and_keeps_the_last_good_output(tusk: Tusk) -> N
     # The pipeline goes on: the next commit makes a new job.
     await tusk.ok("delete", "file", "in@master:/slow")
     newest = await job_in_state(tusk, "slow", "JOB_SUCCESS", 3)
+    # Skips are known for the newest successful job only.
+    line = await refused(tusk, "list", "datum", f"slow@{running['id']}", "--all")
+    assert "newest successful job only" in line
 
     # delete job: a finished job and its datum records go; the newest success stays.
     assert (await tusk.ok("list", "datum", f"slow@{running['id']}", "-o", "json")).json()
@@ -72,3 +79,16 @@ async def test_stop_job_kills_it_and_keeps_the_last_good_output(tusk: Tusk) -> N
     assert "newest successful job" in line
     await tusk.ok("delete", "job", f"slow@{good['id']}")
     assert (await tusk.ok("get", "file", "slow@master:/quick")).stdout == b"fine\n"
+
+    # list datum --all: the newest job ran nothing and skipped the four current datums.
+    assert (await tusk.ok("list", "datum", f"slow@{newest['id']}", "-o", "json")).json() == []
+    listed = (await tusk.ok("list", "datum", f"slow@{newest['id']}", "--all", "-o", "json")).json()
+    assert [d["state"] for d in listed] == ["SKIPPED"] * 4
+    assert [d["id"] for d in listed] == sorted(d["id"] for d in listed)
+    table = (await tusk.ok("list", "datum", f"slow@{newest['id']}", "--all")).text.splitlines()
+    assert table[0].split() == ["ID", "STATE", "TIME", "INPUT"] and len(table) == 5
+    raw = (await tusk.ok("list", "datum", f"slow@{newest['id']}", "--all", "--raw")).text
+    assert [json.loads(line) for line in raw.splitlines()] == listed
+    async with PpsClient(tusk.env["TUSK_PPS_URL"]) as pps:  # one datum per page
+        paged = [d.id async for d in pps.iter_datums("slow", newest["id"], all_=True, page=1)]
+    assert paged == [d["id"] for d in listed]

@@ -171,9 +171,25 @@ async def delete_job(request: web.Request) -> web.Response:
 
 @routes.get("/v1/pipelines/{name}/jobs/{job}/datums")
 async def list_datums(request: web.Request) -> web.Response:
-    """The datums a job processed (skipped ones are counted on the job)."""
-    datums = await _svc(request).list_datums(request.match_info["name"], request.match_info["job"])
-    return web.json_response({"datums": [d.to_json() for d in datums]})
+    """The datums a job processed (skipped ones are counted on the job).
+
+    Paged when asked (?limit=&after=DATUM_ID, ?all=true adds the skipped datums): the
+    answer then carries ``next``, the cursor of the following page (null at the end).
+    """
+    name, job = request.match_info["name"], request.match_info["job"]
+    if not {"all", "after", "limit"} & set(request.query):
+        datums = await _svc(request).list_datums(name, job)
+        return web.json_response({"datums": [d.to_json() for d in datums]})
+    limit = query_int(request, "limit", 1000, low=1, high=10000)
+    page = await _svc(request).datums_page(
+        name,
+        job,
+        skipped=query_bool(request, "all"),
+        after=request.query.get("after", ""),
+        limit=limit,
+    )
+    cursor = page[-1].id if len(page) == limit else None
+    return web.json_response({"datums": [d.to_json() for d in page], "next": cursor})
 
 
 @routes.get("/v1/pipelines/{name}/jobs/{job}/datums/{datum}")

@@ -313,6 +313,16 @@ class PpsService:
             job = await self._job(conn, pipeline, job_id)
             return await store.list_job_datums(conn, job.id)
 
+    async def datums_page(
+        self, pipeline: str, job_id: str, *, skipped: bool, after: str, limit: int
+    ) -> list[DatumInfo]:
+        """One page of a job's datums (with the skipped ones when asked), by id."""
+        async with self.pool.acquire() as conn:
+            job = await self._job(conn, pipeline, job_id)
+            return await job_store.datums_page(
+                conn, pipeline, job.id, skipped=skipped, after=after, limit=limit
+            )
+
     async def inspect_datum(self, pipeline: str, job_id: str, datum_id: str) -> DatumInfo:
         async with self.pool.acquire() as conn:
             job = await self._job(conn, pipeline, job_id)

@@ -25,6 +25,7 @@ from shared.api.pps_models import (
     JOB_CREATED,
     JOB_SUCCESS,
     PIPELINE_ACTIVE,
+    DatumInfo,
     InputCommit,
     JobInfo,
     PipelineInfo,
@@ -275,6 +276,60 @@ async def delete_finished_job(conn: Conn, job_id: str) -> None:
         )
         # Its datum records go with it (ON DELETE CASCADE).
         await conn.execute("DELETE FROM pps_jobs WHERE id = $1", job_id)
+
+
+async def datums_page(
+    conn: Conn, pipeline: str, job_id: str, *, skipped: bool, after: str, limit: int
+) -> list[DatumInfo]:
+    """One page of a job's datums by id (``tusk list datum --all``), so 100,000 stream.
+
+    With ``skipped``, the datums the job skipped come too, as SKIPPED: the pipeline's
+    current datums another job ran. Skips are counted, not recorded, per job, so they are
+    known exactly only for the pipeline's newest successful job; others are refused.
+    """
+    if skipped:
+        newest = await last_job_with_state(conn, pipeline, JOB_SUCCESS)
+        if newest is None or newest.id != job_id:
+            where = f" ({pipeline}@{newest.id})" if newest is not None else ""
+            raise FailedPrecondition(
+                f"skipped datums are known for the pipeline's newest successful job only{where}"
+            )
+    rows = await conn.fetch(
+        """
+        SELECT datum_id, job_id, state, hash, inputs, output_files, output_bytes, attempts,
+               error, seconds, started, finished
+        FROM pps_job_datums WHERE job_id = $2 AND datum_id > $3
+        UNION ALL
+        SELECT datum_id, $2, 'SKIPPED', hash, '[]'::jsonb, 0, 0, 0, NULL, NULL, NULL, NULL
+        FROM pps_current_datums
+        WHERE $5 AND pipeline = $1 AND job_id <> $2 AND datum_id > $3
+        ORDER BY datum_id LIMIT $4
+        """,
+        pipeline,
+        job_id,
+        after,
+        limit,
+        skipped,
+    )
+    return [_datum_info(r) for r in rows]
+
+
+def _datum_info(rec: asyncpg.Record) -> DatumInfo:
+    inputs = rec["inputs"]
+    return DatumInfo(
+        id=rec["datum_id"],
+        job_id=rec["job_id"],
+        state=rec["state"],
+        hash=rec["hash"],
+        inputs=json.loads(inputs) if isinstance(inputs, str) else inputs,
+        output_files=rec["output_files"],
+        output_bytes=rec["output_bytes"],
+        attempts=rec["attempts"],
+        error=rec["error"],
+        seconds=rec["seconds"],
+        started=rec["started"].isoformat() if rec["started"] else None,
+        finished=rec["finished"].isoformat() if rec["finished"] else None,
+    )
 
 
 async def last_job_with_state(conn: Conn, pipeline: str, state: str) -> JobInfo | None:

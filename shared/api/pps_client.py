@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -71,6 +72,24 @@ class PpsClient(ServiceClient):
     async def list_datums(self, pipeline: str, job: str) -> list[DatumInfo]:
         body = await self.request("GET", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}/datums")
         return [DatumInfo.from_json(d) for d in body["datums"]]
+
+    async def iter_datums(
+        self, pipeline: str, job: str, *, all_: bool = False, page: int = 1000
+    ) -> AsyncIterator[DatumInfo]:
+        """A job's datums by id, page by page (with ``all_``, the skipped ones too)."""
+        after = ""
+        while True:
+            params: dict[str, Any] = {"limit": page, "after": after}
+            if all_:
+                params["all"] = "true"
+            body = await self.request(
+                "GET", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}/datums", params=params
+            )
+            for datum in body["datums"]:
+                yield DatumInfo.from_json(datum)
+            if not body.get("next"):
+                return
+            after = body["next"]
 
     async def inspect_datum(self, pipeline: str, job: str, datum: str) -> DatumInfo:
         body = await self.request(

@@ -63,6 +63,11 @@ def output_option(func: F) -> F:
     )
 
 
+def document_style() -> str:
+    """How ``echo_json`` renders documents now: json, yaml or raw."""
+    return _document_style.get()
+
+
 def set_document_style(style: str) -> None:
     """Choose how ``echo_json`` renders documents (``output_option`` does this per command)."""
     if style not in DOCUMENT_STYLES:

@@ -22,6 +22,7 @@ from shared.api.pps_client import PpsClient
 from shared.api.pps_models import DatumInfo, JobInfo, LogLine, PipelineInfo
 from shared.platform.errors import InvalidArgument, TuskError
 from tusk.cli.output import (
+    document_style,
     echo,
     echo_json,
     elapsed,
@@ -32,7 +33,7 @@ from tusk.cli.output import (
     relative_time,
     to_json_text,
 )
-from tusk.cli.session import naming_context
+from tusk.cli.session import closing, naming_context
 from tusk.contexts import resolve_endpoints
 
 T = TypeVar("T")
@@ -470,11 +471,49 @@ def delete_job(ref: JobRef) -> None:
 # --- datums -----------------------------------------------------------------------------------
 
 
+# Column widths of the streamed ``list datum --all`` table (a datum id is 64 hex digits).
+_DATUM_WIDTHS = (64, 9, 8)
+
+
+async def stream_datums(pps: PpsClient, ref: JobRef, output: str) -> None:
+    """``list datum --all``: rows (or raw lines) as pages arrive; JSON/YAML as one document."""
+    style = document_style()
+    streaming = output != "json" or style == "raw"
+    if output != "json":
+        echo(_fixed_row(("ID", "STATE", "TIME", "INPUT"), _DATUM_WIDTHS))
+    collected: list[dict[str, Any]] = []
+    async with closing(pps.iter_datums(ref.pipeline, ref.job, all_=True)) as datums:
+        async for datum in datums:
+            if output != "json":
+                row = (datum.id, datum.state, _datum_time(datum), datum_matches(datum) or "-")
+                echo(_fixed_row(row, _DATUM_WIDTHS))
+            elif streaming:
+                echo_json(datum.to_json())
+            else:
+                collected.append(datum.to_json())
+    if not streaming:
+        echo_json(collected)
+
+
+def _fixed_row(cells: Sequence[str], widths: Sequence[int]) -> str:
+    padded = [cell.ljust(width) for cell, width in zip(cells, widths, strict=False)]
+    return "   ".join([*padded, *cells[len(widths) :]]).rstrip()
+
+
 @click.command("datum")
 @click.argument("ref", metavar="PIPELINE@JOB", type=JOB_REF)
+@click.option(
+    "--all",
+    "all_",
+    is_flag=True,
+    help="Also the datums the job skipped (streamed page by page; newest successful job).",
+)
 @output_option
-def list_datum(ref: JobRef, output: str) -> None:
-    """List the datums a job ran (skipped datums are only counted on the job)."""
+def list_datum(ref: JobRef, all_: bool, output: str) -> None:
+    """List the datums a job ran (skipped datums are only counted on the job, unless --all)."""
+    if all_:
+        run_pps(lambda pps: stream_datums(pps, ref, output))
+        return
     datums = run_pps(lambda pps: pps.list_datums(ref.pipeline, ref.job))
     if output == "json":
         echo_json([d.to_json() for d in datums])
