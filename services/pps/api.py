@@ -12,6 +12,7 @@ from shared.platform.errors import InvalidArgument
 from shared.platform.http import (
     NAME,
     SECONDS,
+    STRING,
     YAML,
     Query,
     check_structure,
@@ -170,6 +171,13 @@ async def delete_job(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/pipelines/{name}/jobs/{job}/datums")
+@endpoint(
+    query=[
+        Query("limit", integer(1, 10000)),
+        Query("after", STRING, "the cursor a previous page returned (a datum id)"),
+        flag("all", "the skipped datums too"),
+    ]
+)
 async def list_datums(request: web.Request) -> web.Response:
     """The datums a job processed (skipped ones are counted on the job).
 

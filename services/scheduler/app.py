@@ -19,7 +19,15 @@ from shared.api.pfs_client import PfsClient
 from shared.platform.config import Config, tusk_home
 from shared.platform.db import db_ready
 from shared.platform.errors import InvalidArgument
-from shared.platform.http import add_health_routes, query_int, service_application
+from shared.platform.http import (
+    STRING,
+    Query,
+    add_health_routes,
+    endpoint,
+    integer,
+    query_int,
+    service_application,
+)
 from shared.platform.service_main import FAILURE, Failure
 from shared.platform.service_resources import core_resources
 from shared.storage.objstore import open_object_store
@@ -38,6 +46,12 @@ async def scheduler_status(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/references")
+@endpoint(
+    query=[
+        Query("after", STRING, "the cursor a previous page returned"),
+        Query("limit", integer(1, 10000)),
+    ]
+)
 async def scheduler_references(request: web.Request) -> web.Response:
     """Datum output trees the garbage collector must keep (?after=&limit=), paged."""
     limit = query_int(request, "limit", 1000, low=1, high=10000)

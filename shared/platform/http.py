@@ -9,7 +9,8 @@ one-line message — a traceback never reaches a client.
 Every app is built by ``service_application``, whose ``request_guard`` refuses before
 any handler runs: a Host the service does not answer to (DNS rebinding, 421), a
 state-changing request from a foreign web page's Origin (403), a body of a Content-Type
-the endpoint does not declare (415) or larger than its limit (413). An endpoint declares
+the endpoint does not declare (415) or larger than its limit (413), a path or query with
+text no database column can hold (400). An endpoint declares
 its body and query parameters with ``@endpoint``; the same declaration feeds the
 guard, ``read_json`` and ``/openapi.json``, so the document cannot drift from the checks.
 """
