@@ -23,7 +23,9 @@ from typing import Any, TypeVar
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
@@ -185,6 +187,12 @@ def test_console_tour(
     driver.get(base + "/")
     find(driver, "svg.dag")
     shot(driver, "overview")
+    # Keyboard: Tab reaches the header link, then the DAG's nodes, each a real link.
+    focused = []
+    for _ in range(3):
+        ActionChains(driver).send_keys(Keys.TAB).perform()
+        focused.append(driver.execute_script("return document.activeElement.getAttribute('href')"))
+    assert focused[0] == "/" and focused[1] == "/repos/tables", focused
 
     # DAG → pipeline → its failed job → the failed datum, first in the table, and its error.
     find(driver, 'svg.dag a[aria-label^="pipeline check"]').click()
@@ -197,7 +205,9 @@ def test_console_tour(
     job_url = driver.current_url
     first = find(driver, "#datums tbody tr")
     assert "failed" in first.text and "exited with code 3" in first.text, first.text
-    assert find(driver, "svg.histogram").get_attribute("aria-label").startswith("Datum durations")
+    assert (find(driver, "svg.histogram").get_attribute("aria-label") or "").startswith(
+        "Datum durations"
+    )
     shot(driver, "job")
     first.find_element(By.CSS_SELECTOR, "a").click()
     assert "exited with code 3" in find(driver, "pre.error").text
