@@ -52,6 +52,8 @@ log = logging.getLogger("tusk.pfs.gc")
 
 CHUNK_PREFIX = "chunks/"
 DELETE_BATCH = 1000
+# PostgreSQL advisory lock key of a running collection ("tusk-gc" in ASCII).
+GC_LOCK_KEY = 0x7475_736B_2D67_63
 PAGE = 1000
 
 
@@ -87,26 +89,38 @@ class Collector:
         """One collection; ``FailedPrecondition`` when another is already running."""
         if self._running.locked():
             raise FailedPrecondition("a garbage collection is already running; try again later")
-        async with self._running:
-            grace = self.config.gc_grace_s if grace_s is None else grace_s
-            started = time.time()
-            self.store.start_collection()
+        async with self._running, self.pool.acquire() as lock_conn:
+            # One collection per cluster: a session lock, released if this process dies.
+            if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", GC_LOCK_KEY):
+                raise FailedPrecondition(
+                    "a garbage collection is already running on another PFS replica"
+                )
             try:
-                live = LiveSet(set(), set())
-                oldest = await self._mark(live)
-                cutoff = min([started - grace, *(t for t in oldest if t is not None)])
-                report = await self._sweep(live, cutoff, dry_run)
+                return await self._collect(grace_s, dry_run)
             finally:
-                self.store.end_collection()
-            report.live_objects = len(live.nodes) + len(live.chunks)
-            log.info(
-                "garbage collection%s: %d objects, %d bytes freed; %d live",
-                " (dry run)" if dry_run else "",
-                report.objects,
-                report.bytes,
-                report.live_objects,
-            )
-            return report
+                await lock_conn.execute("SELECT pg_advisory_unlock($1)", GC_LOCK_KEY)
+
+    async def _collect(self, grace_s: float | None, dry_run: bool) -> GcReport:
+        """One collection, under the cluster-wide lock."""
+        grace = self.config.gc_grace_s if grace_s is None else grace_s
+        started = time.time()
+        self.store.start_collection()
+        try:
+            live = LiveSet(set(), set())
+            oldest = await self._mark(live)
+            cutoff = min([started - grace, *(t for t in oldest if t is not None)])
+            report = await self._sweep(live, cutoff, dry_run)
+        finally:
+            self.store.end_collection()
+        report.live_objects = len(live.nodes) + len(live.chunks)
+        log.info(
+            "garbage collection%s: %d objects, %d bytes freed; %d live",
+            " (dry run)" if dry_run else "",
+            report.objects,
+            report.bytes,
+            report.live_objects,
+        )
+        return report
 
     # -- mark -------------------------------------------------------------------------
 
