@@ -41,6 +41,15 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return page("Error", body, status=status)
     except web.HTTPNotFound:
         return not_found_page(f"no page at {request.path}")
+    except web.HTTPException:
+        raise
+    except Exception:
+        # A bug: logged with its traceback, the browser gets one line.
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        body = Markup(
+            '<h1>Error</h1><p class="error-line">internal error in the console; see its log</p>'
+        )
+        return page("Error", body, status=500)
 
 
 def build_app(config: Config) -> web.Application:
