@@ -15,7 +15,7 @@ from typing import Any
 from services.scheduler.tasks import DatumTask, DatumTaskInput, task_envelope
 from shared.api.pps_models import JobInfo
 from shared.platform.bus import connect, tasks_subject
-from shared.storage.chunking import FileEntry
+from shared.storage.chunking import FileEntry, chunk_key
 from shared.storage.file_entries import from_index_entry
 from shared.storage.file_index import FileIndex
 from shared.storage.objstore import open_object_store
@@ -181,6 +181,26 @@ async def test_a_fifo_in_the_output_fails_the_datum(cluster: Cluster) -> None:
     )
     _, error = await failed_job(cluster, "fifo")
     assert error == "/pfs/out/pipe: a FIFO is not a regular file"
+
+
+async def test_an_input_chunk_lost_from_the_store_fails_the_datum_naming_the_file(
+    cluster: Cluster,
+) -> None:
+    # Two files, so the datum's files are fetched concurrently: the reason must still be the
+    # lost file's own, not a wrapper's, and one try is enough (no try brings bytes back).
+    await words(cluster, {"/lost": b"gone " * 100, "/kept": b"kept"})
+    lost = (await entries(cluster, "words"))["/lost"].chunks[0].chunk
+    async with open_object_store(cluster.config) as store:
+        await store.delete(chunk_key(lost))
+    await cluster.pps.create_pipeline(one_datum_pipeline("lossy", "cat /pfs/words/*"))
+    job, error = await failed_job(cluster, "lossy")
+    # Small files of one upload share chunks, so the lost chunk breaks both: either names it.
+    assert error in {
+        f"data corrupted: chunk {lost} of /pfs/words/{name} is missing from the object store"
+        for name in ("lost", "kept")
+    }
+    (datum,) = await cluster.pps.list_datums("lossy", job.id)
+    assert datum.attempts == 1
 
 
 # -- faults of the runner and of the task -------------------------------------------------

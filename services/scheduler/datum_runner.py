@@ -385,27 +385,43 @@ async def _materialise(
         return places, 0
     if len(jobs) == 1:
         target, entry = jobs[0]
-        return places, await _write_file(store, target, entry, cache)
+        return places, await _write_file(store, target, entry, cache, pfs)
     limit = asyncio.Semaphore(_MATERIALISE_CONCURRENCY)
 
     async def bounded(target: Path, entry: FileEntry | None) -> int:
         async with limit:
-            return await _write_file(store, target, entry, cache)
+            return await _write_file(store, target, entry, cache, pfs)
 
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(bounded(target, entry)) for target, entry in jobs]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(bounded(target, entry)) for target, entry in jobs]
+    except ExceptionGroup as failed:
+        # The first file's own error is the datum's reason; the group would hide it.
+        raise _first_error(failed) from None
     return places, sum(done.result() for done in tasks)
 
 
+def _first_error(group: ExceptionGroup[Exception]) -> Exception:
+    first: Exception = group.exceptions[0]
+    while isinstance(first, ExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
 async def _write_file(
-    store: ObjectStore, target: Path, entry: FileEntry | None, cache: ChunkCache | None
+    store: ObjectStore,
+    target: Path,
+    entry: FileEntry | None,
+    cache: ChunkCache | None,
+    pfs: Path,
 ) -> int:
     """Stream one file from the chunk store to ``target`` (empty for ``None``)."""
     # "x": each path is placed once (mounted_inputs merged the parts).
     with target.open("xb") as file:
         if entry is None or entry.size == 0:
             return 0
-        async for piece in read_range(store, entry, cache=cache):
+        shown = f"/pfs/{target.relative_to(pfs).as_posix()}"  # as the command sees it
+        async for piece in read_range(store, entry, cache=cache, path=shown):
             if len(piece) >= _THREAD_IO_MIN:
                 await asyncio.to_thread(file.write, piece)
             else:

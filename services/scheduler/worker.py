@@ -78,6 +78,7 @@ from shared.platform.bus import (
 )
 from shared.platform.config import Config, load_config
 from shared.platform.errors import (
+    DataLoss,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -314,6 +315,8 @@ class Worker:
                 return await self._run_datum(task), True
             except (InvalidArgument, NotFound) as exc:  # a secret that is not there, say
                 return failed_result(exc.message), True
+            except DataLoss as exc:  # an input's bytes are gone: no try can bring them back
+                return failed_result(exc.message), False
             except Exception as exc:
                 if not is_environment_fault(exc):
                     log.exception(

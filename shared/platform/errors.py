@@ -95,6 +95,13 @@ class Internal(TuskError):
     code = "internal"
 
 
+class DataLoss(Internal):
+    """Raised when stored bytes are gone or corrupt (a chunk missing from the object store):
+    the data exists in the metadata but cannot be read back, and retrying cannot help."""
+
+    code = "data_loss"
+
+
 # File-system refinements (mountd maps each to its errno; over HTTP they are their base).
 
 

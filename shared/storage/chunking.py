@@ -37,7 +37,13 @@ import blake3
 import zstandard
 from pyfastcdc import FastCDC
 
-from shared.platform.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, TooLarge
+from shared.platform.errors import (
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    TooLarge,
+)
 from shared.storage.objstore import ObjectStore
 
 AVG_CHUNK_SIZE = 1 << 20
@@ -132,9 +138,9 @@ def _decompress_and_verify(chunk: str, blob: bytes) -> bytes:
     try:
         data: bytes = decompressor.decompress(blob)
     except zstandard.ZstdError as exc:
-        raise Internal(f"chunk {chunk} is corrupt: {exc}") from None
+        raise DataLoss(f"chunk {chunk} is corrupt: {exc}") from None
     if hash_bytes(data) != chunk:
-        raise Internal(f"chunk {chunk} is corrupt: its bytes do not match its name")
+        raise DataLoss(f"chunk {chunk} is corrupt: its bytes do not match its name")
     return data
 
 
@@ -438,7 +444,7 @@ async def missing_chunks(
 
 
 async def load_chunk(store: ObjectStore, chunk: str) -> bytes:
-    """Fetch, decompress and verify one chunk's plain bytes; ``Internal`` if it is corrupt."""
+    """Fetch, decompress and verify one chunk's plain bytes; ``DataLoss`` if it is corrupt."""
     blob = await store.get(chunk_key(chunk))
     return await asyncio.to_thread(_decompress_and_verify, chunk, blob)
 
@@ -546,7 +552,7 @@ async def read_range(
     """Yield the bytes ``[start, end)`` of a file (clipped to its size), fetching only the
     chunks that hold them, a few ahead of the one being yielded.
 
-    A chunk missing from the store raises ``Internal`` ("data corrupted: chunk … of
+    A chunk missing from the store raises ``DataLoss`` ("data corrupted: chunk … of
     ``path`` is missing"), not ``NotFound``: the file exists, its bytes are lost.
     """
     if start < 0 or (end is not None and end < start):
@@ -562,7 +568,7 @@ async def read_range(
                 return await cache.get(store, chunk)
             return await load_chunk(store, chunk)
         except NotFound:
-            raise Internal(
+            raise DataLoss(
                 f"data corrupted: chunk {chunk} of {path or 'a file'} is missing "
                 "from the object store"
             ) from None
