@@ -135,6 +135,7 @@ ERRORS_BY_CODE: dict[str, type[TuskError]] = {
         TooLarge,
         Unavailable,
         Internal,
+        DataLoss,
     )
 }
 

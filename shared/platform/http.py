@@ -37,6 +37,7 @@ from shared.platform.config import CLUSTER_HEADER, Config
 from shared.platform.errors import (
     AlreadyExists,
     Conflict,
+    DataLoss,
     FailedPrecondition,
     Internal,
     InvalidArgument,
@@ -63,6 +64,7 @@ STATUS_BY_ERROR: dict[type[TuskError], int] = {
     TooLarge: 413,
     Unavailable: 503,
     Internal: 500,
+    DataLoss: 500,
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
