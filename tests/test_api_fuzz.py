@@ -65,11 +65,14 @@ class Service:
 async def services(
     pg_server: PgServer, nats_server: NatsServer
 ) -> AsyncIterator[dict[str, Service]]:
-    """PFS, PPS, the scheduler (and mountd where FUSE works) as real processes."""
+    """PFS, PPS, the scheduler, the S3 gateway (and mountd where FUSE works) as real
+    processes."""
     scratch = Path(tempfile.mkdtemp(prefix="tusk-fuzz-"))
     database = "fuzz_" + uuid.uuid4().hex[:12]
     await ensure_database(pg_server.url, database)
-    names = ["pfs", "pps", "scheduler"]
+    # The S3 gateway speaks S3, not an OpenAPI document; it runs because PFS's collector
+    # asks it what it references (without it, POST /v1/gc is rightly a 503).
+    names = ["pfs", "pps", "scheduler", "s3gateway"]
     if fuse_unavailable_reason() is None and os.geteuid() == 0:
         names.append("mountd")
     ports = {name: free_port() for name in names}
@@ -81,6 +84,7 @@ async def services(
         pfs_url=f"http://127.0.0.1:{ports['pfs']}",
         pps_url=f"http://127.0.0.1:{ports['pps']}",
         scheduler_url=f"http://127.0.0.1:{ports['scheduler']}",
+        s3gateway_url=f"http://127.0.0.1:{ports['s3gateway']}",
         mountd_url=f"http://127.0.0.1:{ports.get('mountd', 0)}",
         task_ack_wait=3,
     )
