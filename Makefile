@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP) system-packages lint
-	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadgroup
+	$(BIN)/pytest -q -p no:cacheprovider
 
 demo: $(STAMP) system-packages
 	@bash scripts/demo.sh
