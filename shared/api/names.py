@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 from shared.platform.errors import InvalidArgument
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
-COMMIT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-# A ref is a branch name or commit id followed by any number of ^ / ^N / ~N suffixes.
-ANCESTRY_RE = re.compile(r"^(?P<base>[A-Za-z0-9_-]{1,63})(?P<suffix>(?:[\^~][0-9]*)*)$")
+# Re-exported: the patterns live below both the API and the HTTP layer.
+from shared.platform.name_rules import ANCESTRY_RE as ANCESTRY_RE
+from shared.platform.name_rules import COMMIT_ID_RE as COMMIT_ID_RE
+from shared.platform.name_rules import MAX_TEXT_CHARS as MAX_TEXT_CHARS
+from shared.platform.name_rules import NAME_RE as NAME_RE
+
 MAX_PATH_BYTES = 4096
-# Longest free text (a description, a commit's error) Tusk stores.
-MAX_TEXT_CHARS = 64 * 1024
 
 
 def check_name(kind: str, name: str) -> str:

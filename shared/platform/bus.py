@@ -43,8 +43,8 @@ from nats.js.api import (
 )
 from nats.js.client import JetStreamContext
 
-from shared.api.events import Event
 from shared.platform.config import Config
+from shared.platform.envelope import Event
 from shared.platform.errors import (
     FailedPrecondition,
     Internal,

@@ -32,7 +32,6 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 from yarl import URL
 
-from shared.api.names import ANCESTRY_RE, MAX_TEXT_CHARS, NAME_RE
 from shared.platform.config import CLUSTER_HEADER, Config
 from shared.platform.errors import (
     AlreadyExists,
@@ -49,6 +48,7 @@ from shared.platform.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from shared.platform.name_rules import ANCESTRY_RE, MAX_TEXT_CHARS, NAME_RE
 
 log = logging.getLogger("tusk.http")
 

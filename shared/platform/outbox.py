@@ -20,10 +20,10 @@ from typing import Any
 
 import asyncpg
 
-from shared.api.events import Event, Payload
 from shared.platform.bus import Bus
 from shared.platform.config import Config
 from shared.platform.db import Conn
+from shared.platform.envelope import Event, Payload
 from shared.platform.errors import Internal, TuskError, Unavailable
 
 log = logging.getLogger(__name__)
