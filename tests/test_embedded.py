@@ -20,10 +20,12 @@ import asyncpg
 import pytest
 
 from shared.platform.config import CLUSTER_HEADER, load_config
-from tests.fixtures.servers import server_scratch_dir
+from shared.platform.errors import FailedPrecondition, InvalidArgument
+from tests.fixtures.servers import free_port, server_scratch_dir
 from tusk.contexts import LOCAL, Context, load_contexts
 from tusk.embedded import ClusterStatus, down, status, up
-from tusk.embedded.components import SERVICES, pick_port
+from tusk.embedded.components import SERVICES, component_ports, pick_port
+from tusk.embedded.ports import parse_port_request, plan_ports
 
 PFS_ONLY = [s for s in SERVICES if s.name == "pfs"]
 
@@ -99,6 +101,48 @@ def test_pick_port_avoids_a_busy_default() -> None:
         assert pick_port(chosen, {chosen}) != chosen
 
 
+def test_ports_asked_for_win_any_ports_avoid_the_defaults_and_last_ports_are_kept() -> None:
+    defaults = {"postgres": 7640, "nats": 7642, "pfs": 7651}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        asked, last = free_port(), free_port()
+        plan = plan_ports(defaults, {"pfs": asked}, {"nats": last}, any_ports=True)
+        assert plan["pfs"] == asked and plan["nats"] == last
+        assert plan["postgres"] not in defaults.values() and len(set(plan.values())) == 3
+        # A last port that is a default is not kept by --any-ports (it is left free).
+        assert plan_ports(defaults, {}, {"nats": 7642}, any_ports=True)["nats"] != 7642
+        # 0 asks for any free port for one component only.
+        plan = plan_ports(defaults, {"postgres": 0}, {"pfs": last})
+        assert plan["postgres"] not in defaults.values() and plan["pfs"] == last
+        with pytest.raises(FailedPrecondition, match=f"port {taken} asked for pfs .* in use"):
+            plan_ports(defaults, {"pfs": taken}, {})
+    with pytest.raises(InvalidArgument, match="no component 'pgs'"):
+        plan_ports(defaults, {"pgs": 7000}, {})
+    with pytest.raises(InvalidArgument, match="one port for two components"):
+        plan_ports(defaults, {"pfs": asked, "nats": asked}, {})
+    with pytest.raises(InvalidArgument, match="NAME=PORT"):
+        parse_port_request("pfs:7651")
+
+
+async def test_tusk_up_refuses_a_busy_port_and_an_unknown_component_in_one_line(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        code, err = await tusk_in(tmp_path / "home", "up", "--detach", "--port", f"pfs={taken}")
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"error: port {taken} asked for pfs (--port pfs={taken}) is in use")
+    code, err = await tusk_in(tmp_path / "home", "up", "--port", "pgs=0")
+    assert code == 1 and "no component 'pgs' (known: postgres, nats, pfs" in err, err
+    code, err = await tusk_in(tmp_path / "home", "up", "--port", "pfs")
+    assert code == 2 and "NAME=PORT" in err and "Traceback" not in err, err
+    assert not (tmp_path / "home" / "run" / "state.json").exists()  # nothing started
+
+
 @pytest.fixture
 def home() -> Iterator[Path]:
     """$TUSK_HOME outside pytest's basetemp, which PostgreSQL's own user could lose access to."""
@@ -109,7 +153,7 @@ def home() -> Iterator[Path]:
 
 async def test_up_restart_down_and_up_again_keeps_data(home: Path) -> None:
     lines: list[str] = []
-    await asyncio.to_thread(up, home, detach=True, echo=lines.append)
+    await asyncio.to_thread(up, home, detach=True, echo=lines.append, any_ports=True)
     try:
         assert any(line.startswith("pfs") and " up " in line for line in lines), lines
         # `tusk up` prints where the web console serves (docs/console.md).
@@ -130,7 +174,7 @@ async def test_up_restart_down_and_up_again_keeps_data(home: Path) -> None:
         await sql(home, "CREATE TABLE kept AS SELECT 42 AS x")
 
         again: list[str] = []
-        await asyncio.to_thread(up, home, detach=True, echo=again.append)
+        await asyncio.to_thread(up, home, detach=True, echo=again.append, any_ports=True)
         assert len(again) == 1 and "already running" in again[0]
 
         pfs_pid = pids["pfs"]
@@ -154,7 +198,7 @@ async def test_up_restart_down_and_up_again_keeps_data(home: Path) -> None:
     assert (home / "postgres" / "PG_VERSION").exists()
 
     # Up again: same data directory, same addresses.
-    await asyncio.to_thread(up, home, detach=True, echo=lines.append)
+    await asyncio.to_thread(up, home, detach=True, echo=lines.append, any_ports=True)
     try:
         assert await sql(home, "SELECT x FROM kept") == 42
         second = status(home)
@@ -196,11 +240,24 @@ async def test_up_keeps_home_private_and_postgres_behind_a_password(tmp_path: Pa
     ancestors = [scratch, closed]
     before = {p: stat.S_IMODE(p.stat().st_mode) for p in ancestors}
     lines: list[str] = []
+    pfs_port = free_port()
     try:
-        await asyncio.to_thread(up, home, detach=True, echo=lines.append)
+        await asyncio.to_thread(
+            up, home, detach=True, echo=lines.append, ports={"pfs": pfs_port}, any_ports=True
+        )
         try:
             assert status(home).phase == "ready", lines
             config = load_config(home / "config.toml", environ={})
+            # `--port pfs=N` is honoured; `--any-ports` kept every other port off the defaults.
+            assert config.pfs_url == f"http://127.0.0.1:{pfs_port}"
+            others = {c.name: c.address for c in status(home).components if c.name != "pfs"}
+            defaults = set(component_ports().values())
+            assert (
+                not {
+                    int(str(address).rsplit(":", 1)[1].split("/")[0]) for address in others.values()
+                }
+                & defaults
+            ), others
             password = (home / "secrets" / "postgres-password").read_text().strip()
             assert len(password) >= 32 and password in config.database_url
             port = urlsplit(config.database_url).port
@@ -251,14 +308,18 @@ async def test_a_cli_whose_cluster_stopped_refuses_the_cluster_on_its_ports(
     home_a, home_b = scratch / "a", scratch / "b"
     lines: list[str] = []
     try:
-        await asyncio.to_thread(up, home_a, detach=True, echo=lines.append, services=PFS_ONLY)
+        await asyncio.to_thread(
+            up, home_a, detach=True, echo=lines.append, services=PFS_ONLY, any_ports=True
+        )
         pfs_a = load_config(home_a / "config.toml", environ={}).pfs_url
         await asyncio.to_thread(down, home_a, echo=lines.append)
         # B starts while A's ports are free again and takes them (as it would the defaults;
         # here B is told A's last ports, which other clusters on this machine leave free).
         (home_b / "run").mkdir(parents=True)
         shutil.copy(home_a / "run" / "state.json", home_b / "run" / "state.json")
-        await asyncio.to_thread(up, home_b, detach=True, echo=lines.append, services=PFS_ONLY)
+        await asyncio.to_thread(
+            up, home_b, detach=True, echo=lines.append, services=PFS_ONLY, any_ports=True
+        )
         try:
             assert load_config(home_b / "config.toml", environ={}).pfs_url == pfs_a
             code, err = await tusk_in(home_a, "list", "repo")

@@ -72,7 +72,11 @@ def cluster() -> Iterator[tuple[Path, dict[str, str]]]:
     (home / "config.toml").write_text('local_images = "host"\n')
     try:
         up = subprocess.run(
-            [str(TUSK), "up", "--detach"], env=env, capture_output=True, text=True, timeout=120
+            [str(TUSK), "up", "--detach", "--any-ports"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert up.returncode == 0, f"tusk up failed: {up.stderr}"
         yield home, env

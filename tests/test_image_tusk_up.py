@@ -39,7 +39,11 @@ def up_env() -> Iterator[dict[str, str]]:
     env["TUSK_HOME"] = str(home)
     try:
         up = subprocess.run(
-            [str(TUSK), "up", "--detach"], env=env, capture_output=True, text=True, timeout=120
+            [str(TUSK), "up", "--detach", "--any-ports"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert up.returncode == 0, f"tusk up failed: {up.stderr}"
         yield env

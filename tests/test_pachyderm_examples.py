@@ -99,7 +99,11 @@ def cluster_env() -> Iterator[dict[str, str]]:
     (home / "config.toml").write_text('local_images = "host"\n')
     try:
         up = subprocess.run(
-            [str(TUSK), "up", "--detach"], env=env, capture_output=True, text=True, timeout=120
+            [str(TUSK), "up", "--detach", "--any-ports"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert up.returncode == 0, f"tusk up failed: {up.stderr}"
         yield env

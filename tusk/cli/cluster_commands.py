@@ -1,4 +1,4 @@
-"""``tusk up [--detach]``, ``tusk down``, ``tusk status`` (embedded mode) and ``tusk version``."""
+"""``tusk up [--detach] [--port NAME=PORT] [--any-ports]``, ``tusk down``, ``tusk status`` (embedded mode) and ``tusk version``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,31 @@ from tusk.cli.output import echo, echo_json, output_option
 
 @click.command("up")
 @click.option("-d", "--detach", is_flag=True, help="Start in the background and return.")
-def up(detach: bool) -> None:
+@click.option(
+    "--port",
+    "ports",
+    multiple=True,
+    metavar="NAME=PORT",
+    help="Listen on PORT for component NAME (postgres, nats, pfs, pps, scheduler, s3gateway, "
+    "console); 0 for any free port. Repeatable.",
+)
+@click.option(
+    "--any-ports",
+    is_flag=True,
+    help="Put every component not named by --port on a free port the system picks, never "
+    "on the defaults (7640-7656): for clusters side by side.",
+)
+def up(detach: bool, ports: tuple[str, ...], any_ports: bool) -> None:
     """Start a local cluster under $TUSK_HOME (runs until Ctrl-C unless --detach)."""
+    from shared.platform.errors import InvalidArgument
     from tusk import embedded  # imported here: only these commands need it
+    from tusk.embedded.ports import parse_port_request
 
-    embedded.up(detach=detach, echo=click.echo)
+    try:
+        requested = dict(parse_port_request(text) for text in ports)
+    except InvalidArgument as exc:
+        raise click.BadParameter(exc.message, param_hint="--port") from None
+    embedded.up(detach=detach, echo=click.echo, ports=requested, any_ports=any_ports)
 
 
 @click.command("down")

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -56,6 +56,12 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("s3gateway", "services.s3gateway", 7655),
     ServiceSpec("console", "services.console", 7656),
 )
+
+
+def component_ports(services: Sequence[ServiceSpec] = SERVICES) -> dict[str, int]:
+    """Every component of a cluster running ``services``, by name, with its default port."""
+    defaults = {"postgres": DEFAULT_PG_PORT, "nats": DEFAULT_NATS_PORT}
+    return defaults | {spec.name: spec.default_port for spec in services}
 
 
 @dataclass

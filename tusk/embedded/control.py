@@ -8,14 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shared.platform.config import tusk_home
 from shared.platform.errors import FailedPrecondition, Unavailable
-from tusk.embedded.components import PACKAGE_ROOT, SERVICES, ServiceSpec
+from tusk.embedded.components import PACKAGE_ROOT, SERVICES, ServiceSpec, component_ports
 from tusk.embedded.layout import (
     DOWN,
     PHASE_DEGRADED,
@@ -29,6 +29,7 @@ from tusk.embedded.layout import (
     open_private,
     read_state,
 )
+from tusk.embedded.ports import check_port_requests
 from tusk.embedded.supervisor import acquire_lock, run_supervisor
 
 READY_TIMEOUT = 120.0
@@ -153,8 +154,14 @@ def up(
     detach: bool = False,
     services: Sequence[ServiceSpec] | None = None,
     echo: Callable[[str], None] = print,
+    ports: Mapping[str, int] | None = None,
+    any_ports: bool = False,
 ) -> None:
-    """Start the cluster; in the foreground until Ctrl-C, or in the background with ``detach``."""
+    """Start the cluster; in the foreground until Ctrl-C, or in the background with ``detach``.
+
+    ``ports`` (component → port, 0 for any free one) and ``any_ports`` (every other
+    component on a free port the OS picks, never a default): see ``tusk.embedded.ports``.
+    """
     layout = _layout(home)
     layout.make_dirs()
     if _is_running(layout):
@@ -163,14 +170,19 @@ def up(
         echo(f"Tusk is already running in {layout.home} (supervisor pid {pid}); see `tusk status`")
         return
     chosen = SERVICES if services is None else tuple(services)
+    requested = dict(ports or {})
+    # Refused here, before anything starts, as one line.
+    check_port_requests(component_ports(chosen), requested)
     if not detach:
-        if not run_supervisor(layout, chosen, echo):
+        if not run_supervisor(layout, chosen, echo, requested, any_ports):
             raise FailedPrecondition(f"Tusk failed to start; see {layout.logs}")
         return
-    _start_detached(layout, chosen, echo)
+    _start_detached(layout, _supervisor_argv(layout, chosen, requested, any_ports), echo)
 
 
-def _supervisor_argv(layout: Layout, services: Sequence[ServiceSpec]) -> list[str]:
+def _supervisor_argv(
+    layout: Layout, services: Sequence[ServiceSpec], ports: Mapping[str, int], any_ports: bool
+) -> list[str]:
     argv = [sys.executable, "-m", "tusk.embedded.supervisor", "--home", str(layout.home)]
     if not services:
         argv.append("--no-services")
@@ -178,12 +190,13 @@ def _supervisor_argv(layout: Layout, services: Sequence[ServiceSpec]) -> list[st
         argv += [
             arg for s in services for arg in ("--service", f"{s.name}={s.module}:{s.default_port}")
         ]
+    argv += [arg for name, port in ports.items() for arg in ("--port", f"{name}={port}")]
+    if any_ports:
+        argv.append("--any-ports")
     return argv
 
 
-def _start_detached(
-    layout: Layout, services: Sequence[ServiceSpec], echo: Callable[[str], None]
-) -> None:
+def _start_detached(layout: Layout, argv: list[str], echo: Callable[[str], None]) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
     log_path = layout.log("supervisor")
@@ -191,7 +204,7 @@ def _start_detached(
     with open_private(log_path) as log, open(os.devnull, "rb") as devnull:
         # A new session: the supervisor outlives this terminal and is not hit by its Ctrl-C.
         process = subprocess.Popen(
-            _supervisor_argv(layout, services),
+            argv,
             stdin=devnull,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,15 +27,13 @@ from shared.platform.db import ensure_database
 from shared.platform.errors import FailedPrecondition, TuskError
 from tusk.contexts import write_local_context
 from tusk.embedded.components import (
-    DEFAULT_NATS_PORT,
-    DEFAULT_PG_PORT,
     SERVICES,
     TUSK_DATABASE,
     Launch,
     ServiceSpec,
+    component_ports,
     init_postgres,
     nats_launch,
-    pick_port,
     postgres_admin_url,
     postgres_launch,
     run_as,
@@ -66,6 +64,7 @@ from tusk.embedded.layout import (
     write_private,
     write_state,
 )
+from tusk.embedded.ports import parse_port_request, plan_ports
 
 log = logging.getLogger("tusk.embedded")
 
@@ -250,10 +249,14 @@ class Supervisor:
         layout: Layout,
         services: Sequence[ServiceSpec] = SERVICES,
         progress: Callable[[str], None] = print,
+        ports: Mapping[str, int] | None = None,
+        any_ports: bool = False,
     ) -> None:
         self.layout = layout
         self.services = tuple(services)
         self.progress = progress
+        self.requested_ports = dict(ports or {})
+        self.any_ports = any_ports
         self.state = ClusterState(home=str(layout.home), supervisor_pid=os.getpid())
         self.children: list[Child] = []
         self._stop = asyncio.Event()
@@ -277,22 +280,20 @@ class Supervisor:
         write_state(self.layout, self.state)
 
     def _plan(self, password: str) -> tuple[list[Launch], list[Launch], Config]:
-        """Choose ports (last run's if still free, else defaults, else any) and the config."""
-        previous = _previous_ports(self.layout)
+        """Choose ports (``tusk.embedded.ports``) and the config."""
+        ports = plan_ports(
+            component_ports(self.services),
+            self.requested_ports,
+            _previous_ports(self.layout),
+            any_ports=self.any_ports,
+        )
         cluster_id = self.layout.cluster_id()
-        taken: set[int] = set()
-
-        def port(name: str, default: int) -> int:
-            chosen = pick_port(previous.get(name, default), taken)
-            taken.add(chosen)
-            return chosen
-
         infra = [
-            postgres_launch(self.layout, port("postgres", DEFAULT_PG_PORT), password),
-            nats_launch(self.layout, port("nats", DEFAULT_NATS_PORT)),
+            postgres_launch(self.layout, ports["postgres"], password),
+            nats_launch(self.layout, ports["nats"]),
         ]
         services = [
-            service_launch(self.layout, spec, port(spec.name, spec.default_port), cluster_id)
+            service_launch(self.layout, spec, ports[spec.name], cluster_id)
             for spec in self.services
         ]
         urls = {
@@ -416,15 +417,20 @@ def run_supervisor(
     layout: Layout,
     services: Sequence[ServiceSpec] = SERVICES,
     progress: Callable[[str], None] = print,
+    ports: Mapping[str, int] | None = None,
+    any_ports: bool = False,
 ) -> bool:
-    """Run a supervisor in this process until SIGTERM/SIGINT; False if the cluster failed."""
+    """Run a supervisor in this process until SIGTERM/SIGINT; False if the cluster failed.
+
+    ``ports`` (component → port, 0 for any) and ``any_ports``: see ``tusk.embedded.ports``.
+    """
     lock = acquire_lock(layout)
     if lock is None:
         raise FailedPrecondition(f"Tusk is already running in {layout.home}")
     # Whatever the cluster writes under $TUSK_HOME (logs, JetStream, objects) is private.
     os.umask(PRIVATE_UMASK)
     try:
-        supervisor = Supervisor(layout, services, progress)
+        supervisor = Supervisor(layout, services, progress, ports, any_ports)
 
         async def main() -> bool:
             loop = asyncio.get_running_loop()
@@ -446,6 +452,13 @@ def parse_service(text: str) -> ServiceSpec:
     return ServiceSpec(name, module, int(port))
 
 
+def _port_request(text: str) -> tuple[str, int]:
+    try:
+        return parse_port_request(text)
+    except TuskError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tusk.embedded.supervisor")
     parser.add_argument("--home", type=Path, required=True)
@@ -456,6 +469,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run this service instead of the default table (repeatable)",
     )
     parser.add_argument("--no-services", action="store_true", help="only PostgreSQL and NATS")
+    parser.add_argument(
+        "--port",
+        action="append",
+        default=[],
+        type=_port_request,
+        help="NAME=PORT: the port of one component, 0 for any free one (repeatable)",
+    )
+    parser.add_argument(
+        "--any-ports", action="store_true", help="free ports the OS picks, never the defaults"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     services: Sequence[ServiceSpec] = SERVICES
@@ -468,7 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, flush=True)
 
     try:
-        return 0 if run_supervisor(Layout(args.home), services, progress) else 1
+        ok = run_supervisor(Layout(args.home), services, progress, dict(args.port), args.any_ports)
+        return 0 if ok else 1
     except TuskError as exc:
         print(exc.message, file=sys.stderr)
         return 2
