@@ -187,9 +187,11 @@ async def _chain(pfs: PfsClient, history: int) -> tuple[str, str]:
     return raw.id, top.id
 
 
-async def _rows_read(conn: asyncpg.Connection, sql: str, commit_id: str) -> int:
+async def _rows_read(conn: asyncpg.Connection, sql: str, commit_id: str, repo: str) -> int:
     """Rows the plan's scans of pfs_commits produced (actual rows x loops)."""
-    (plan,) = json.loads(await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", commit_id))
+    (plan,) = json.loads(
+        await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", commit_id, repo)
+    )
 
     def walk(node: dict[str, Any]) -> int:
         own = 0
@@ -249,6 +251,6 @@ async def _walk_cost(conn: asyncpg.Connection, raw: str, top: str) -> tuple[int,
     async with conn.transaction():
         await conn.execute("SET LOCAL enable_seqscan = off")
         return (
-            await _rows_read(conn, FULL_PROVENANCE_SQL, top),
-            await _rows_read(conn, FULL_SUBVENANCE_SQL, raw),
+            await _rows_read(conn, FULL_PROVENANCE_SQL, top, "top"),
+            await _rows_read(conn, FULL_SUBVENANCE_SQL, raw, "raw"),
         )

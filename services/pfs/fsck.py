@@ -172,7 +172,7 @@ async def _ref_problems(pool: Pool, repo: str | None) -> AsyncIterator[FsckProbl
             """
             SELECT c.repo, c.id, p.value->>'repo' AS prov_repo, p.value->>'id' AS prov_id
             FROM pfs_commits c CROSS JOIN LATERAL jsonb_array_elements(c.provenance) p
-            LEFT JOIN pfs_commits pc ON pc.id = p.value->>'id'
+            LEFT JOIN pfs_commits pc ON pc.repo = p.value->>'repo' AND pc.id = p.value->>'id'
             WHERE pc.id IS NULL AND ($1::text IS NULL OR c.repo = $1)
             ORDER BY c.seq
             """,

@@ -99,7 +99,7 @@ async def _next(items: AsyncIterator[DiffItem]) -> DiffItem | None:
     return await anext(items, None)
 
 
-async def merge_base(conn: Conn, first: str, second: str) -> str | None:
+async def merge_base(conn: Conn, repo: str, first: str, second: str) -> str | None:
     """The newest commit both ``first`` and ``second`` descend from (None: unrelated).
 
     Walks both histories newest first (commits by ``seq``, which only grows, and a parent
@@ -111,14 +111,14 @@ async def merge_base(conn: Conn, first: str, second: str) -> str | None:
     if first == second:
         return first
     reached: dict[str, int] = {first: 1, second: 2}
-    seqs = await _seqs(conn, [first, second])
+    seqs = await _seqs(conn, repo, [first, second])
     heap = [(-seqs[c], c) for c in (first, second) if c in seqs]
     heapq.heapify(heap)
     while heap:
         _, commit = heapq.heappop(heap)
         if reached[commit] == 3:
             return commit
-        for parent, seq in await _parents(conn, commit):
+        for parent, seq in await _parents(conn, repo, commit):
             before = reached.get(parent, 0)
             reached[parent] = before | reached[commit]
             if before == 0:
@@ -126,18 +126,21 @@ async def merge_base(conn: Conn, first: str, second: str) -> str | None:
     return None  # unrelated histories (each walked to its root)
 
 
-async def _seqs(conn: Conn, commits: list[str]) -> dict[str, int]:
-    rows = await conn.fetch("SELECT id, seq FROM pfs_commits WHERE id = ANY($1::text[])", commits)
+async def _seqs(conn: Conn, repo: str, commits: list[str]) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT id, seq FROM pfs_commits WHERE repo = $2 AND id = ANY($1::text[])", commits, repo
+    )
     return {r["id"]: r["seq"] for r in rows}
 
 
-async def _parents(conn: Conn, commit: str) -> list[tuple[str, int]]:
+async def _parents(conn: Conn, repo: str, commit: str) -> list[tuple[str, int]]:
     rows = await conn.fetch(
         """
         SELECT p.id, p.seq FROM pfs_commits c
-        JOIN pfs_commits p ON p.id = c.parent OR p.id = c.second_parent
-        WHERE c.id = $1
+        JOIN pfs_commits p ON p.repo = c.repo AND (p.id = c.parent OR p.id = c.second_parent)
+        WHERE c.repo = $2 AND c.id = $1
         """,
         commit,
+        repo,
     )
     return [(r["id"], r["seq"]) for r in rows]

@@ -266,15 +266,17 @@ async def cron_triggered_branches(conn: Conn) -> list[tuple[str, str]]:
     return [(r["repo"], r["name"]) for r in rows]
 
 
-async def commits_since(conn: Conn, head: str, since: str | None, limit: int) -> int:
-    """How many commits lead from ``since`` (exclusive) to ``head`` (inclusive), counted up
-    to ``limit``; the whole history when ``since`` is not an ancestor."""
+async def commits_since(conn: Conn, repo: str, head: str, since: str | None, limit: int) -> int:
+    """How many commits of ``repo`` lead from ``since`` (exclusive) to ``head`` (inclusive),
+    counted up to ``limit``; the whole history when ``since`` is not an ancestor."""
     count = await conn.fetchval(
         """
         WITH RECURSIVE chain(id, parent, n) AS (
-            SELECT id, parent, 1 FROM pfs_commits WHERE id = $1 AND id IS DISTINCT FROM $2
+            SELECT id, parent, 1 FROM pfs_commits
+            WHERE repo = $4 AND id = $1 AND id IS DISTINCT FROM $2
             UNION ALL
-            SELECT c.id, c.parent, chain.n + 1 FROM pfs_commits c JOIN chain ON c.id = chain.parent
+            SELECT c.id, c.parent, chain.n + 1 FROM pfs_commits c
+            JOIN chain ON c.repo = $4 AND c.id = chain.parent
             WHERE c.id IS DISTINCT FROM $2 AND chain.n < $3
         )
         SELECT count(*) FROM chain
@@ -282,6 +284,7 @@ async def commits_since(conn: Conn, head: str, since: str | None, limit: int) ->
         head,
         since,
         limit,
+        repo,
     )
     return int(count or 0)
 
@@ -431,13 +434,57 @@ async def insert_commit(
     return commit_from_record(rec)
 
 
-async def get_commit(conn: Conn, commit_id: str, *, lock: bool = False) -> CommitRow | None:
+async def get_commit(
+    conn: Conn, repo: str, commit_id: str, *, lock: bool = False
+) -> CommitRow | None:
     rec = await conn.fetchrow(
-        f"SELECT {_COMMIT_COLUMNS} FROM pfs_commits WHERE id = $1"
+        f"SELECT {_COMMIT_COLUMNS} FROM pfs_commits WHERE repo = $1 AND id = $2"
         + (" FOR UPDATE" if lock else ""),
+        repo,
         commit_id,
     )
     return commit_from_record(rec) if rec else None
+
+
+async def commit_exists(conn: Conn, repo: str, commit_id: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT true FROM pfs_commits WHERE repo = $1 AND id = $2", repo, commit_id
+        )
+    )
+
+
+async def commit_set(conn: Conn, set_id: str, *, lock: bool = False) -> list[CommitRow]:
+    """The commits of a commit set (one id across repos), oldest first."""
+    rows = await conn.fetch(
+        f"SELECT {_COMMIT_COLUMNS} FROM pfs_commits WHERE id = $1 ORDER BY seq"
+        + (" FOR UPDATE" if lock else ""),
+        set_id,
+    )
+    return [commit_from_record(r) for r in rows]
+
+
+async def branch_subvenance_edges(
+    conn: Conn, branches: list[tuple[str, str]]
+) -> list[tuple[str, str, str, str]]:
+    """(prov_repo, prov_branch, repo, branch) for every branch computed from one of
+    ``branches``, at any distance (the branch provenance graph walked downstream)."""
+    rows = await conn.fetch(
+        """
+        WITH RECURSIVE down(prov_repo, prov_branch, repo, branch) AS (
+            SELECT p.prov_repo, p.prov_branch, p.repo, p.branch FROM pfs_branch_provenance p
+            JOIN unnest($1::text[], $2::text[]) AS s(repo, branch)
+              ON p.prov_repo = s.repo AND p.prov_branch = s.branch
+          UNION
+            SELECT p.prov_repo, p.prov_branch, p.repo, p.branch FROM down
+            JOIN pfs_branch_provenance p ON p.prov_repo = down.repo AND p.prov_branch = down.branch
+        )
+        SELECT * FROM down
+        """,
+        [r for r, _ in branches],
+        [b for _, b in branches],
+    )
+    return [(r["prov_repo"], r["prov_branch"], r["repo"], r["branch"]) for r in rows]
 
 
 async def resolve_ref(conn: Conn, repo: str, ref: str) -> CommitRow:
@@ -453,13 +500,13 @@ async def resolve_ref(conn: Conn, repo: str, ref: str) -> CommitRow:
         commit_id = parsed.base
     else:
         raise NotFound(f"branch or commit {parsed.base!r} not found in repo {repo}")
-    row = await get_commit(conn, commit_id)
-    if row is None or row.info.repo != repo:
+    row = await get_commit(conn, repo, commit_id)
+    if row is None:
         raise NotFound(f"commit {commit_id} not found in repo {repo}")
     for step in range(parsed.ancestors):
         if row.info.parent is None:
             raise NotFound(f"{repo}@{ref}: the history has only {step + 1} commit(s)")
-        parent = await get_commit(conn, row.info.parent)
+        parent = await get_commit(conn, repo, row.info.parent)
         if parent is None:
             raise NotFound(f"{repo}@{ref}: parent commit {row.info.parent} is gone")
         row = parent
@@ -484,7 +531,7 @@ async def resolve_readable(conn: Conn, repo: str, ref: str) -> CommitRow:
             )
         if row.info.parent is None:
             raise NotFound(f"branch {repo}@{parsed.base} has no finished commits yet")
-        parent = await get_commit(conn, row.info.parent)
+        parent = await get_commit(conn, repo, row.info.parent)
         if parent is None:
             raise NotFound(f"branch {repo}@{parsed.base} has no finished commits yet")
         row = parent
@@ -493,6 +540,7 @@ async def resolve_readable(conn: Conn, repo: str, ref: str) -> CommitRow:
 
 async def finish_commit_row(
     conn: Conn,
+    repo: str,
     commit_id: str,
     *,
     root: str | None,
@@ -506,7 +554,7 @@ async def finish_commit_row(
         UPDATE pfs_commits SET state = 'finished', root = $2, size_bytes = $3, file_count = $4,
                description = coalesce($5, description), error = $6, finished = now(),
                finishing = coalesce(finishing, now())
-        WHERE id = $1 RETURNING {_COMMIT_COLUMNS}
+        WHERE id = $1 AND repo = $7 RETURNING {_COMMIT_COLUMNS}
         """,
         commit_id,
         root,
@@ -514,9 +562,10 @@ async def finish_commit_row(
         file_count,
         description,
         error,
+        repo,
     )
     if rec is None:
-        raise NotFound(f"commit {commit_id} not found")
+        raise NotFound(f"commit {repo}@{commit_id} not found")
     return commit_from_record(rec)
 
 
@@ -525,7 +574,9 @@ async def list_commits(
 ) -> tuple[list[CommitRow], str | None]:
     before_seq = None
     if before is not None:
-        before_seq = await conn.fetchval("SELECT seq FROM pfs_commits WHERE id = $1", before)
+        before_seq = await conn.fetchval(
+            "SELECT seq FROM pfs_commits WHERE repo = $1 AND id = $2", repo, before
+        )
         if before_seq is None:
             raise InvalidArgument(f"paging cursor {before!r} is not a commit of {repo}")
     rows = await conn.fetch(
@@ -544,11 +595,11 @@ async def list_commits(
     return page, cursor
 
 
-async def commits_with_provenance(conn: Conn, commit_id: str) -> list[CommitRow]:
-    """Commits whose provenance names ``commit_id`` (its subvenance)."""
+async def commits_with_provenance(conn: Conn, repo: str, commit_id: str) -> list[CommitRow]:
+    """Commits whose provenance names ``repo@commit_id`` (its subvenance)."""
     rows = await conn.fetch(
         f"SELECT {_COMMIT_COLUMNS} FROM pfs_commits WHERE provenance @> $1::jsonb ORDER BY seq",
-        json.dumps([{"id": commit_id}]),
+        json.dumps([{"repo": repo, "id": commit_id}]),
     )
     return [commit_from_record(r) for r in rows]
 
@@ -561,49 +612,56 @@ async def commits_with_provenance(conn: Conn, commit_id: str) -> list[CommitRow]
 _COMMIT_COLUMNS_C = ", ".join(f"c.{name.strip()}" for name in _COMMIT_COLUMNS.split(","))
 
 FULL_PROVENANCE_SQL = f"""
-WITH RECURSIVE up(id) AS (
-    SELECT p->>'id' FROM pfs_commits c, jsonb_array_elements(c.provenance) p WHERE c.id = $1
+WITH RECURSIVE up(repo, id) AS (
+    SELECT p->>'repo', p->>'id' FROM pfs_commits c, jsonb_array_elements(c.provenance) p
+    WHERE c.repo = $2 AND c.id = $1
   UNION
-    SELECT p->>'id' FROM up,
-        LATERAL (SELECT c.provenance FROM pfs_commits c WHERE c.id = up.id LIMIT 1) c,
+    SELECT p->>'repo', p->>'id' FROM up,
+        LATERAL (
+            SELECT c.provenance FROM pfs_commits c WHERE c.repo = up.repo AND c.id = up.id LIMIT 1
+        ) c,
         jsonb_array_elements(c.provenance) p
 )
 SELECT {_COMMIT_COLUMNS_C} FROM up,
-    LATERAL (SELECT * FROM pfs_commits c WHERE c.id = up.id LIMIT 1) c
+    LATERAL (SELECT * FROM pfs_commits c WHERE c.repo = up.repo AND c.id = up.id LIMIT 1) c
 ORDER BY c.seq
 """
 
 FULL_SUBVENANCE_SQL = f"""
-WITH RECURSIVE down(id) AS (
-    SELECT c.id FROM pfs_commits c
-    WHERE c.provenance @> jsonb_build_array(jsonb_build_object('id', $1::text))
+WITH RECURSIVE down(repo, id) AS (
+    SELECT c.repo, c.id FROM pfs_commits c
+    WHERE c.provenance
+        @> jsonb_build_array(jsonb_build_object('repo', $2::text, 'id', $1::text))
   UNION
-    SELECT c.id FROM down,
+    SELECT c.repo, c.id FROM down,
         LATERAL (
-            SELECT c.id FROM pfs_commits c
-            WHERE c.provenance @> jsonb_build_array(jsonb_build_object('id', down.id))
+            SELECT c.repo, c.id FROM pfs_commits c
+            WHERE c.provenance
+                @> jsonb_build_array(jsonb_build_object('repo', down.repo, 'id', down.id))
             OFFSET 0
         ) c
 )
 SELECT {_COMMIT_COLUMNS_C} FROM down,
-    LATERAL (SELECT * FROM pfs_commits c WHERE c.id = down.id LIMIT 1) c
+    LATERAL (SELECT * FROM pfs_commits c WHERE c.repo = down.repo AND c.id = down.id LIMIT 1) c
 ORDER BY c.seq
 """
 
 
-async def full_provenance(conn: Conn, commit_id: str) -> list[CommitRow]:
-    """Every upstream commit of ``commit_id``, at any distance, oldest first."""
-    return [commit_from_record(r) for r in await conn.fetch(FULL_PROVENANCE_SQL, commit_id)]
+async def full_provenance(conn: Conn, repo: str, commit_id: str) -> list[CommitRow]:
+    """Every upstream commit of ``repo@commit_id``, at any distance, oldest first."""
+    rows = await conn.fetch(FULL_PROVENANCE_SQL, commit_id, repo)
+    return [commit_from_record(r) for r in rows]
 
 
-async def full_subvenance(conn: Conn, commit_id: str) -> list[CommitRow]:
-    """Every downstream commit of ``commit_id``, at any distance, oldest first."""
-    return [commit_from_record(r) for r in await conn.fetch(FULL_SUBVENANCE_SQL, commit_id)]
+async def full_subvenance(conn: Conn, repo: str, commit_id: str) -> list[CommitRow]:
+    """Every downstream commit of ``repo@commit_id``, at any distance, oldest first."""
+    rows = await conn.fetch(FULL_SUBVENANCE_SQL, commit_id, repo)
+    return [commit_from_record(r) for r in rows]
 
 
-async def unfinished_commits(conn: Conn, state: str) -> list[str]:
-    rows = await conn.fetch("SELECT id FROM pfs_commits WHERE state = $1 ORDER BY seq", state)
-    return [r["id"] for r in rows]
+async def unfinished_commits(conn: Conn, state: str) -> list[tuple[str, str]]:
+    rows = await conn.fetch("SELECT repo, id FROM pfs_commits WHERE state = $1 ORDER BY seq", state)
+    return [(r["repo"], r["id"]) for r in rows]
 
 
 def commit_payload(row: CommitRow) -> dict[str, Any]:

@@ -51,7 +51,13 @@ from shared.platform.backoff import Backoff, keep_running
 from shared.platform.bus import Bus
 from shared.platform.config import Config
 from shared.platform.db import Conn, Pool, acquire, db_ready
-from shared.platform.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from shared.platform.errors import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from shared.platform.outbox import emit
 from shared.platform.waits import wait_for
 from shared.storage.chunking import (
@@ -211,13 +217,21 @@ class PfsService:
         *,
         description: str = "",
         provenance: list[CommitRef] | None = None,
+        commit_id: str | None = None,
     ) -> CommitInfo:
+        """Open a commit on ``repo@branch``. ``commit_id`` joins it to that commit set (a
+        pipeline's output takes its triggering input commit's id); refused if the repo
+        already has a commit of that id."""
         check_name("branch", branch)
+        if commit_id is not None and not COMMIT_ID_RE.fullmatch(commit_id):
+            raise InvalidArgument(f"commit id {commit_id!r}: expected 32 hex digits")
         async with self.pool.acquire() as conn, conn.transaction():
             await refs.require_repo(conn, repo)
             head = await self._lock_or_create_branch(conn, repo, branch)
+            if commit_id is not None and await refs.commit_exists(conn, repo, commit_id):
+                raise AlreadyExists(f"repo {repo} already has a commit of set {commit_id}")
             if head is not None:
-                head_row = await refs.get_commit(conn, head)
+                head_row = await refs.get_commit(conn, repo, head)
                 if head_row is not None and not head_row.finished:
                     raise FailedPrecondition(
                         f"branch {repo}@{branch} already has open commit {head}; "
@@ -227,7 +241,7 @@ class PfsService:
                 provenance = await self._current_provenance(conn, repo, branch)
             row = await refs.insert_commit(
                 conn,
-                commit_id=refs.new_commit_id(),
+                commit_id=commit_id or refs.new_commit_id(),
                 repo=repo,
                 branch=branch,
                 parent=head,
@@ -248,17 +262,24 @@ class PfsService:
             if row.info.state != "open":
                 raise FailedPrecondition(f"commit {repo}@{row.id} is already {row.info.state}")
             await conn.execute(
-                "UPDATE pfs_commits SET state = 'finishing', finishing = now() WHERE id = $1",
+                "UPDATE pfs_commits SET state = 'finishing', finishing = now() "
+                "WHERE repo = $1 AND id = $2",
+                repo,
                 row.id,
             )
-        return await self._complete_finish(row.id, description=description, error=error)
+        return await self._complete_finish(repo, row.id, description=description, error=error)
 
     async def _complete_finish(
-        self, commit_id: str, *, description: str | None = None, error: str | None = None
+        self,
+        repo: str,
+        commit_id: str,
+        *,
+        description: str | None = None,
+        error: str | None = None,
     ) -> CommitInfo:
         """Apply a finishing commit's staged changes; idempotent, so recovery can rerun it."""
         async with self.pool.acquire() as conn:
-            row = await refs.get_commit(conn, commit_id)
+            row = await refs.get_commit(conn, repo, commit_id)
             if row is None or row.info.state == "finished":
                 raise (
                     NotFound(f"commit {commit_id} not found")
@@ -266,15 +287,16 @@ class PfsService:
                     else FailedPrecondition(f"commit {commit_id} is already finished")
                 )
             base_root = await self._parent_root(conn, row)
-            changes = await staging.all_staged(conn, commit_id)
+            changes = await staging.all_staged(conn, repo, commit_id)
         root = await self.files.apply(base_root, changes)
         count, size = await self.files.totals(root)
         async with self.pool.acquire() as conn, conn.transaction():
-            current = await refs.get_commit(conn, commit_id, lock=True)
+            current = await refs.get_commit(conn, repo, commit_id, lock=True)
             if current is None or current.info.state != "finishing":
                 raise FailedPrecondition(f"commit {commit_id} changed while finishing")
             done = await refs.finish_commit_row(
                 conn,
+                repo,
                 commit_id,
                 root=root,
                 size_bytes=size,
@@ -282,7 +304,7 @@ class PfsService:
                 description=description,
                 error=error,
             )
-            await staging.clear(conn, commit_id)
+            await staging.clear(conn, repo, commit_id)
             await self._emit_commit(conn, "commit.finished", done)
             if error is None and done.info.branch is not None:
                 await self._follow_if_head(conn, done)
@@ -339,15 +361,15 @@ class PfsService:
         """Finish commits a crash left in 'finishing' (run at start)."""
         async with self.pool.acquire() as conn:
             ids = await refs.unfinished_commits(conn, "finishing")
-        for commit_id in ids:
-            log.info("recovering commit %s left finishing", commit_id)
-            await self._complete_finish(commit_id)
+        for repo, commit_id in ids:
+            log.info("recovering commit %s@%s left finishing", repo, commit_id)
+            await self._complete_finish(repo, commit_id)
         return len(ids)
 
     async def _lock_commit(self, conn: Conn, repo: str, ref: str) -> refs.CommitRow:
         """Resolve ``ref`` and lock its commit row for the rest of the transaction."""
         resolved = await refs.resolve_ref(conn, repo, ref)
-        row = await refs.get_commit(conn, resolved.id, lock=True)
+        row = await refs.get_commit(conn, repo, resolved.id, lock=True)
         if row is None:
             raise NotFound(f"commit {repo}@{resolved.id} was deleted meanwhile")
         return row
@@ -355,7 +377,7 @@ class PfsService:
     async def _parent_root(self, conn: Conn, row: refs.CommitRow) -> str | None:
         if row.info.parent is None:
             return None
-        parent = await refs.get_commit(conn, row.info.parent)
+        parent = await refs.get_commit(conn, row.info.repo, row.info.parent)
         if parent is None:
             return None
         if not parent.finished:
@@ -380,17 +402,17 @@ class PfsService:
         """Commits whose provenance includes ``repo@ref`` (its subvenance)."""
         async with self.pool.acquire() as conn:
             row = await refs.resolve_ref(conn, repo, ref)
-            return [r.info for r in await refs.commits_with_provenance(conn, row.id)]
+            return [r.info for r in await refs.commits_with_provenance(conn, repo, row.id)]
 
     async def commit_lineage(self, repo: str, ref: str) -> dict[str, list[CommitInfo]]:
         """A commit's direct provenance, its full provenance and its full subvenance."""
         async with self.pool.acquire() as conn:
             row = await refs.resolve_ref(conn, repo, ref)
-            upstream = await refs.full_provenance(conn, row.id)
-            downstream = await refs.full_subvenance(conn, row.id)
-        direct = {p.id for p in row.info.provenance}
+            upstream = await refs.full_provenance(conn, repo, row.id)
+            downstream = await refs.full_subvenance(conn, repo, row.id)
+        direct = {(p.repo, p.id) for p in row.info.provenance}
         return {
-            "direct_provenance": [r.info for r in upstream if r.id in direct],
+            "direct_provenance": [r.info for r in upstream if (r.info.repo, r.id) in direct],
             "full_provenance": [r.info for r in upstream],
             "subvenance": [r.info for r in downstream],
         }
@@ -402,7 +424,7 @@ class PfsService:
 
         async def finished() -> CommitInfo | None:
             async with self.pool.acquire() as conn:
-                row = await refs.get_commit(conn, commit_id)
+                row = await refs.get_commit(conn, repo, commit_id)
             if row is None:
                 raise NotFound(f"commit {commit_id} was deleted while waiting")
             return row.info if row.finished else None
@@ -654,7 +676,7 @@ class PfsService:
         for attempt in range(MAX_HEAD_RETRIES):
             async with self.pool.acquire() as conn:
                 _exists, head = await refs.get_branch_head(conn, repo, branch)
-                head_row = await refs.get_commit(conn, head) if head else None
+                head_row = await refs.get_commit(conn, repo, head) if head else None
             if head_row is not None and not head_row.finished:
                 landed = await self._stage_into_open(repo, branch, head_row.id, pending)
                 if landed is not None:
@@ -712,12 +734,12 @@ class PfsService:
             for _ in range(MAX_HEAD_RETRIES):
                 async with self.pool.acquire() as conn:
                     _, head = await refs.get_branch_head(conn, repo, dest)
-                    ours = await refs.get_commit(conn, head) if head else None
+                    ours = await refs.get_commit(conn, repo, head) if head else None
                     if ours is not None and not ours.finished:
                         raise FailedPrecondition(
                             f"{repo}@{dest} has an open commit {ours.id}; finish it before merging"
                         )
-                    base = await merge_base(conn, their.id, head) if head else None
+                    base = await merge_base(conn, repo, their.id, head) if head else None
                 if ours is not None and base == their.id:
                     return "up-to-date", ours.info
                 if ours is None or base == ours.id:
@@ -726,7 +748,7 @@ class PfsService:
                         return "fast-forward", moved
                     continue
                 async with self.pool.acquire() as conn:
-                    base_row = await refs.get_commit(conn, base) if base else None
+                    base_row = await refs.get_commit(conn, repo, base) if base else None
                 plan = await plan_merge(
                     self.files.index,
                     base_row.root if base_row else None,
@@ -761,17 +783,21 @@ class PfsService:
             if target is None:
                 raise InvalidArgument(f"commit {undone.id} has no branch: name one with --branch")
             await self._check_mergeable_into(conn, repo, target)
-            parent = await refs.get_commit(conn, undone.info.parent) if undone.info.parent else None
+            parent = (
+                await refs.get_commit(conn, repo, undone.info.parent)
+                if undone.info.parent
+                else None
+            )
         async with self._lane(repo, target):
             for _ in range(MAX_HEAD_RETRIES):
                 async with self.pool.acquire() as conn:
                     _, head = await refs.get_branch_head(conn, repo, target)
-                    ours = await refs.get_commit(conn, head) if head else None
+                    ours = await refs.get_commit(conn, repo, head) if head else None
                     if ours is None or not ours.finished:
                         raise FailedPrecondition(
                             f"{repo}@{target} has no finished head commit to revert on"
                         )
-                    if await merge_base(conn, undone.id, ours.id) != undone.id:
+                    if await merge_base(conn, repo, undone.id, ours.id) != undone.id:
                         raise InvalidArgument(
                             f"commit {undone.id} is not in the history of {repo}@{target}"
                         )
@@ -864,25 +890,25 @@ class PfsService:
     ) -> CommitInfo | None:
         """Stage into the open head commit; None if it stopped being open meanwhile."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await refs.get_commit(conn, commit_id, lock=True)
+            row = await refs.get_commit(conn, repo, commit_id, lock=True)
             if row is None or row.info.state != "open":
                 return None
             base_root = await self._parent_root(conn, row)
-            changes = await self._resolve_changes(base_root, (conn, commit_id), pending)
-            await staging.stage(conn, commit_id, changes)
+            changes = await self._resolve_changes(base_root, (conn, repo, commit_id), pending)
+            await staging.stage(conn, repo, commit_id, changes)
             return row.info
 
     async def _resolve_changes(
         self,
         base_root: str | None,
-        open_commit: tuple[Conn, str] | None,
+        open_commit: tuple[Conn, str, str] | None,
         pending: PendingWrite,
     ) -> list[Change]:
         """Turn a pending write into sorted per-path changes against the current content."""
 
         async def current(path: str) -> FileEntry | None:
             if open_commit is not None:
-                staged, entry = await staging.staged_entry(open_commit[0], open_commit[1], path)
+                staged, entry = await staging.staged_entry(*open_commit, path)
                 if staged:
                     return entry
             return await self.files.get_entry(base_root, path)
@@ -894,9 +920,7 @@ class PfsService:
                 changes[key] = None
                 found = True
             if open_commit is not None:
-                for key, entry in await staging.staged_under(
-                    open_commit[0], open_commit[1], directory
-                ):
+                for key, entry in await staging.staged_under(*open_commit, directory):
                     changes[key] = None
                     found = found or entry is not None
             if not found:
@@ -1061,7 +1085,7 @@ class PfsService:
             if old_ref is None:
                 old_root = None
                 if new.info.parent is not None:
-                    parent = await refs.get_commit(conn, new.info.parent)
+                    parent = await refs.get_commit(conn, repo, new.info.parent)
                     old_root = parent.root if parent else None
             else:
                 old_root = (await refs.resolve_readable(conn, old_repo or repo, old_ref)).root

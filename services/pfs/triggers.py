@@ -96,16 +96,18 @@ async def jump_if_due(
     conditions hold; True if it moved."""
     if target.head == new_head:
         return False
-    new = await refs.get_commit(conn, new_head)
+    new = await refs.get_commit(conn, target.repo, new_head)
     if new is None or not new.finished or new.info.error is not None:
         return False  # a jump waits for finished, good data
-    old = await refs.get_commit(conn, target.head) if target.head is not None else None
+    old = await refs.get_commit(conn, target.repo, target.head) if target.head is not None else None
     if old is not None and not old.finished:
         return False  # someone is writing to the target: jumping would orphan their commit
     growth = new.info.size_bytes - (old.info.size_bytes if old is not None else 0)
     wanted = target.trigger.commits
     # Counting walks the history, so only as far as the condition needs (and only if it has one).
-    commits = await refs.commits_since(conn, new_head, target.head, wanted) if wanted else 0
+    commits = (
+        await refs.commits_since(conn, target.repo, new_head, target.head, wanted) if wanted else 0
+    )
     due = is_due(
         target.trigger, growth=growth, commits=commits, last_moved=target.head_moved, now=now
     )
