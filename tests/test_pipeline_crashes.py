@@ -6,12 +6,12 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from services.scheduler.app import build_app as build_scheduler
 from services.scheduler.backends.local import LocalBackend
 from tests.fixtures.apps import serve, stop
 from tests.fixtures.cluster import Cluster
-from tests.fixtures.servers import free_port
 from tests.test_pipelines import files, read, wait_for_jobs
 
 SLOW_COPY = {
@@ -94,8 +94,9 @@ async def test_scheduler_restart_mid_job_finishes_the_job_once_and_catches_up(
     await cluster.pfs.put_files("words", "master", files({"/c": b"3"}))
 
     backend = LocalBackend(cluster.config_path, tmp_path / "logs2")
+    # Back at its address, where PPS asks it about jobs.
     cluster.runners["scheduler"] = await serve(
-        build_scheduler(cluster.config, backend), free_port()
+        build_scheduler(cluster.config, backend), urlsplit(cluster.config.scheduler_url).port or 0
     )
 
     jobs = await wait_for_jobs(cluster, "slow", 2, timeout=90)

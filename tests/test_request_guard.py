@@ -21,7 +21,6 @@ from shared.platform.config import CLUSTER_HEADER, Config
 from shared.platform.errors import Unavailable
 from tests.fixtures.apps import serve, stop
 from tests.fixtures.pfs import RunningPfs
-from tests.fixtures.schema import apply_scheduler_schema
 from tests.fixtures.servers import free_port
 
 SPEC = {
@@ -35,8 +34,9 @@ SPEC = {
 async def pps_url(pfs: RunningPfs) -> AsyncIterator[str]:
     """A real PPS in front of the test's PFS."""
     port = free_port()
-    await apply_scheduler_schema(pfs.config)
-    runner = await serve(build_pps(pfs.config.replace(listen_port=port)), port)
+    # No scheduler here: PPS's calls to it fail fast (its pipeline events would tell it).
+    config = pfs.config.replace(listen_port=port, scheduler_url=f"http://127.0.0.1:{free_port()}")
+    runner = await serve(build_pps(config), port)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

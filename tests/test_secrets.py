@@ -36,7 +36,6 @@ from shared.platform.errors import (
 )
 from tests.fixtures.apps import serve, stop
 from tests.fixtures.pfs import RunningPfs
-from tests.fixtures.schema import apply_scheduler_schema
 from tests.fixtures.servers import free_port
 from tests.test_cli import TUSK, Tusk
 
@@ -173,8 +172,9 @@ async def pps(pfs: RunningPfs, tmp_path: Path) -> AsyncIterator[RunningPps]:
     config = pfs.config.replace(
         pps_url=f"http://127.0.0.1:{port}",
         secrets_key_file=str(tmp_path / "pps" / "pps-secrets.key"),
+        # No scheduler here: PPS's calls to it fail fast (its pipeline events would tell it).
+        scheduler_url=f"http://127.0.0.1:{free_port()}",
     )
-    await apply_scheduler_schema(config)
     runner = await serve(build_app(config), port)
     try:
         async with PpsClient(config.pps_url) as client:

@@ -1,4 +1,7 @@
-"""PPS HTTP API: pipelines, jobs, datums, logs and secrets (documented at /openapi.json)."""
+"""PPS HTTP API: pipelines, jobs, datums, logs and secrets (documented at /openapi.json).
+
+Jobs, datums and logs are the scheduler's: PPS answers them by asking it (``PpsService``).
+"""
 
 from __future__ import annotations
 
@@ -188,15 +191,13 @@ async def list_datums(request: web.Request) -> web.Response:
     if not {"all", "after", "limit"} & set(request.query):
         datums = await _svc(request).list_datums(name, job)
         return web.json_response({"datums": [d.to_json() for d in datums]})
-    limit = query_int(request, "limit", 1000, low=1, high=10000)
-    page = await _svc(request).datums_page(
+    page, cursor = await _svc(request).datums_page(
         name,
         job,
         skipped=query_bool(request, "all"),
         after=request.query.get("after", ""),
-        limit=limit,
+        limit=query_int(request, "limit", 1000, low=1, high=10000),
     )
-    cursor = page[-1].id if len(page) == limit else None
     return web.json_response({"datums": [d.to_json() for d in page], "next": cursor})
 
 
@@ -278,6 +279,17 @@ async def delete_secret(request: web.Request) -> web.Response:
     """Delete a secret that no pipeline uses."""
     await _svc(request).secrets.delete(_secret_name(request))
     return web.json_response({})
+
+
+@routes.post("/v1/internal/pipelines/{name}/workers")
+@endpoint(body=json_body({"problem": {"type": ["string", "null"]}}, required=["problem"]))
+async def report_workers(request: web.Request) -> web.Response:
+    """Internal, for the scheduler: what is wrong with a pipeline's workers (null: nothing)."""
+    problem = (await read_json(request)).get("problem")
+    if problem is not None and not isinstance(problem, str):
+        raise InvalidArgument("problem must be a string or null")
+    info = await _svc(request).report_workers(request.match_info["name"], problem)
+    return web.json_response(info.to_json())
 
 
 @routes.get("/v1/internal/secrets/{secret}/data")

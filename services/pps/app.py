@@ -10,6 +10,7 @@ from services.pps.api import BUS, SERVICE, routes
 from services.pps.service import PpsService
 from services.pps.store import migrate_pps
 from shared.api.pfs_client import PfsClient
+from shared.api.scheduler_client import SchedulerClient
 from shared.platform.config import Config
 from shared.platform.http import add_health_routes, service_application
 from shared.platform.service_resources import core_resources
@@ -25,8 +26,9 @@ def build_app(config: Config) -> web.Application:
         async with (
             core_resources(config, name="tusk-pps", migrations=[migrate_pps]) as (pool, bus),
             PfsClient(config.pfs_url, cluster_id=config.cluster_id) as pfs,
+            SchedulerClient(config.scheduler_url, cluster_id=config.cluster_id) as scheduler,
         ):
-            app[SERVICE] = PpsService(config, pool, pfs)
+            app[SERVICE] = PpsService(config, pool, pfs, scheduler)
             app[BUS] = bus
             yield
 

@@ -1,14 +1,18 @@
-"""The PPS core: pipeline specs (validated, versioned), and reads of jobs, datums and logs.
+"""The PPS core: pipeline specs (validated, versioned); jobs, datums and logs asked of
+the scheduler.
 
-Creating a pipeline makes its output repo (named after the pipeline) with
-branch provenance on its inputs, records spec version 1, and queues a first job
-over what the inputs already hold. The scheduler runs jobs; PPS only records
-what users ask for, in one transaction with the event that tells the scheduler.
+Creating a pipeline makes its output repo (named after the pipeline) with branch
+provenance on its inputs, records spec version 1, and asks for a first job over what the
+inputs already hold. PPS owns pipelines; the scheduler owns jobs. A change is recorded in
+one transaction with its ``pipeline.updated`` event (which carries the job it asks for),
+then the scheduler is told directly, so the job is there when the call returns; if the
+scheduler cannot be reached, the event tells it later.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import uuid
 from typing import Any
@@ -17,22 +21,22 @@ from services.pps import store
 from services.pps.inputs import check_pinned_commits, set_input_triggers
 from services.pps.secret_box import SecretBox, key_file_path
 from services.pps.secrets import SecretService
-from services.scheduler import store as job_store
 from shared.api.events import PipelineUpdated, subject_filter
-from shared.api.input_commits import job_inputs
 from shared.api.pfs_client import PfsClient
 from shared.api.pps_models import (
     JOB_CREATED,
     JOB_DONE,
     PIPELINE_ACTIVE,
+    PIPELINE_CRASHING,
     PIPELINE_PAUSED,
     PIPELINE_RUNNING,
     DatumInfo,
-    InputCommit,
     JobInfo,
+    JobRequest,
     LogLine,
     PipelineInfo,
 )
+from shared.api.scheduler_client import SchedulerClient
 from shared.pipeline.spec import (
     CronInput,
     PipelineSpec,
@@ -46,28 +50,28 @@ from shared.platform.config import Config
 from shared.platform.db import Conn, Pool, db_ready
 from shared.platform.errors import (
     AlreadyExists,
-    Conflict,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unavailable,
 )
 from shared.platform.outbox import emit
 from shared.platform.waits import wait_for
 
 log = logging.getLogger("tusk.pps")
 
-# A pipeline that changes between asking PFS and locking its row is resolved again, this
-# many times at most (only a storm of concurrent updates exhausts it).
-RESOLVE_TRIES = 5
 # How long ``stop job`` waits for the scheduler to end the job (it looks every second).
 STOP_WAIT_S = 30.0
 
 
 class PpsService:
-    def __init__(self, config: Config, pool: Pool, pfs: PfsClient) -> None:
+    def __init__(
+        self, config: Config, pool: Pool, pfs: PfsClient, scheduler: SchedulerClient
+    ) -> None:
         self.config = config
         self.pool = pool
         self.pfs = pfs
+        self.scheduler = scheduler
         self.secrets = SecretService(pool, SecretBox(key_file_path(config)))
 
     # Pipelines
@@ -90,8 +94,6 @@ class PpsService:
         await check_pinned_commits(self.pfs, spec)
         created_repo = await self._ensure_output_repo(spec, new=existing is None)
         try:
-            # PFS is asked before the transaction: no network call while a row is locked.
-            inputs = await job_inputs(self.pfs, spec)
             async with self.pool.acquire() as conn, conn.transaction():
                 await self.secrets.check_uses(conn, spec.transform.secrets, lock=True)
                 if existing is None:
@@ -101,20 +103,53 @@ class PpsService:
                     await store.get_pipeline(conn, spec.name, lock=True)
                     info = await store.update_pipeline_spec(conn, spec.name, spec.raw)
                     trigger = f"update:{info.version}"
-                if inputs is not None and info.state in PIPELINE_ACTIVE:
-                    await store.create_job(
-                        conn, spec.name, info.version, trigger, inputs, reprocess=reprocess
-                    )
+                job = (
+                    JobRequest(trigger, reprocess=reprocess)
+                    if info.state in PIPELINE_ACTIVE
+                    else None
+                )
                 await emit(
                     conn,
                     self.config,
-                    PipelineUpdated(pipeline=spec.name, version=info.version, state=info.state),
+                    PipelineUpdated(
+                        pipeline=spec.name, version=info.version, state=info.state, job=job
+                    ),
                 )
-                return await store.get_pipeline(conn, spec.name)
         except BaseException:
             if created_repo:
                 await self.pfs.delete_repo(spec.name, force=True)
             raise
+        await self._tell_scheduler(info, job)
+        return await self._with_last_job(info)
+
+    async def _tell_scheduler(self, info: PipelineInfo, job: JobRequest | None) -> None:
+        """Tell the scheduler (the jobs' owner) about a change PPS committed, so it knows
+        at once; if it cannot be reached, the change's event tells it later."""
+        try:
+            await self.scheduler.pipeline_changed(info, job)
+        except Unavailable as exc:
+            log.warning(
+                "pipeline %s: the scheduler learns of this change from its event: %s",
+                info.name,
+                exc.message,
+            )
+
+    async def _with_last_job(self, info: PipelineInfo) -> PipelineInfo:
+        return (await self._with_last_jobs([info], info.name))[0]
+
+    async def _with_last_jobs(
+        self, infos: list[PipelineInfo], name: str | None = None
+    ) -> list[PipelineInfo]:
+        """Pipelines with their newest job's state, asked of the scheduler; without it
+        when the scheduler cannot answer (a listing of pipelines still works)."""
+        if not infos:
+            return infos
+        try:
+            states = await self.scheduler.last_job_states(name)
+        except Unavailable as exc:
+            log.warning("pipelines listed without their jobs' states: %s", exc.message)
+            return infos
+        return [dataclasses.replace(i, last_job_state=states.get(i.name)) for i in infos]
 
     async def _check_inputs(self, spec: PipelineSpec) -> None:
         cron_repos = {leaf.repo for leaf in iter_inputs(spec.input) if isinstance(leaf, CronInput)}
@@ -168,9 +203,14 @@ class PpsService:
 
     async def list_pipelines(self) -> list[PipelineInfo]:
         async with self.pool.acquire() as conn:
-            return await store.list_pipelines(conn)
+            infos = await store.list_pipelines(conn)
+        return await self._with_last_jobs(infos)
 
     async def inspect_pipeline(self, name: str) -> PipelineInfo:
+        return await self._with_last_job(await self._pipeline(name))
+
+    async def _pipeline(self, name: str) -> PipelineInfo:
+        """PPS's own record (NotFound with a hint if there is none)."""
         async with self.pool.acquire() as conn:
             return await store.get_pipeline(conn, name)
 
@@ -185,38 +225,38 @@ class PpsService:
     async def set_running(self, name: str, running: bool) -> PipelineInfo:
         """Stop (pause) or start a pipeline; starting runs a job if inputs moved meanwhile."""
         state = PIPELINE_RUNNING if running else PIPELINE_PAUSED
-        for _ in range(RESOLVE_TRIES):
-            seen = await self.inspect_pipeline(name)
-            needs_job = running and seen.state == PIPELINE_PAUSED
-            inputs = await self._next_inputs(seen) if needs_job else None
-            async with self.pool.acquire() as conn, conn.transaction():
-                info = await store.get_pipeline(conn, name, lock=True)
-                if info.version != seen.version or info.state != seen.state:
-                    continue  # changed while PFS was asked: resolve again
-                await store.set_pipeline_state(conn, name, state)
-                if (
-                    needs_job
-                    and inputs is not None
-                    and not await self._inputs_already_processed(conn, name, inputs)
-                ):
-                    await store.create_job(
-                        conn, name, info.version, f"start:{uuid.uuid4().hex}", inputs
-                    )
-                await emit(
-                    conn,
-                    self.config,
-                    PipelineUpdated(pipeline=name, version=info.version, state=state),
-                )
-                return await store.get_pipeline(conn, name)
-        raise Conflict(f"pipeline {name} kept changing; try again")
+        async with self.pool.acquire() as conn, conn.transaction():
+            info = await store.get_pipeline(conn, name, lock=True)
+            job = (
+                JobRequest(f"start:{uuid.uuid4().hex}", unless_read=True)
+                if running and info.state == PIPELINE_PAUSED
+                else None
+            )
+            await store.set_pipeline_state(conn, name, state)
+            await emit(
+                conn,
+                self.config,
+                PipelineUpdated(pipeline=name, version=info.version, state=state, job=job),
+            )
+            info = await store.get_pipeline(conn, name)
+        await self._tell_scheduler(info, job)
+        return await self._with_last_job(info)
 
-    async def _next_inputs(self, info: PipelineInfo) -> list[InputCommit] | None:
-        """The input commits a new job of ``info``'s spec would read (asked of PFS)."""
-        return await job_inputs(self.pfs, parse_pipeline_spec(info.spec))
-
-    async def _inputs_already_processed(self, conn: Conn, name: str, inputs: list[Any]) -> bool:
-        jobs = await store.list_jobs(conn, name, 1)
-        return bool(jobs) and jobs[0].input_commits == inputs
+    async def report_workers(self, name: str, problem: str | None) -> PipelineInfo:
+        """What the scheduler sees of a pipeline's workers: an active pipeline turns
+        PIPELINE_CRASHING with ``problem`` as its reason, or back to PIPELINE_RUNNING."""
+        state, reason = (PIPELINE_CRASHING, problem) if problem else (PIPELINE_RUNNING, None)
+        async with self.pool.acquire() as conn, conn.transaction():
+            info = await store.get_pipeline(conn, name, lock=True)
+            if info.state not in PIPELINE_ACTIVE or (info.state, info.reason) == (state, reason):
+                return info
+            await store.set_pipeline_state(conn, name, state, reason)
+            await emit(
+                conn,
+                self.config,
+                PipelineUpdated(pipeline=name, version=info.version, state=state),
+            )
+            return await store.get_pipeline(conn, name)
 
     async def delete_pipeline(self, name: str, *, keep_repo: bool) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -229,6 +269,11 @@ class PpsService:
                     pipeline=name, version=info.version, state=info.state, deleted=True
                 ),
             )
+        try:
+            # Before this returns: a pipeline made again under the name starts afresh.
+            await self.scheduler.forget_pipeline(name)
+        except Unavailable as exc:
+            log.warning("pipeline %s: the scheduler forgets its jobs later: %s", name, exc.message)
         if not keep_repo:
             spec = parse_pipeline_spec(info.spec)
             crons = [leaf.repo for leaf in iter_inputs(spec.input) if isinstance(leaf, CronInput)]
@@ -237,44 +282,20 @@ class PpsService:
                     await self.pfs.delete_repo(repo, force=True)
 
     async def restart_datum(self, pipeline: str, job_id: str, datum_id: str) -> JobInfo | None:
-        """Run a datum again: forget its result and queue a job over the latest inputs."""
-        for _ in range(RESOLVE_TRIES):
-            seen = await self.inspect_pipeline(pipeline)
-            inputs = await self._next_inputs(seen)
-            async with self.pool.acquire() as conn, conn.transaction():
-                info = await store.get_pipeline(conn, pipeline, lock=True)
-                if info.version != seen.version:
-                    continue  # a new spec while PFS was asked: resolve again
-                job = await self._job(conn, pipeline, job_id)
-                datum = await store.get_job_datum(conn, job.id, datum_id)
-                if inputs is None:
-                    return None
-                # The scheduler runs the datum again even though its hash is unchanged.
-                return await store.create_job(
-                    conn,
-                    pipeline,
-                    info.version,
-                    f"restart:{uuid.uuid4().hex}",
-                    inputs,
-                    rerun=[datum.id],
-                )
-        raise Conflict(f"pipeline {pipeline} kept changing; try again")
+        """Run a datum again: the scheduler queues a job over the latest inputs that runs it
+        even though its hash is unchanged."""
+        return await self.scheduler.restart_datum(await self._pipeline(pipeline), job_id, datum_id)
 
-    # Jobs, datums, logs
-
-    async def _job(self, conn: Conn, pipeline: str, job_id: str) -> JobInfo:
-        await store.get_pipeline(conn, pipeline)
-        return await store.find_job(conn, pipeline, job_id)
+    # Jobs, datums, logs: the scheduler's, asked of it once the pipeline is known here.
 
     async def list_jobs(self, pipeline: str | None, limit: int) -> list[JobInfo]:
-        async with self.pool.acquire() as conn:
-            if pipeline is not None:
-                await store.get_pipeline(conn, pipeline)
-            return await store.list_jobs(conn, pipeline, limit)
+        if pipeline is not None:
+            await self._pipeline(pipeline)
+        return await self.scheduler.list_jobs(pipeline, limit=limit)
 
     async def inspect_job(self, pipeline: str, job_id: str) -> JobInfo:
-        async with self.pool.acquire() as conn:
-            return await self._job(conn, pipeline, job_id)
+        await self._pipeline(pipeline)
+        return await self.scheduler.inspect_job(pipeline, job_id)
 
     async def wait_job(
         self, pipeline: str, job_id: str, timeout: float | None, bus: Bus
@@ -296,37 +317,32 @@ class PpsService:
     async def stop_job(self, pipeline: str, job_id: str, bus: Bus) -> JobInfo:
         """``tusk stop job``: the scheduler (the jobs' owner) ends it JOB_KILLED; wait for that."""
         job = await self.inspect_job(pipeline, job_id)
-        async with self.pool.acquire() as conn:
-            asked = await job_store.request_stop(conn, job.id, "stopped by the user")
-        if not asked:
+        if not await self.scheduler.request_stop(pipeline, job.id, "stopped by the user"):
             raise FailedPrecondition(f"job {pipeline}@{job.id} already ended {job.state}")
         return await self.wait_job(pipeline, job.id, STOP_WAIT_S, bus)
 
     async def delete_job(self, pipeline: str, job_id: str) -> None:
         """``tusk delete job``: a finished job and its datum records, by the jobs' owner."""
         job = await self.inspect_job(pipeline, job_id)
-        async with self.pool.acquire() as conn:
-            await job_store.delete_finished_job(conn, job.id)
+        await self.scheduler.delete_job(pipeline, job.id)
 
     async def list_datums(self, pipeline: str, job_id: str) -> list[DatumInfo]:
-        async with self.pool.acquire() as conn:
-            job = await self._job(conn, pipeline, job_id)
-            return await store.list_job_datums(conn, job.id)
+        await self._pipeline(pipeline)
+        return await self.scheduler.list_datums(pipeline, job_id)
 
     async def datums_page(
         self, pipeline: str, job_id: str, *, skipped: bool, after: str, limit: int
-    ) -> list[DatumInfo]:
-        """One page of a job's datums (with the skipped ones when asked), by id."""
-        async with self.pool.acquire() as conn:
-            job = await self._job(conn, pipeline, job_id)
-            return await job_store.datums_page(
-                conn, pipeline, job.id, skipped=skipped, after=after, limit=limit
-            )
+    ) -> tuple[list[DatumInfo], str | None]:
+        """One page of a job's datums (with the skipped ones when asked), by id, and the
+        cursor of the next page."""
+        await self._pipeline(pipeline)
+        return await self.scheduler.datums_page(
+            pipeline, job_id, all_=skipped, after=after, limit=limit
+        )
 
     async def inspect_datum(self, pipeline: str, job_id: str, datum_id: str) -> DatumInfo:
-        async with self.pool.acquire() as conn:
-            job = await self._job(conn, pipeline, job_id)
-            return await store.get_job_datum(conn, job.id, datum_id)
+        await self._pipeline(pipeline)
+        return await self.scheduler.inspect_datum(pipeline, job_id, datum_id)
 
     async def logs(
         self,
@@ -336,10 +352,10 @@ class PpsService:
         after: int,
         limit: int,
     ) -> list[LogLine]:
-        async with self.pool.acquire() as conn:
-            await store.get_pipeline(conn, pipeline)
-            full_job = (await self._job(conn, pipeline, job_id)).id if job_id else None
-            return await store.read_logs(conn, pipeline, full_job, datum_id, after, limit)
+        await self._pipeline(pipeline)
+        return await self.scheduler.logs(
+            pipeline, job=job_id, datum=datum_id, after=after, limit=limit
+        )
 
     async def ready(self) -> bool:
         return await db_ready(self.pool)

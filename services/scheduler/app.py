@@ -1,4 +1,5 @@
-"""Builds the scheduler's ``web.Application``: the engine runs inside its cleanup context."""
+"""Builds the scheduler's ``web.Application``: the engine runs inside its cleanup context;
+the job, datum and log endpoints PPS asks are ``services.scheduler.api``'s."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from pathlib import Path
 
 from aiohttp import web
 
+from services.scheduler.api import ENGINE
+from services.scheduler.api import routes as job_routes
 from services.scheduler.backends import WorkerBackend
 from services.scheduler.engine import Engine
 from services.scheduler.references import references_page
 from services.scheduler.store import migrate_scheduler
 from shared.api.pfs_client import PfsClient
+from shared.api.pps_client import PpsClient
 from shared.platform.config import Config, tusk_home
 from shared.platform.db import db_ready
 from shared.platform.errors import InvalidArgument
@@ -34,7 +38,6 @@ from shared.storage.objstore import open_object_store
 
 log = logging.getLogger("tusk.scheduler")
 VERSION = "0.1.0"
-ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 ENGINE_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("engine_task", asyncio.Task)
 routes = web.RouteTableDef()
 
@@ -95,6 +98,7 @@ def _engine_ended(failure: Failure, task: asyncio.Task[None]) -> None:
 def build_app(config: Config, backend: WorkerBackend | None = None) -> web.Application:
     app = service_application(config)
     app.add_routes(routes)
+    app.add_routes(job_routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         workers = backend or make_backend(config)
@@ -105,9 +109,10 @@ def build_app(config: Config, backend: WorkerBackend | None = None) -> web.Appli
                     bus,
                 ),
                 PfsClient(config.pfs_url, cluster_id=config.cluster_id) as pfs,
+                PpsClient(config.pps_url, cluster_id=config.cluster_id) as pps,
                 open_object_store(config) as objects,
             ):
-                engine = Engine(config, pool, bus, pfs, objects, workers)
+                engine = Engine(config, pool, bus, pfs, pps, objects, workers)
                 app[ENGINE] = engine
                 task = asyncio.create_task(engine.run(), name="scheduler-engine")
                 task.add_done_callback(lambda done: _engine_ended(app[FAILURE], done))

@@ -1,6 +1,8 @@
 """The scheduler's engine: it leads, and composes the parts that do the work.
 
+- ``services.scheduler.pipelines``: the scheduler's view of PPS's pipelines, learnt from PPS.
 - ``services.scheduler.inputs``: ``commit.finished``/``branch.moved`` → JOB_CREATED jobs.
+- ``services.scheduler.job_requests``: the jobs PPS asks for (pipeline changes, restarts).
 - ``services.scheduler.jobs``: the job state machine, and datum results as they arrive.
 - ``services.scheduler.workers``: the backend's workers follow the pipelines; their
   problems show on the pipeline.
@@ -25,11 +27,14 @@ from services.scheduler.backends import WorkerBackend
 from services.scheduler.consumers import check_result, pull
 from services.scheduler.cron import CronTicker
 from services.scheduler.inputs import JobStarter
+from services.scheduler.job_requests import JobRequests
 from services.scheduler.jobs import JobDriver
+from services.scheduler.pipelines import PipelineView
 from services.scheduler.specs import SpecCache
 from services.scheduler.workers import WorkerReconciler
 from shared.api.events import subject_filter
 from shared.api.pfs_client import PfsClient
+from shared.api.pps_client import PpsClient
 from shared.platform.backoff import Backoff, keep_running
 from shared.platform.bus import Bus, results_stream_name
 from shared.platform.config import Config
@@ -56,6 +61,7 @@ class Engine:
         pool: Pool,
         bus: Bus,
         pfs: PfsClient,
+        pps: PpsClient,
         objects: ObjectStore,
         backend: WorkerBackend,
     ) -> None:
@@ -66,8 +72,10 @@ class Engine:
         self.leader = False
         specs = SpecCache()
         self.specs = specs
+        self.view = PipelineView(pool, pps)
         self.jobs = JobStarter(pool, pfs, specs)
-        self.driver = JobDriver(config, pool, bus, pfs, objects, specs)
+        self.driver = JobDriver(config, pool, bus, pfs, objects, specs, self.view)
+        self.requests = JobRequests(pool, pfs, specs, self.view, on_job=self.wake)
         self.workers = WorkerReconciler(
             config,
             pool,
@@ -75,6 +83,7 @@ class Engine:
             backend,
             specs,
             self.driver.queues,
+            self.view,
             on_unrunnable=self.driver.set_unrunnable,
         )
         self.crons = CronTicker(pool, pfs, specs)
@@ -119,6 +128,7 @@ class Engine:
     def _loops(self) -> list[tuple[str, Loop]]:
         return [
             *self._consumers(),
+            ("checking pipelines against PPS", self.view.run),
             ("driving jobs", self.driver.run),
             ("reconciling workers", self.workers.run),
             ("ticking crons", self.crons.run),
@@ -170,7 +180,8 @@ class Engine:
         if await self.jobs.on_events(batch):
             self.wake()
 
-    async def _on_pipeline_changed(self, _batch: list[bytes]) -> None:
+    async def _on_pipeline_changed(self, batch: list[bytes]) -> None:
+        await self.requests.on_events(batch)
         self.workers.poke()
         self.wake()
 

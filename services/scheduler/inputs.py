@@ -26,16 +26,14 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
-
 from services.scheduler import store
+from services.scheduler.input_commits import job_inputs, triggering_branches
 from services.scheduler.specs import SpecCache
 from shared.api.events import BranchMoved, CommitFinished, Event
-from shared.api.input_commits import job_inputs, triggering_branches
 from shared.api.pfs_client import PfsClient
 from shared.api.pps_models import PIPELINE_ACTIVE, InputCommit, JobInfo, PipelineInfo
 from shared.pipeline.spec import PipelineSpec
-from shared.platform.db import Conn, acquire
+from shared.platform.db import Conn, Pool, acquire
 from shared.platform.errors import NotFound
 
 log = logging.getLogger("tusk.scheduler")
@@ -71,7 +69,8 @@ async def create_job_unless_read(
 
     One input commit reaches the scheduler twice — as ``commit.finished`` and as the
     ``branch.moved`` of the same commit, on two consumers — and must make one job. Runs in
-    the caller's transaction: the pipeline's row lock makes the check and the insert one step.
+    the caller's transaction: the lock on the pipeline's row (in the scheduler's own view of
+    the pipelines) makes the check and the insert one step.
     With ``check_newest_read``, raises :class:`NewestReadMoved` when the branch's newest
     read is no longer ``newest_read_seen`` (the caller judged ``read`` against that one).
     """
@@ -90,7 +89,7 @@ async def create_job_unless_read(
 class JobStarter:
     """Turns input events into JOB_CREATED jobs (the engine drives them from there)."""
 
-    def __init__(self, pool: asyncpg.Pool, pfs: PfsClient, specs: SpecCache) -> None:
+    def __init__(self, pool: Pool, pfs: PfsClient, specs: SpecCache) -> None:
         self.pool = pool
         self.pfs = pfs
         self.specs = specs
@@ -224,3 +223,5 @@ class JobStarter:
                     )  # fmt: skip
             except NewestReadMoved:
                 continue  # a job over the branch was recorded meanwhile: judge again
+            except NotFound:
+                return None  # the pipeline was deleted while PFS was asked

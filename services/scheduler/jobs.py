@@ -20,6 +20,7 @@ from typing import Any
 from services.scheduler import store
 from services.scheduler.assembly import DatumOutcome, assemble, check_owners
 from services.scheduler.consumers import publish_task
+from services.scheduler.pipelines import PipelineView
 from services.scheduler.planner import (
     Baseline,
     JobPlan,
@@ -87,8 +88,10 @@ class JobDriver:
         pfs: PfsClient,
         objects: ObjectStore,
         specs: SpecCache,
+        view: PipelineView,
     ) -> None:
         self.config = config
+        self.view = view
         self.pool = pool
         self.bus = bus
         self.pfs = pfs
@@ -164,8 +167,7 @@ class JobDriver:
             self.wake()
 
     async def _spec_of(self, job: JobInfo) -> PipelineSpec:
-        async with acquire(self.pool) as conn:
-            raw = await store.pipeline_spec_version(conn, job.pipeline, job.pipeline_version)
+        raw = await self.view.spec_version(job.pipeline, job.pipeline_version)
         if raw is None:
             raise NotFound(f"spec version {job.pipeline_version} of {job.pipeline} is gone")
         return self.specs.parse(job.pipeline, job.pipeline_version, raw)

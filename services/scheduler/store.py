@@ -1,10 +1,12 @@
 """The scheduler's records in PostgreSQL: jobs, their datums, each pipeline's current
 datums and output path owners, datum logs.
 
-The scheduler owns these tables (they keep their ``pps_`` names); it reads PPS's pipelines
-and spec versions, and shows worker problems on a pipeline's state (docs/architecture.md,
-"Crossings left"). Functions take a connection so callers own their transactions; bulk
-rows go in with unnest arrays, never one INSERT per datum.
+The scheduler owns these tables (they keep their ``pps_`` names) and its view of PPS's
+pipelines (``scheduler_pipelines``, ``scheduler_pipeline_specs``), written only from PPS's
+answers (docs/architecture.md, "Owners"). This module is the scheduler's one adapter to
+PostgreSQL: no other query of the scheduler exists. Functions take a connection so
+callers own their transactions; bulk rows go in with unnest arrays, never one INSERT per
+datum.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from datetime import datetime
 from importlib.resources import files
 from typing import Any
 
-import asyncpg
-
 from shared.api.pps_models import (
     DATUM_STARTING,
     JOB_ACTIVE,
@@ -28,13 +28,14 @@ from shared.api.pps_models import (
     DatumInfo,
     InputCommit,
     JobInfo,
+    LogLine,
     PipelineInfo,
 )
-from shared.platform.db import Conn, migrate
+from shared.platform.db import Conn, Pool, Row, migrate
 from shared.platform.errors import FailedPrecondition, NotFound
 
 
-async def migrate_scheduler(pool: asyncpg.Pool) -> list[int]:
+async def migrate_scheduler(pool: Pool) -> list[int]:
     """Apply the scheduler's schema (its own history, apart from PPS's)."""
     return await migrate(pool, "scheduler", files("services.scheduler.migrations"))
 
@@ -47,10 +48,11 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-# PPS's pipelines, read here
+# The scheduler's view of PPS's pipelines (``scheduler_pipelines``): written only from
+# PPS's answers (services/scheduler/pipelines.py), read by every part of the scheduler.
 
 
-def _pipeline(rec: asyncpg.Record) -> PipelineInfo:
+def _pipeline(rec: Row) -> PipelineInfo:
     return PipelineInfo(
         name=rec["name"],
         version=rec["version"],
@@ -66,13 +68,15 @@ def _pipeline(rec: asyncpg.Record) -> PipelineInfo:
 _PIPELINE_SELECT = """
     SELECT p.*, (SELECT j.state FROM pps_jobs j WHERE j.pipeline = p.name
                  ORDER BY j.seq DESC LIMIT 1) AS last_job_state
-    FROM pps_pipelines p
+    FROM scheduler_pipelines p
 """
 
 
 async def get_pipeline(conn: Conn, name: str, *, lock: bool = False) -> PipelineInfo:
+    """The pipeline as last learnt from PPS; ``lock`` holds its row until the transaction
+    ends, so jobs of one pipeline are recorded one at a time."""
     if lock:
-        await conn.execute("SELECT 1 FROM pps_pipelines WHERE name = $1 FOR UPDATE", name)
+        await conn.execute("SELECT 1 FROM scheduler_pipelines WHERE name = $1 FOR UPDATE", name)
     rec = await conn.fetchrow(_PIPELINE_SELECT + " WHERE p.name = $1", name)
     if rec is None:
         raise NotFound(f"pipeline {name} not found (tusk list pipeline shows them)")
@@ -86,22 +90,91 @@ async def list_pipelines(conn: Conn) -> list[PipelineInfo]:
 
 
 async def pipeline_spec_version(conn: Conn, name: str, version: int) -> dict[str, Any] | None:
-    """The spec of one version of a pipeline (None if that version is gone)."""
+    """The spec of one version of a pipeline (None if this view never saw it)."""
     spec = await conn.fetchval(
-        "SELECT spec FROM pps_pipeline_versions WHERE name = $1 AND version = $2", name, version
+        "SELECT spec FROM scheduler_pipeline_specs WHERE name = $1 AND version = $2",
+        name,
+        version,
     )
     return None if spec is None else dict(_json(spec))
 
 
-async def set_pipeline_state(conn: Conn, name: str, state: str, reason: str | None = None) -> None:
-    done = await conn.execute(
-        "UPDATE pps_pipelines SET state = $2, reason = $3, updated = now() WHERE name = $1",
-        name,
-        state,
-        reason,
+async def save_pipeline(conn: Conn, info: PipelineInfo) -> bool:
+    """Record PPS's answer about a pipeline; an answer older than the stored one (by PPS's
+    ``created``, then ``updated``) changes nothing. True if recorded."""
+    recorded = await conn.fetchval(
+        """
+        INSERT INTO scheduler_pipelines AS p (name, version, state, reason, spec, created, updated)
+        VALUES ($1, $2, $3, $4, $5::jsonb, $6::timestamptz, $7::timestamptz)
+        ON CONFLICT (name) DO UPDATE SET
+            version = excluded.version, state = excluded.state, reason = excluded.reason,
+            spec = excluded.spec, created = excluded.created, updated = excluded.updated,
+            seen = clock_timestamp()
+        WHERE (excluded.created, excluded.updated) >= (p.created, p.updated)
+        RETURNING 1
+        """,
+        info.name,
+        info.version,
+        info.state,
+        info.reason,
+        json.dumps(info.spec),
+        datetime.fromisoformat(info.created),
+        datetime.fromisoformat(info.updated),
     )
-    if done.endswith(" 0"):
-        raise NotFound(f"pipeline {name} not found")
+    if recorded:
+        await save_spec_version(conn, info.name, info.version, info.spec)
+    return bool(recorded)
+
+
+async def save_spec_version(conn: Conn, name: str, version: int, spec: dict[str, Any]) -> None:
+    """Keep a spec version (the latest word wins: a pipeline made again starts at 1)."""
+    await conn.execute(
+        "INSERT INTO scheduler_pipeline_specs (name, version, spec) VALUES ($1, $2, $3::jsonb) "
+        "ON CONFLICT (name, version) DO UPDATE SET spec = excluded.spec",
+        name,
+        version,
+        json.dumps(spec),
+    )
+
+
+async def clock(conn: Conn) -> datetime:
+    """The database's clock, against which ``scheduler_pipelines.seen`` is written."""
+    value: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    return value
+
+
+async def pipelines_seen_before(conn: Conn, moment: datetime) -> list[str]:
+    rows = await conn.fetch("SELECT name FROM scheduler_pipelines WHERE seen < $1", moment)
+    return [r["name"] for r in rows]
+
+
+async def forget_pipeline(conn: Conn, name: str, *, seen_before: datetime | None = None) -> bool:
+    """Forget a deleted pipeline: its view row, spec versions, jobs with their datums,
+    current datums, output owners and logs. With ``seen_before``, only if the view row was
+    not written since (a pipeline made again meanwhile stays). True if forgotten."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT seen FROM scheduler_pipelines WHERE name = $1 FOR UPDATE", name
+        )
+        if row is not None and seen_before is not None and row["seen"] >= seen_before:
+            return False
+        await conn.execute("DELETE FROM pps_logs WHERE pipeline = $1", name)
+        await conn.execute("DELETE FROM pps_output_paths WHERE pipeline = $1", name)
+        await conn.execute("DELETE FROM pps_current_datums WHERE pipeline = $1", name)
+        await conn.execute("DELETE FROM pps_jobs WHERE pipeline = $1", name)
+        await conn.execute("DELETE FROM scheduler_pipeline_specs WHERE name = $1", name)
+        await conn.execute("DELETE FROM scheduler_pipelines WHERE name = $1", name)
+        return True
+
+
+async def last_job_states(conn: Conn, pipeline: str | None = None) -> dict[str, str]:
+    """Each pipeline's newest job's state (PPS shows it as ``last_job_state``)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (pipeline) pipeline, state FROM pps_jobs "
+        "WHERE $1::text IS NULL OR pipeline = $1 ORDER BY pipeline, seq DESC",
+        pipeline,
+    )
+    return {r["pipeline"]: r["state"] for r in rows}
 
 
 # Jobs
@@ -111,7 +184,7 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def _job(rec: asyncpg.Record) -> JobInfo:
+def _job(rec: Row) -> JobInfo:
     return JobInfo(
         id=rec["id"],
         pipeline=rec["pipeline"],
@@ -140,12 +213,17 @@ async def create_job(
     inputs: Sequence[InputCommit],
     *,
     reprocess: bool = False,
+    rerun: Sequence[str] = (),
 ) -> JobInfo | None:
-    """A new JOB_CREATED job, or None if this trigger already made one (redelivered events)."""
+    """A new JOB_CREATED job, or None if this trigger already made one (redelivered events).
+
+    ``rerun``: datum ids the job runs even if unchanged (``tusk restart datum``).
+    """
     rec = await conn.fetchrow(
         """
-        INSERT INTO pps_jobs (id, pipeline, pipeline_version, trigger, state, input_commits, reprocess)
-        VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)
+        INSERT INTO pps_jobs (id, pipeline, pipeline_version, trigger, state, input_commits,
+                              reprocess, rerun_datums)
+        VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8::jsonb)
         ON CONFLICT (pipeline, trigger) DO NOTHING
         RETURNING *
         """,
@@ -156,8 +234,38 @@ async def create_job(
         JOB_CREATED,
         json.dumps([c.__dict__ for c in inputs]),
         reprocess,
+        json.dumps(list(rerun)),
     )
     return _job(rec) if rec else None
+
+
+async def job_by_trigger(conn: Conn, pipeline: str, trigger: str) -> JobInfo | None:
+    """The job ``trigger`` made (one per trigger), if any."""
+    rec = await conn.fetchrow(
+        "SELECT * FROM pps_jobs WHERE pipeline = $1 AND trigger = $2", pipeline, trigger
+    )
+    return _job(rec) if rec else None
+
+
+async def find_job(conn: Conn, pipeline: str, job_id: str) -> JobInfo:
+    """A job of ``pipeline`` by its id or a prefix of it."""
+    rec = await conn.fetchrow(
+        "SELECT * FROM pps_jobs WHERE pipeline = $1 AND (id = $2 OR id LIKE $2 || '%') LIMIT 1",
+        pipeline,
+        job_id,
+    )
+    if rec is None:
+        raise NotFound(f"job {pipeline}@{job_id} not found (tusk list job -p {pipeline})")
+    return _job(rec)
+
+
+async def list_jobs(conn: Conn, pipeline: str | None, limit: int) -> list[JobInfo]:
+    rows = await conn.fetch(
+        "SELECT * FROM pps_jobs WHERE ($1::text IS NULL OR pipeline = $1) ORDER BY seq DESC LIMIT $2",
+        pipeline,
+        limit,
+    )
+    return [_job(r) for r in rows]
 
 
 async def job_reads(
@@ -215,7 +323,7 @@ async def jobs_to_drive(conn: Conn) -> list[JobInfo]:
     rows = await conn.fetch(
         """
         SELECT DISTINCT ON (j.pipeline) j.* FROM pps_jobs j
-        JOIN pps_pipelines p ON p.name = j.pipeline
+        JOIN scheduler_pipelines p ON p.name = j.pipeline
         WHERE j.state = ANY($1::text[]) AND p.state = ANY($2::text[])
         ORDER BY j.pipeline, j.seq
         """,
@@ -314,21 +422,40 @@ async def datums_page(
     return [_datum_info(r) for r in rows]
 
 
-def _datum_info(rec: asyncpg.Record) -> DatumInfo:
-    inputs = rec["inputs"]
+async def list_job_datums(conn: Conn, job_id: str, limit: int = 100000) -> list[DatumInfo]:
+    rows = await conn.fetch(
+        "SELECT * FROM pps_job_datums WHERE job_id = $1 ORDER BY datum_id LIMIT $2", job_id, limit
+    )
+    return [_datum_info(r) for r in rows]
+
+
+async def get_job_datum(conn: Conn, job_id: str, datum_id: str) -> DatumInfo:
+    """A datum of a job by its id or a prefix of it."""
+    rec = await conn.fetchrow(
+        "SELECT * FROM pps_job_datums WHERE job_id = $1 AND (datum_id = $2 OR datum_id LIKE $2 || '%') "
+        "ORDER BY datum_id LIMIT 1",
+        job_id,
+        datum_id,
+    )
+    if rec is None:
+        raise NotFound(f"datum {datum_id} not found in job {job_id}")
+    return _datum_info(rec)
+
+
+def _datum_info(rec: Row) -> DatumInfo:
     return DatumInfo(
         id=rec["datum_id"],
         job_id=rec["job_id"],
         state=rec["state"],
         hash=rec["hash"],
-        inputs=json.loads(inputs) if isinstance(inputs, str) else inputs,
+        inputs=_json(rec["inputs"]),
         output_files=rec["output_files"],
         output_bytes=rec["output_bytes"],
         attempts=rec["attempts"],
         error=rec["error"],
         seconds=rec["seconds"],
-        started=rec["started"].isoformat() if rec["started"] else None,
-        finished=rec["finished"].isoformat() if rec["finished"] else None,
+        started=_t(rec["started"]),
+        finished=_t(rec["finished"]),
     )
 
 
@@ -473,7 +600,7 @@ async def fail_starting_datums(conn: Conn, job_id: str, reason: str) -> None:
     )
 
 
-async def job_datum_rows(conn: Conn, job_id: str) -> list[asyncpg.Record]:
+async def job_datum_rows(conn: Conn, job_id: str) -> list[Row]:
     return list(
         await conn.fetch(
             "SELECT datum_id, hash, state, output_root, error FROM pps_job_datums WHERE job_id = $1",
@@ -604,3 +731,30 @@ async def insert_logs(
         datum_id,
         list(lines),
     )
+
+
+async def read_logs(
+    conn: Conn,
+    pipeline: str,
+    job_id: str | None,
+    datum_id: str | None,
+    after: int,
+    limit: int,
+) -> list[LogLine]:
+    """Log lines of a pipeline's datums after line ``after`` (a datum id prefix is enough)."""
+    rows = await conn.fetch(
+        """
+        SELECT * FROM pps_logs WHERE pipeline = $1 AND ($2::text IS NULL OR job_id = $2)
+          AND ($3::text IS NULL OR datum_id LIKE $3 || '%') AND id > $4
+        ORDER BY id LIMIT $5
+        """,
+        pipeline,
+        job_id,
+        datum_id,
+        after,
+        limit,
+    )
+    return [
+        LogLine(r["pipeline"], r["job_id"], r["datum_id"], _t(r["ts"]) or "", r["message"], r["id"])
+        for r in rows
+    ]

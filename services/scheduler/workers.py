@@ -1,6 +1,7 @@
 """Worker reconciliation: the backend runs workers for exactly the active pipelines, and
 what goes wrong with them (ImagePullBackOff, CrashLoopBackOff, OOMKilled …) shows on the
-pipeline (PIPELINE_CRASHING with the pod's reason) and on its running job."""
+pipeline (PIPELINE_CRASHING with the pod's reason: PPS, the pipelines' owner, is told) and
+on its running job."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from typing import Any
 
 from services.scheduler import store
 from services.scheduler.backends import WorkerBackend, WorkerSet
+from services.scheduler.pipelines import PipelineView
 from services.scheduler.specs import SpecCache
 from services.scheduler.task_queues import TaskQueues
-from shared.api.pps_models import PIPELINE_ACTIVE, PIPELINE_CRASHING, PIPELINE_RUNNING, PipelineInfo
+from shared.api.pps_models import PIPELINE_ACTIVE, PIPELINE_CRASHING, PipelineInfo
 from shared.platform.bus import Bus
 from shared.platform.config import Config
 from shared.platform.db import Pool, acquire
@@ -37,9 +39,11 @@ class WorkerReconciler:
         backend: WorkerBackend,
         specs: SpecCache,
         queues: TaskQueues,
+        view: PipelineView,
         on_unrunnable: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
         self.config = config
+        self.view = view
         self.queues = queues
         # Told which pipelines no worker can run (``fails_jobs`` problems), and why.
         self.on_unrunnable = on_unrunnable
@@ -88,18 +92,17 @@ class WorkerReconciler:
             self.on_unrunnable(
                 {name: _problem_reason(p) for name, p in problems.items() if p.get("fails_jobs")}
             )
-        async with acquire(self.pool) as conn, conn.transaction():
-            for pipeline in pipelines:
-                problem = problems.get(pipeline.name)
-                if problem is not None and pipeline.state in PIPELINE_ACTIVE:
-                    reason = _problem_reason(problem)
-                    if pipeline.state != PIPELINE_CRASHING or pipeline.reason != reason:
-                        await store.set_pipeline_state(
-                            conn, pipeline.name, PIPELINE_CRASHING, reason
-                        )
+        for pipeline in pipelines:
+            problem = problems.get(pipeline.name)
+            if problem is not None and pipeline.state in PIPELINE_ACTIVE:
+                reason = _problem_reason(problem)
+                if pipeline.state != PIPELINE_CRASHING or pipeline.reason != reason:
+                    # The pipeline's state is PPS's: it is told, the job's reason is ours.
+                    await self.view.report_workers(pipeline.name, reason)
+                    async with acquire(self.pool) as conn:
                         await store.set_running_jobs_reason(conn, pipeline.name, reason)
-                elif problem is None and pipeline.state == PIPELINE_CRASHING:
-                    await store.set_pipeline_state(conn, pipeline.name, PIPELINE_RUNNING)
+            elif problem is None and pipeline.state == PIPELINE_CRASHING:
+                await self.view.report_workers(pipeline.name, None)
 
 
 def _problem_reason(problem: dict[str, Any]) -> str:

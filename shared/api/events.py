@@ -8,7 +8,8 @@ type and repo with subject wildcards (``tusk.pfs.commit.finished.images``,
 ``tusk.pfs.*.*.images``). docs/events.md is the reference for outside subscribers.
 
 The envelope (``Event``, ``Payload``, ``subject_filter``) is ``shared.platform.envelope``,
-beside the bus that carries it; it is re-exported here. Adding an event type is one class: subclass ``PfsPayload`` (or a new domain base such as
+beside the bus that carries it; it is re-exported here. Adding an event type is one
+class: subclass ``PfsPayload`` (or a new domain base such as
 ``PpsPayload`` with its own ``subject_key``) with ``type="<noun>.<verb>"``.
 """
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from shared.api.pfs_models import CommitRef
+from shared.api.pps_models import JobRequest
 from shared.platform.envelope import (
     PAYLOAD_TYPES,
     Event,
@@ -134,11 +136,16 @@ class PpsPayload(Payload):
 
 @dataclass(frozen=True, kw_only=True)
 class PipelineUpdated(PpsPayload, type="pipeline.updated"):
-    """A pipeline was created, updated, stopped, started or deleted (``deleted``)."""
+    """A pipeline was created, updated, stopped, started or deleted (``deleted``).
+
+    ``job``: the job the change asks for (a new spec, a start), which the scheduler makes
+    if PPS's direct request did not reach it (PPS stopped right after committing).
+    """
 
     version: int
     state: str
     deleted: bool = False
+    job: JobRequest | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

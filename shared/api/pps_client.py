@@ -1,21 +1,17 @@
-"""The HTTP client SDK for PPS: pipelines, jobs, datums, logs and secrets."""
+"""The HTTP client SDK for PPS: pipelines, jobs, datums, logs and secrets (the job, datum
+and log reads are ``shared.api.jobs_api``'s)."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
 
-from shared.api.pfs_client import ServiceClient
-from shared.api.pps_models import DatumInfo, JobInfo, LogLine, PipelineInfo, SecretInfo
-
-
-def _q(part: str) -> str:
-    return quote(part, safe="")
+from shared.api.jobs_api import JobsApi
+from shared.api.jobs_api import path_part as _q
+from shared.api.pps_models import JobInfo, PipelineInfo, SecretInfo
 
 
-class PpsClient(ServiceClient):
+class PpsClient(JobsApi):
     async def create_pipeline(
         self, spec: dict[str, Any], *, update: bool = False, reprocess: bool = False
     ) -> PipelineInfo:
@@ -47,15 +43,6 @@ class PpsClient(ServiceClient):
     async def delete_pipeline(self, name: str, *, keep_repo: bool = False) -> None:
         await self.request("DELETE", f"/v1/pipelines/{_q(name)}", params={"keep_repo": keep_repo})
 
-    async def list_jobs(self, pipeline: str | None = None, *, limit: int = 100) -> list[JobInfo]:
-        body = await self.request("GET", "/v1/jobs", params={"pipeline": pipeline, "limit": limit})
-        return [JobInfo.from_json(j) for j in body["jobs"]]
-
-    async def inspect_job(self, pipeline: str, job: str) -> JobInfo:
-        return JobInfo.from_json(
-            await self.request("GET", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}")
-        )
-
     async def wait_job(self, pipeline: str, job: str, *, timeout: float | None = None) -> JobInfo:
         body = await self.request(
             "GET", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}/wait", params={"timeout": timeout}
@@ -66,58 +53,11 @@ class PpsClient(ServiceClient):
         body = await self.request("POST", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}/stop")
         return JobInfo.from_json(body)
 
-    async def delete_job(self, pipeline: str, job: str) -> None:
-        await self.request("DELETE", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}")
-
-    async def list_datums(self, pipeline: str, job: str) -> list[DatumInfo]:
-        body = await self.request("GET", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}/datums")
-        return [DatumInfo.from_json(d) for d in body["datums"]]
-
-    async def iter_datums(
-        self, pipeline: str, job: str, *, all_: bool = False, page: int = 1000
-    ) -> AsyncIterator[DatumInfo]:
-        """A job's datums by id, page by page (with ``all_``, the skipped ones too)."""
-        after = ""
-        while True:
-            params: dict[str, Any] = {"limit": page, "after": after}
-            if all_:
-                params["all"] = "true"
-            body = await self.request(
-                "GET", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}/datums", params=params
-            )
-            for datum in body["datums"]:
-                yield DatumInfo.from_json(datum)
-            if not body.get("next"):
-                return
-            after = body["next"]
-
-    async def inspect_datum(self, pipeline: str, job: str, datum: str) -> DatumInfo:
-        body = await self.request(
-            "GET", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}/datums/{_q(datum)}"
-        )
-        return DatumInfo.from_json(body)
-
     async def restart_datum(self, pipeline: str, job: str, datum: str) -> JobInfo | None:
         body = await self.request(
             "POST", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}/datums/{_q(datum)}/restart"
         )
         return JobInfo.from_json(body["job"]) if body.get("job") else None
-
-    async def logs(
-        self,
-        pipeline: str,
-        *,
-        job: str | None = None,
-        datum: str | None = None,
-        after: int = 0,
-        limit: int = 1000,
-    ) -> list[LogLine]:
-        body = await self.request(
-            "GET",
-            f"/v1/pipelines/{_q(pipeline)}/logs",
-            params={"job": job, "datum": datum, "after": after, "limit": limit},
-        )
-        return [LogLine.from_json(line) for line in body["logs"]]
 
     # Secrets
 
@@ -142,3 +82,13 @@ class PpsClient(ServiceClient):
         """A secret's values by key (for workers: PPS's internal endpoint)."""
         body = await self.request("GET", f"/v1/internal/secrets/{_q(name)}/data")
         return {key: base64.b64decode(value) for key, value in body["data"].items()}
+
+    # For the scheduler
+
+    async def report_workers(self, name: str, problem: str | None) -> PipelineInfo:
+        """Tell PPS what is wrong with a pipeline's workers (None: nothing now); an active
+        pipeline turns PIPELINE_CRASHING with that reason, or back to PIPELINE_RUNNING."""
+        body = await self.request(
+            "POST", f"/v1/internal/pipelines/{_q(name)}/workers", json_body={"problem": problem}
+        )
+        return PipelineInfo.from_json(body)

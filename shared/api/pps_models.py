@@ -59,6 +59,21 @@ class PipelineInfo(Record):
 
 
 @dataclass(frozen=True)
+class JobRequest(Record):
+    """A job PPS asks the scheduler (the jobs' owner) for when a pipeline changes.
+
+    ``trigger`` names it: one job per trigger, so asking twice (the direct call and the
+    ``pipeline.updated`` event that backs it up) makes one. ``reprocess`` runs every datum
+    again; with ``unless_read`` no job is made if the pipeline's newest job reads the same
+    input commits (a pipeline started again whose inputs did not move).
+    """
+
+    trigger: str
+    reprocess: bool = False
+    unless_read: bool = False
+
+
+@dataclass(frozen=True)
 class JobInfo(Record):
     id: str
     pipeline: str

@@ -1,8 +1,8 @@
 """Which input commits a pipeline's next job reads, asked of PFS over its API.
 
-Used by the scheduler (a job per finished input commit or moved branch) and, until it
-asks the scheduler for them, by PPS (a job when a pipeline is created, updated, started
-or a datum restarted). No database here: each service records jobs through its store.
+The scheduler's: a job per finished input commit or moved branch, and the jobs PPS asks
+for when a pipeline is created, updated or started or a datum restarted. No database
+here: jobs are recorded through ``services.scheduler.store``.
 
 An input pinned to a commit (``input.pfs.commit``) reads exactly that commit, in
 every job; commits and moves on its branch start no job (``triggering_branches``).
