@@ -21,6 +21,7 @@ from shared.api.pfs_models import (
     BranchInfo,
     CommitInfo,
     CommitRef,
+    CommitSetInfo,
     FileChange,
     FileInfo,
     PutResult,
@@ -264,8 +265,13 @@ class PfsClient(ServiceClient):
         *,
         description: str = "",
         provenance: list[CommitRef] | None = None,
+        commit_id: str | None = None,
     ) -> CommitInfo:
+        """Open a commit; ``commit_id`` joins it to that commit set (AlreadyExists if the
+        repo has a commit of the set already)."""
         body: dict[str, Any] = {"branch": branch, "description": description}
+        if commit_id is not None:
+            body["id"] = commit_id
         if provenance is not None:
             body["provenance"] = [
                 {"repo": p.repo, "branch": p.branch, "id": p.id} for p in provenance
@@ -324,6 +330,25 @@ class PfsClient(ServiceClient):
 
     async def squash_commit(self, repo: str, ref: str) -> None:
         await self.request("POST", f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/squash")
+
+    async def inspect_commit_set(self, set_id: str) -> CommitSetInfo:
+        return CommitSetInfo.from_json(await self.request("GET", f"/v1/commitsets/{_q(set_id)}"))
+
+    async def wait_commit_set(self, set_id: str, *, timeout: float | None = None) -> CommitSetInfo:
+        """Block until the set settles: finished (downstream pipelines' commits included) or
+        failed (check ``state``)."""
+        body = await self.request(
+            "GET", f"/v1/commitsets/{_q(set_id)}/wait", params={"timeout": timeout}
+        )
+        return CommitSetInfo.from_json(body)
+
+    async def delete_commit_set(self, set_id: str) -> list[CommitInfo]:
+        body = await self.request("DELETE", f"/v1/commitsets/{_q(set_id)}")
+        return [CommitInfo.from_json(c) for c in body["commits"]]
+
+    async def squash_commit_set(self, set_id: str) -> list[CommitInfo]:
+        body = await self.request("POST", f"/v1/commitsets/{_q(set_id)}/squash")
+        return [CommitInfo.from_json(c) for c in body["commits"]]
 
     async def subscribe_commits(
         self, repo: str, branch: str, *, all_: bool = False
