@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from shared.storage.file_index import FileIndex, IndexEntry
-from shared.storage.objstore import CountingStore
 from shared.storage.objstore.local import LocalStore
+from tests.fixtures.counting_store import CountingStore
 
 
 def make_entries(n: int) -> list[IndexEntry]:

@@ -28,7 +28,8 @@ from shared.storage.chunking import (
     read_range,
     write_files,
 )
-from shared.storage.objstore import CountingStore, open_object_store
+from shared.storage.objstore import open_object_store
+from tests.fixtures.counting_store import CountingStore
 
 MiB = 1 << 20
 

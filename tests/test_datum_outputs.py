@@ -15,7 +15,7 @@ from services.scheduler.tasks import DatumResult
 from shared.storage.chunking import FileEntry
 from shared.storage.file_entries import from_index_entry
 from shared.storage.file_index import FileIndex
-from shared.storage.objstore import CountingStore
+from tests.fixtures.counting_store import CountingStore
 from tests.test_datum_runner import leftovers, make_input, make_task, needs_bwrap, output_files
 
 

@@ -25,8 +25,9 @@ from shared.platform.errors import InvalidArgument
 from shared.storage.chunking import ChunkCache, FileEntry, read_all, write_files
 from shared.storage.file_entries import from_index_entry
 from shared.storage.file_index import FileIndex
-from shared.storage.objstore import CountingStore, ObjectStore
+from shared.storage.objstore import ObjectStore
 from shared.storage.objstore.local import LocalStore
+from tests.fixtures.counting_store import CountingStore
 
 needs_bwrap = pytest.mark.skipif(
     bwrap_available() is not None, reason=f"no bubblewrap sandbox: {bwrap_available()}"

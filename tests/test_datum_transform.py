@@ -10,7 +10,7 @@ import pytest
 from services.scheduler.datum_runner import run_datum
 from services.scheduler.datum_secrets import MASK
 from shared.pipeline.spec import SecretUse
-from shared.storage.objstore import CountingStore
+from tests.fixtures.counting_store import CountingStore
 from tests.test_datum_runner import (
     leftovers,
     make_input,

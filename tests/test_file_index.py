@@ -19,8 +19,8 @@ import zstandard
 from shared.platform.errors import Internal, InvalidArgument, NotFound
 from shared.storage.file_index import FileIndex, IndexEntry, list_dir
 from shared.storage.file_index.node import InternalNode, LeafNode, node_hash, store_key
-from shared.storage.objstore import CountingStore
 from shared.storage.objstore.local import LocalStore
+from tests.fixtures.counting_store import CountingStore
 
 BIG_N = 100_000
 

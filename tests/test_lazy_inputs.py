@@ -27,8 +27,8 @@ from services.scheduler.worker import lazy_inputs
 from shared.storage.chunking import ChunkCache, write_files
 from shared.storage.file_entries import from_index_entry
 from shared.storage.file_index import FileIndex
-from shared.storage.objstore import CountingStore
 from tests.fixtures.cluster import Cluster
+from tests.fixtures.counting_store import CountingStore
 
 
 def _skip_reason() -> str | None:

@@ -11,9 +11,10 @@ import pytest
 
 from shared.platform.config import Config
 from shared.platform.errors import InvalidArgument, NotFound, Unavailable
-from shared.storage.objstore import CountingStore, ObjectStore, open_object_store
+from shared.storage.objstore import ObjectStore, open_object_store
 from shared.storage.objstore.local import LocalStore
 from shared.storage.objstore.s3 import S3Store
+from tests.fixtures.counting_store import CountingStore
 from tests.fixtures.s3 import S3Server
 
 

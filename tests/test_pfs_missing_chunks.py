@@ -21,7 +21,7 @@ import pytest
 from shared.api.pfs_client import PfsClient
 from shared.platform.errors import Internal, InvalidArgument, Unavailable
 from shared.storage.chunking import EMPTY_HASH, ChunkRef, FileEntry, chunk_key
-from shared.storage.objstore import CountingStore
+from tests.fixtures.counting_store import CountingStore
 from tests.fixtures.pfs import RunningPfs
 
 TUSK = Path(sys.executable).parent / "tusk"

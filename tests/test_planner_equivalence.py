@@ -32,8 +32,8 @@ from shared.pipeline.spec import PipelineSpec, iter_inputs, parse_pipeline_spec
 from shared.storage.chunking import ChunkRef, FileEntry, hash_bytes
 from shared.storage.file_entries import to_index_entry
 from shared.storage.file_index import FileIndex
-from shared.storage.objstore import CountingStore
 from shared.storage.objstore.local import LocalStore
+from tests.fixtures.counting_store import CountingStore
 
 VERSION = 1
 STEPS = 20

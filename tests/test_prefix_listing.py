@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from shared.storage.file_index import FileIndex, IndexEntry, key_successor, scan_prefix
-from shared.storage.objstore import CountingStore
 from shared.storage.objstore.local import LocalStore
+from tests.fixtures.counting_store import CountingStore
 
 N = 20_000
 

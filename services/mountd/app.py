@@ -100,6 +100,24 @@ async def refresh_mount(request: web.Request) -> web.Response:
     return web.json_response(mount.info().to_json())
 
 
+@routes.get("/status")
+async def mountd_status(request: web.Request) -> web.Response:
+    """Work counters: ranged reads sent for mounted files, the block cache's hits and misses."""
+    source = _manager(request).source
+    cache = source.cache
+    return web.json_response(
+        {
+            "block_reads": source.requests,
+            "block_cache": {
+                "hits": cache.hits,
+                "misses": cache.misses,
+                "bytes": cache.size,
+                "limit_bytes": cache.max_bytes,
+            },
+        }
+    )
+
+
 def build_app(config: Config, settings: MountSettings | None = None) -> web.Application:
     """The mountd application: the FUSE tree lives as long as the app."""
     settings = settings or MountSettings.from_config(config)

@@ -128,6 +128,8 @@ class BlockSource:
         self.read_ahead_blocks = read_ahead_blocks
         self.objects = objects
         self.chunks = chunks
+        # Ranged reads sent (each fetches one or more blocks the cache lacked): with the
+        # block cache's hits and misses, what mountd's GET /status shows.
         self.requests = 0
         self._entries: OrderedDict[tuple[str, str], FileEntry] = OrderedDict()
 

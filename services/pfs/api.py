@@ -214,14 +214,12 @@ async def delete_branch(request: web.Request) -> web.Response:
             "branch": NAME,
             "description": TEXT,
             "provenance": {"type": "array", "items": _COMMIT_REF},
-            "id": STRING,
         }
     ),
     status=201,
 )
 async def start_commit(request: web.Request) -> web.Response:
-    """Start a commit on a branch. Body: {branch, description?, provenance?: [{repo, branch,
-    id}], id?: the commit set to join (a pipeline's output takes its input commit's id)}."""
+    """Start a commit on a branch. Body: {branch, description?, provenance?: [{repo, branch, id}]}."""
     body = await read_json(request)
     raw_prov = field(body, "provenance", list, default=None)
     provenance = None
@@ -237,7 +235,6 @@ async def start_commit(request: web.Request) -> web.Response:
         field(body, "branch", str, default="master"),
         description=field(body, "description", str, default=""),
         provenance=provenance,
-        commit_id=field(body, "id", str, default=None),
     )
     return web.json_response(info.to_json(), status=201)
 
@@ -325,44 +322,6 @@ async def squash_commit(request: web.Request) -> web.Response:
     """Remove a finished commit from history; its children keep their content."""
     await _svc(request).squash_commit(request.match_info["repo"], request.match_info["ref"])
     return web.json_response({})
-
-
-# Commit sets: one id across repos (Pachyderm 2's global IDs)
-
-
-@routes.get("/v1/commitsets/{id}")
-async def inspect_commit_set(request: web.Request) -> web.Response:
-    """A commit set: its commits in every repo, the branches it will still reach, its state."""
-    info = await _svc(request).inspect_commit_set(request.match_info["id"])
-    return web.json_response(info.to_json())
-
-
-@routes.get("/v1/commitsets/{id}/wait")
-@endpoint(query=[Query("timeout", SECONDS)])
-async def wait_commit_set(request: web.Request) -> web.Response:
-    """Block until every commit of the set is finished, those of downstream pipelines it
-    will trigger included, or one failed (?timeout=seconds)."""
-    timeout = query_seconds(request, "timeout")
-    info = await while_connected(
-        request,
-        _svc(request).wait_commit_set(request.match_info["id"], timeout, request.app[BUS]),
-    )
-    return web.json_response(info.to_json())
-
-
-@routes.delete("/v1/commitsets/{id}")
-async def delete_commit_set(request: web.Request) -> web.Response:
-    """Delete every commit of an open set (all or none)."""
-    deleted = await _svc(request).delete_commit_set(request.match_info["id"])
-    return web.json_response({"commits": [c.to_json() for c in deleted]})
-
-
-@routes.post("/v1/commitsets/{id}/squash")
-@endpoint()
-async def squash_commit_set(request: web.Request) -> web.Response:
-    """Squash every commit of a finished set (all or none)."""
-    squashed = await _svc(request).squash_commit_set(request.match_info["id"])
-    return web.json_response({"commits": [c.to_json() for c in squashed]})
 
 
 @routes.get("/v1/repos/{repo}/branches/{branch}/subscribe")

@@ -26,6 +26,15 @@ log = logging.getLogger("tusk.pfs")
 VERSION = "0.1.0"
 
 
+status_routes = web.RouteTableDef()
+
+
+@status_routes.get("/v1/status")
+async def pfs_status(request: web.Request) -> web.Response:
+    """Work counters: the file index's node reads, writes and visits, its cache's fill."""
+    return web.json_response({"file_index": request.app[SERVICE].files.index.counters()})
+
+
 async def migrate_pfs(pool: Pool) -> list[int]:
     return await migrate(pool, "pfs", files("services.pfs.migrations"))
 
@@ -33,6 +42,7 @@ async def migrate_pfs(pool: Pool) -> list[int]:
 def build_app(config: Config) -> web.Application:
     app = service_application(config)
     app.add_routes(routes)
+    app.add_routes(status_routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with (

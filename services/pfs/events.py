@@ -16,7 +16,6 @@ def commit_payload(kind: str, info: CommitInfo) -> Payload:
             commit=info.id,
             parent=info.parent,
             provenance=provenance,
-            commit_set=info.id,
         )
     return CommitFinished(
         repo=info.repo,
@@ -26,5 +25,4 @@ def commit_payload(kind: str, info: CommitInfo) -> Payload:
         provenance=provenance,
         size_bytes=info.size_bytes,
         error=info.error,
-        commit_set=info.id,
     )

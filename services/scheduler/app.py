@@ -44,7 +44,8 @@ routes = web.RouteTableDef()
 
 @routes.get("/v1/status")
 async def scheduler_status(request: web.Request) -> web.Response:
-    """Whether this scheduler leads, and the workers of each pipeline."""
+    """Whether this scheduler leads, the workers of each pipeline, and how often specs
+    were parsed (each version once while it stays cached)."""
     return web.json_response(request.app[ENGINE].status())
 
 

@@ -193,7 +193,11 @@ class Engine:
             await check_alive(conn)
 
     def status(self) -> dict[str, Any]:
-        return {"leader": self.leader, "workers": self.backend.status()}
+        return {
+            "leader": self.leader,
+            "workers": self.backend.status(),
+            "spec_cache": {"parses": self.specs.parses, "specs": len(self.specs)},
+        }
 
 
 __all__ = ["Engine"]

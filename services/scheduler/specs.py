@@ -17,7 +17,11 @@ MAX_SPECS = 4096
 
 
 class SpecCache:
-    """(pipeline, version) → its parsed spec, least recently used dropped first."""
+    """(pipeline, version) → its parsed spec, least recently used dropped first.
+
+    ``parses`` counts the parses done (misses): with ``len()``, what the scheduler's
+    ``GET /v1/status`` shows of this cache.
+    """
 
     def __init__(self, capacity: int = MAX_SPECS) -> None:
         self._capacity = capacity
@@ -25,6 +29,9 @@ class SpecCache:
             OrderedDict()
         )
         self.parses = 0
+
+    def __len__(self) -> int:
+        return len(self._specs)
 
     def parse(self, pipeline: str, version: int, raw: dict[str, Any]) -> PipelineSpec:
         key = (pipeline, version)

@@ -14,14 +14,13 @@ from urllib.parse import quote
 
 import aiohttp
 
-from shared.api.filestream import CONTENT_TYPE, Content, FileStreamReader, encode_files
+from shared.api.filestream import CONTENT_TYPE, FileStreamReader, encode_files
 from shared.api.lifecycle_models import FsckReport, GcReport
 from shared.api.names import MAX_TEXT_CHARS
 from shared.api.pfs_models import (
     BranchInfo,
     CommitInfo,
     CommitRef,
-    CommitSetInfo,
     FileChange,
     FileInfo,
     PutResult,
@@ -32,8 +31,7 @@ from shared.platform.config import CLUSTER_HEADER
 from shared.platform.errors import InvalidArgument, TuskError, Unavailable, error_from_json
 from shared.storage.chunking import FileEntry
 
-# (path, content): the content's blocks, or its bytes when already in memory (small files).
-FileSource = tuple[str, Content]
+FileSource = tuple[str, AsyncIterable[bytes]]
 T = TypeVar("T")
 
 
@@ -266,13 +264,8 @@ class PfsClient(ServiceClient):
         *,
         description: str = "",
         provenance: list[CommitRef] | None = None,
-        commit_id: str | None = None,
     ) -> CommitInfo:
-        """Open a commit; ``commit_id`` joins it to that commit set (AlreadyExists if the
-        repo has a commit of the set already)."""
         body: dict[str, Any] = {"branch": branch, "description": description}
-        if commit_id is not None:
-            body["id"] = commit_id
         if provenance is not None:
             body["provenance"] = [
                 {"repo": p.repo, "branch": p.branch, "id": p.id} for p in provenance
@@ -332,25 +325,6 @@ class PfsClient(ServiceClient):
     async def squash_commit(self, repo: str, ref: str) -> None:
         await self.request("POST", f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/squash")
 
-    async def inspect_commit_set(self, set_id: str) -> CommitSetInfo:
-        return CommitSetInfo.from_json(await self.request("GET", f"/v1/commitsets/{_q(set_id)}"))
-
-    async def wait_commit_set(self, set_id: str, *, timeout: float | None = None) -> CommitSetInfo:
-        """Block until the set settles: finished (downstream pipelines' commits included) or
-        failed (check ``state``)."""
-        body = await self.request(
-            "GET", f"/v1/commitsets/{_q(set_id)}/wait", params={"timeout": timeout}
-        )
-        return CommitSetInfo.from_json(body)
-
-    async def delete_commit_set(self, set_id: str) -> list[CommitInfo]:
-        body = await self.request("DELETE", f"/v1/commitsets/{_q(set_id)}")
-        return [CommitInfo.from_json(c) for c in body["commits"]]
-
-    async def squash_commit_set(self, set_id: str) -> list[CommitInfo]:
-        body = await self.request("POST", f"/v1/commitsets/{_q(set_id)}/squash")
-        return [CommitInfo.from_json(c) for c in body["commits"]]
-
     async def subscribe_commits(
         self, repo: str, branch: str, *, all_: bool = False
     ) -> AsyncIterator[CommitInfo]:
@@ -377,7 +351,7 @@ class PfsClient(ServiceClient):
     ) -> PutResult:
         """Upload many files in one request; all land in one commit or none do."""
 
-        async def headers() -> AsyncIterator[tuple[dict[str, Any], Content]]:
+        async def headers() -> AsyncIterator[tuple[dict[str, Any], AsyncIterable[bytes]]]:
             async for path, content in files:
                 yield {"path": path}, content
 

@@ -15,7 +15,6 @@ from shared.platform.records import Record, from_dict
 CommitState = Literal["open", "finishing", "finished"]
 FileType = Literal["file", "dir"]
 ChangeKind = Literal["added", "deleted", "modified"]
-CommitSetState = Literal["running", "finished", "failed"]
 
 
 @dataclass(frozen=True)
@@ -154,38 +153,3 @@ class PutResult(Record):
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PutResult:
         return cls(CommitInfo.from_json(data["commit"]), data.get("files", 0), data.get("bytes", 0))
-
-
-@dataclass(frozen=True)
-class CommitSetInfo(Record):
-    """A commit set (Pachyderm 2's global ID): every commit that carries one id, in every
-    repo. ``pending``: ``repo@branch`` of the branches downstream of the set that will get
-    a commit of it (a pipeline's output not made yet). ``state``: ``running`` while a commit
-    is unfinished or a branch pending, ``failed`` once a commit finished with an error,
-    else ``finished``."""
-
-    id: str
-    state: CommitSetState
-    commits: list[CommitInfo] = field(default_factory=list)
-    pending: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "state": self.state,
-            "commits": [c.to_json() for c in self.commits],
-            "pending": list(self.pending),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CommitSetInfo:
-        return cls(
-            id=data["id"],
-            state=data["state"],
-            commits=[CommitInfo.from_json(c) for c in data.get("commits") or []],
-            pending=list(data.get("pending") or []),
-        )
-
-    @property
-    def failed(self) -> list[CommitInfo]:
-        return [c for c in self.commits if c.error is not None]

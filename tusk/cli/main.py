@@ -18,7 +18,18 @@ from typing import Any
 
 import click
 
-from tusk.cli.command_index import TOP_LEVEL, VERB_NOUNS, LazyGroup
+from tusk.cli import (
+    cluster_commands,
+    commit_commands,
+    context_commands,
+    file_commands,
+    image_commands,
+    lifecycle_commands,
+    mount_commands,
+    pipeline_commands,
+    repo_commands,
+    secret_commands,
+)
 from tusk.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, report
 
 # Verb groups, in the order ``tusk --help`` lists them.
@@ -52,11 +63,8 @@ class Invocation:
     debug: bool = False
 
 
-class TuskCli(LazyGroup):
-    """The root group: reports every failure as one line (see ``tusk.cli.errors``).
-
-    Commands are imported when run (``tusk.cli.command_index``): start-up stays small.
-    """
+class TuskCli(click.Group):
+    """The root group: reports every failure as one line (see ``tusk.cli.errors``)."""
 
     def main(
         self,
@@ -102,12 +110,7 @@ def _silence_stdout() -> None:
         pass
 
 
-@click.group(
-    "tusk",
-    cls=TuskCli,
-    lazy=TOP_LEVEL,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+@click.group("tusk", cls=TuskCli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show the full traceback when something fails.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -117,8 +120,29 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _build() -> None:
-    for verb, text in VERBS.items():
-        cli.add_command(LazyGroup(verb, help=text, lazy=VERB_NOUNS[verb], verb=verb))
+    groups = {verb: click.Group(verb, help=text) for verb, text in VERBS.items()}
+    for module in (
+        repo_commands,
+        commit_commands,
+        file_commands,
+        pipeline_commands,
+        secret_commands,
+    ):
+        for verb, command in module.COMMANDS:
+            groups[verb].add_command(command)
+    for verb, command in lifecycle_commands.VERB_COMMANDS:
+        groups[verb].add_command(command)
+    for group in groups.values():
+        cli.add_command(group)
+    for command in [
+        *pipeline_commands.TOP_LEVEL,
+        *mount_commands.COMMANDS,
+        *cluster_commands.COMMANDS,
+        *context_commands.COMMANDS,
+        *image_commands.COMMANDS,
+        *lifecycle_commands.COMMANDS,
+    ]:
+        cli.add_command(command)
 
 
 _build()

@@ -36,9 +36,11 @@ class FileIndex:
 
     Trees are named by their root hash (``None`` is the empty tree) and never change;
     every operation that "modifies" a tree writes the new nodes and returns a new root.
-    Counters for tests and benchmarks: ``nodes_read`` (fetched from the store),
-    ``nodes_written`` (put into the store), ``node_visits`` (every node access,
-    cache hits included).
+    Work counters, an operator's view of the index and its node cache (PFS serves them at
+    ``GET /v1/status``; tests and benchmarks read them too): ``nodes_read`` (fetched from
+    the store: cache misses), ``nodes_written`` (put into the store), ``node_visits``
+    (every node access, cache hits included). ``counters()`` gives them with the cache's
+    fill.
     """
 
     def __init__(
@@ -69,6 +71,16 @@ class FileIndex:
         self._builder()  # refuse bad parameters now rather than at the first build
 
     # -- counters and cache -------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """The work counters since start (or ``reset_counters``) and the cache's fill."""
+        return {
+            "nodes_read": self.nodes_read,
+            "nodes_written": self.nodes_written,
+            "node_visits": self.node_visits,
+            "cache_bytes": self._cache_used,
+            "cache_limit_bytes": self.cache_bytes,
+        }
 
     def reset_counters(self) -> None:
         """Zero ``nodes_read``, ``nodes_written`` and ``node_visits``."""

@@ -11,14 +11,12 @@ same guarantees, tested against each one in ``tests/test_objstore.py``:
   in S3), in sorted order.
 
 Adapters: a local directory (``file:///abs/dir``, ``shared.storage.objstore.local``) and S3
-(``"s3"`` + ``Config.s3``, ``shared.storage.objstore.s3``). ``CountingStore`` wraps either to
-count the work a caller does, which tests use to check costs such as "a diff of k
-changes reads O(k log N) index nodes".
+(``"s3"`` + ``Config.s3``, ``shared.storage.objstore.s3``). Tests count the work a caller
+does with an adapter of their own that wraps either (``tests/fixtures/counting_store.py``).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -105,107 +103,7 @@ async def open_object_store(config: Config) -> AsyncIterator[ObjectStore]:
         await store.close()
 
 
-class CountingStore:
-    """An ``ObjectStore`` that forwards to a real one and counts calls and bytes per key.
-
-    Tests use it to assert costs: ``store.count_gets("index/")`` is how many index
-    nodes were read. Counters are per full key; the ``count_*`` methods sum those
-    whose key starts with a prefix. ``reset()`` zeroes everything.
-    """
-
-    def __init__(self, inner: ObjectStore) -> None:
-        self.inner = inner
-        self.puts: Counter[str] = Counter()
-        self.gets: Counter[str] = Counter()
-        self.exists_calls: Counter[str] = Counter()
-        self.deletes: Counter[str] = Counter()
-        self.written: Counter[str] = Counter()
-        self.read: Counter[str] = Counter()
-
-    def reset(self) -> None:
-        """Forget every count so far."""
-        for counter in (
-            self.puts,
-            self.gets,
-            self.exists_calls,
-            self.deletes,
-            self.written,
-            self.read,
-        ):
-            counter.clear()
-
-    @staticmethod
-    def _sum(counter: Counter[str], prefix: str) -> int:
-        return sum(n for key, n in counter.items() if key.startswith(prefix))
-
-    def count_puts(self, prefix: str = "") -> int:
-        """Number of ``put`` calls for keys under ``prefix``."""
-        return self._sum(self.puts, prefix)
-
-    def count_gets(self, prefix: str = "") -> int:
-        """Number of ``get`` calls (ranged or not) for keys under ``prefix``."""
-        return self._sum(self.gets, prefix)
-
-    def count_exists(self, prefix: str = "") -> int:
-        """Number of ``exists`` calls for keys under ``prefix``."""
-        return self._sum(self.exists_calls, prefix)
-
-    def count_deletes(self, prefix: str = "") -> int:
-        """Number of ``delete`` calls for keys under ``prefix``."""
-        return self._sum(self.deletes, prefix)
-
-    def bytes_written(self, prefix: str = "") -> int:
-        """Total bytes passed to ``put`` for keys under ``prefix``."""
-        return self._sum(self.written, prefix)
-
-    def bytes_read(self, prefix: str = "") -> int:
-        """Total bytes returned by ``get`` for keys under ``prefix``."""
-        return self._sum(self.read, prefix)
-
-    async def put(self, key: str, data: bytes) -> None:
-        """Forward, then count one put of ``len(data)`` bytes."""
-        await self.inner.put(key, data)
-        self.puts[key] += 1
-        self.written[key] += len(data)
-
-    async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
-        """Forward and count one get (counted even when it raises ``NotFound``)."""
-        self.gets[key] += 1
-        data = await self.inner.get(key, start, end)
-        self.read[key] += len(data)
-        return data
-
-    async def exists(self, key: str) -> bool:
-        """Forward and count."""
-        self.exists_calls[key] += 1
-        return await self.inner.exists(key)
-
-    async def delete(self, key: str) -> None:
-        """Forward and count."""
-        self.deletes[key] += 1
-        await self.inner.delete(key)
-
-    def list(self, prefix: str) -> AsyncIterator[str]:
-        """Forward (listings are not counted)."""
-        return self.inner.list(prefix)
-
-    def list_stats(self, prefix: str) -> AsyncIterator[ObjectStat]:
-        """Forward (listings are not counted)."""
-        return self.inner.list_stats(prefix)
-
-    async def delete_many(self, keys: Sequence[str]) -> None:
-        """Forward and count one delete per key."""
-        for key in keys:
-            self.deletes[key] += 1
-        await self.inner.delete_many(keys)
-
-    async def close(self) -> None:
-        """Close the wrapped store."""
-        await self.inner.close()
-
-
 __all__ = [
-    "CountingStore",
     "ObjectStat",
     "ObjectStore",
     "check_range",
