@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Debian packages later parts need (FUSE for mountd, bubblewrap for workers).
-# Never fails the build: if it cannot install, it says why in one line; tests that need
-# a missing piece skip and name it.
+# Installs the Debian packages Tusk and its tests need (FUSE for mountd, bubblewrap for
+# workers, a registry, Chromium…). Fails (exit 1, one line saying why) when one is missing
+# and cannot be installed: `make test` must not run a suite that would have nothing to
+# test with (tests/README.md: a missing part fails its tests, it never skips them).
 set -u
 need=()
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
@@ -18,14 +19,18 @@ command -v rclone >/dev/null 2>&1 || need+=(rclone)
 # Headless Chromium and its WebDriver: the web console's browser test.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+# `kubectl kustomize` renders deploy/k8s offline (tests/test_k8s_manifests.py).
+command -v kubectl >/dev/null 2>&1 || need+=(kubectl)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
-  echo "note: not root, cannot install ${need[*]}; tests needing them will skip" >&2; exit 0
+  echo "error: missing ${need[*]}; run this script as root (or install them) first" >&2; exit 1
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "note: not a Debian system (no apt-get), cannot install ${need[*]}; tests needing them will skip" >&2; exit 0
+  echo "error: missing ${need[*]} and no apt-get to install them (Debian is assumed)" >&2; exit 1
 fi
-if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; } >/tmp/tusk-apt.log 2>&1; then
-  echo "note: apt-get install ${need[*]} failed (see /tmp/tusk-apt.log); tests needing them will skip" >&2
+log=$(mktemp -t tusk-apt.XXXXXX.log)
+if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; } >"$log" 2>&1; then
+  echo "error: apt-get install ${need[*]} failed; see $log" >&2; exit 1
 fi
+rm -f "$log"
 exit 0

@@ -16,6 +16,7 @@ import tempfile
 import pytest
 
 pytest_plugins = [
+    "tests.fixtures.parts",  # first: other fixture modules import it
     "tests.fixtures.servers",
     "tests.fixtures.storage",
     "tests.fixtures.s3",

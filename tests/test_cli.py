@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from shared.api.pfs_client import PfsClient
 from shared.platform.errors import InvalidArgument, NotFound
+from tests.fixtures.parts import require, tusk_script_missing
 from tests.fixtures.servers import free_port
 from tusk.cli.args import parse_target, writable_branch
 from tusk.cli.errors import error_line
@@ -310,21 +311,11 @@ def _tusk_env(tmp_path: Path, pfs_url: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def live_pfs_url(request: pytest.FixtureRequest) -> str:
-    """The lead's ``pfs_url`` fixture (a real PFS), or a skip while it does not exist."""
-    try:
-        return str(request.getfixturevalue("pfs_url"))
-    except pytest.FixtureLookupError:
-        pytest.skip("pfs_url fixture not available")
-
-
-@pytest.fixture
-def tusk(live_pfs_url: str, tmp_path: Path) -> Iterator[Tusk]:
-    if not TUSK.exists():
-        pytest.skip("the tusk console script is not installed (pip install -e .)")
+def tusk(pfs_url: str, tmp_path: Path) -> Iterator[Tusk]:
+    require(tusk_script_missing(), "the tusk console script")
     work = tmp_path / "work"
     work.mkdir()
-    yield Tusk(_tusk_env(tmp_path, live_pfs_url), work)
+    yield Tusk(_tusk_env(tmp_path, pfs_url), work)
 
 
 async def test_put_files_then_read_them_back(tusk: Tusk, tmp_path: Path) -> None:
@@ -520,8 +511,7 @@ async def test_put_file_from_a_url_streams_the_download(tusk: Tusk, web_files: s
 
 
 async def test_unreachable_cluster_is_one_line_suggesting_tusk_up(tmp_path: Path) -> None:
-    if not TUSK.exists():
-        pytest.skip("the tusk console script is not installed (pip install -e .)")
+    require(tusk_script_missing(), "the tusk console script")
     tusk = Tusk(_tusk_env(tmp_path, f"http://127.0.0.1:{free_port()}"), tmp_path)
     assert "tusk up" in await tusk.fails("list", "repo")
 

@@ -17,6 +17,7 @@ import pytest
 from shared.api.pps_models import JobInfo
 from shared.platform.errors import InvalidArgument
 from tests.fixtures.cluster import Cluster
+from tests.fixtures.parts import require, tusk_script_missing
 from tests.test_cli import TUSK, Tusk
 from tusk.cli.pipeline_commands import input_summary, job_progress, parse_job_ref
 
@@ -67,8 +68,7 @@ input:
 
 @pytest.fixture
 def tusk(cluster: Cluster, tmp_path: Path) -> Iterator[Tusk]:
-    if not TUSK.exists():
-        pytest.skip("the tusk console script is not installed (pip install -e .)")
+    require(tusk_script_missing(), "the tusk console script")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUSK_")}
     env.update(
         TUSK_HOME=str(tmp_path / "tusk-home"),

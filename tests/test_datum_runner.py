@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.scheduler.datum_runner import run_datum
-from services.scheduler.sandbox import Sandbox, bwrap_available
+from services.scheduler.sandbox import Sandbox
 from services.scheduler.tasks import (
     DatumResult,
     DatumTask,
@@ -29,9 +29,8 @@ from shared.storage.objstore import ObjectStore
 from shared.storage.objstore.local import LocalStore
 from tests.fixtures.counting_store import CountingStore
 
-needs_bwrap = pytest.mark.skipif(
-    bwrap_available() is not None, reason=f"no bubblewrap sandbox: {bwrap_available()}"
-)
+# A missing bubblewrap fails these tests (tests/fixtures/parts.py), never skips them.
+needs_bwrap = pytest.mark.usefixtures("bubblewrap")
 
 
 async def make_input(

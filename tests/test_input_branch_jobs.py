@@ -19,6 +19,7 @@ from shared.api.events import BranchMoved, CommitFinished, Event, subject_filter
 from shared.api.pps_models import JobInfo
 from shared.platform.errors import InvalidArgument
 from tests.fixtures.cluster import Cluster
+from tests.fixtures.parts import require, tusk_script_missing
 
 TUSK = Path(sys.executable).parent / "tusk"
 # Long enough for the scheduler to have acted on an event had it wanted to.
@@ -195,8 +196,7 @@ async def test_an_input_trigger_defers_jobs_until_its_condition_holds(cluster: C
 
 
 async def test_cli_sets_a_branch_trigger(cluster: Cluster, tmp_path: Path) -> None:
-    if not TUSK.exists():
-        pytest.skip("the tusk console script is not installed (pip install -e .)")
+    require(tusk_script_missing(), "the tusk console script")
     await cluster.pfs.create_repo("raw")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUSK_")}
     env.update(TUSK_HOME=str(tmp_path / "home"), TUSK_PFS_URL=cluster.config.pfs_url)

@@ -4,7 +4,6 @@ and the pod runner protocol, against the real runner script in ``sh``."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -30,6 +29,7 @@ from services.scheduler.sandbox import SandboxSettings
 from shared.pipeline.spec import parse_pipeline_spec
 from shared.platform.config import load_config
 from shared.platform.errors import FailedPrecondition, InvalidArgument, Unavailable
+from tests.fixtures.parts import binary_missing, require
 from tests.k8s_api_double import ScriptedKubernetesApi
 
 K8S_VERSION = "1.33.0"
@@ -383,8 +383,7 @@ def test_pod_problems_read_eviction_and_unschedulable() -> None:
 @pytest.fixture
 def pod_dirs(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """The runner in ``sh`` as PID 1 of its own PID namespace, as in a container."""
-    if shutil.which("unshare") is None:
-        pytest.skip("unshare (util-linux) is not installed")
+    require(binary_missing("unshare"), "unshare (util-linux)")
     pfs, ctl = tmp_path / "pfs", tmp_path / "tusk"
     pfs.mkdir()
     ctl.mkdir()
@@ -395,7 +394,7 @@ def pod_dirs(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     deadline = time.monotonic() + 5
     while not (ctl / "go").exists():
         if proc.poll() is not None:
-            pytest.skip(f"cannot make a PID namespace here: {proc.stderr.read().decode()[:200]}")  # type: ignore[union-attr]
+            pytest.fail(f"cannot make a PID namespace here: {proc.stderr.read().decode()[:200]}")  # type: ignore[union-attr]
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail("the runner did not make its FIFOs")

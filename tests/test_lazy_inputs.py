@@ -21,7 +21,6 @@ import pytest
 
 from services.scheduler.backends.pod_sandbox import PodSandbox
 from services.scheduler.datum_runner import run_datum
-from services.scheduler.sandbox import bwrap_available
 from services.scheduler.tasks import DatumResult, DatumTask, DatumTaskFile, DatumTaskInput
 from services.scheduler.worker import lazy_inputs
 from shared.storage.chunking import ChunkCache, write_files
@@ -29,29 +28,13 @@ from shared.storage.file_entries import from_index_entry
 from shared.storage.file_index import FileIndex
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.counting_store import CountingStore
+from tests.fixtures.parts import fuse_missing
 
+# FUSE (as root: allow_other, which bubblewrap's user namespace needs) and the sandbox;
+# a missing part fails these tests (tests/fixtures/parts.py), never skips them.
+needs_fuse = pytest.mark.usefixtures("fuse", "bubblewrap")
 
-def _skip_reason() -> str | None:
-    try:
-        import pyfuse3  # noqa: F401
-    except ImportError:
-        return "pyfuse3 is not installed"
-    from shared.platform.fuse_session import fuse_unavailable_reason
-
-    if os.geteuid() != 0:
-        # allow_other (needed by bubblewrap's user namespace) is root's without fuse.conf.
-        return "lazy-input tests need root (allow_other)"
-    reason = fuse_unavailable_reason()
-    if reason is not None:
-        return reason
-    sandbox = bwrap_available()
-    return None if sandbox is None else f"no bubblewrap sandbox: {sandbox}"
-
-
-SKIP_REASON = _skip_reason()
-needs_fuse = pytest.mark.skipif(SKIP_REASON is not None, reason=f"no lazy inputs: {SKIP_REASON}")
-
-if SKIP_REASON is None:
+if fuse_missing() is None:
     from services.scheduler.lazy_fs import LazyInputs, mount_lazy_inputs
 
 MiB = 1 << 20
@@ -305,7 +288,7 @@ async def test_lazy_and_copied_inputs_mix_in_one_datum(
     assert out["/right"] == b"0\n"
 
 
-@pytest.mark.skipif(bwrap_available() is not None, reason=f"no sandbox: {bwrap_available()}")
+@pytest.mark.usefixtures("bubblewrap")
 async def test_without_a_tree_lazy_inputs_are_copied_and_the_worker_says_why(
     store: CountingStore, workdir: Path
 ) -> None:

@@ -27,26 +27,14 @@ from aiohttp import web
 from shared.api.mount_client import MountClient, MountSpec
 from shared.api.pfs_client import PfsClient
 from shared.platform.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from tests.fixtures.parts import fuse_missing
 from tests.fixtures.pfs import RunningPfs
 from tests.fixtures.servers import free_port
 
+# A missing FUSE part fails these tests (tests/fixtures/parts.py); they need root.
+pytestmark = pytest.mark.usefixtures("fuse")
 
-def _fuse_skip_reason() -> str | None:
-    try:
-        import pyfuse3  # noqa: F401
-    except ImportError:
-        return "pyfuse3 is not installed"
-    from services.mountd.session import fuse_unavailable_reason
-
-    if os.geteuid() != 0:
-        return "FUSE tests need root (allow_other, and a non-root user for EACCES)"
-    return fuse_unavailable_reason()
-
-
-SKIP_REASON = _fuse_skip_reason()
-pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=f"no FUSE: {SKIP_REASON}")
-
-if SKIP_REASON is None:
+if fuse_missing() is None:
     from services.mountd.app import MANAGER, build_app
     from services.mountd.mounts import MountManager
     from services.mountd.runtime import MountSettings

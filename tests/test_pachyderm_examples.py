@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from services.scheduler.sandbox import bwrap_available
+from tests.fixtures.parts import bubblewrap_missing, require
 from tests.fixtures.servers import server_scratch_dir
 from tests.test_cli import TUSK, Tusk
 from tests.test_embedded import processes_mentioning
@@ -85,9 +85,7 @@ def cluster_env() -> Iterator[dict[str, str]]:
 
     Afterwards ``tusk down`` must stop it and leave no process that names the home.
     """
-    reason = bwrap_available()
-    if reason is not None:
-        pytest.skip(f"pipelines need bubblewrap: {reason}")
+    require(bubblewrap_missing(), "bubblewrap (datum sandboxes)")
     # Outside pytest's basetemp: PostgreSQL runs as its own user and must reach its files.
     scratch = server_scratch_dir("tusk-pachyderm-examples-")
     home = scratch / "home"

@@ -136,7 +136,7 @@ async def run_tusk(tmp_path: Path, pfs_url: str, *args: str) -> tuple[int, str]:
     return process.returncode, err.decode()
 
 
-@pytest.mark.skipif(not TUSK.exists(), reason="the tusk console script is not installed")
+@pytest.mark.usefixtures("tusk_script")
 async def test_the_cli_reports_lost_chunks_in_one_line_and_exits_non_zero(
     pfs: RunningPfs, tmp_path: Path
 ) -> None:

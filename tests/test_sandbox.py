@@ -20,9 +20,8 @@ from services.scheduler.sandbox import (
 )
 from shared.platform.errors import InvalidArgument
 
-pytestmark = pytest.mark.skipif(
-    bwrap_available() is not None, reason=f"no bubblewrap sandbox: {bwrap_available()}"
-)
+# A missing bubblewrap fails these tests (tests/fixtures/parts.py), never skips them.
+pytestmark = pytest.mark.usefixtures("bubblewrap")
 
 
 @pytest.fixture

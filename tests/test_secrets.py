@@ -35,9 +35,10 @@ from shared.platform.errors import (
     TooLarge,
 )
 from tests.fixtures.apps import serve, stop
+from tests.fixtures.parts import require, tusk_script_missing
 from tests.fixtures.pfs import RunningPfs
 from tests.fixtures.servers import free_port
-from tests.test_cli import TUSK, Tusk
+from tests.test_cli import Tusk
 
 PASSWORD = "hunter2-s3cr3t-value"
 TOKEN = "tok-9f8e7d6c5b4a"
@@ -291,8 +292,7 @@ async def test_pipelines_may_only_name_secrets_that_exist(pps: RunningPps) -> No
 
 
 async def test_secret_commands_end_to_end(pps: RunningPps, tmp_path: Path) -> None:
-    if not TUSK.exists():
-        pytest.skip("the tusk console script is not installed (pip install -e .)")
+    require(tusk_script_missing(), "the tusk console script")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUSK_")}
     env.update(TUSK_HOME=str(tmp_path / "tusk-home"), TUSK_PPS_URL=pps.url)
     work = tmp_path / "work"

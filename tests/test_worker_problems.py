@@ -9,9 +9,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-
-pytest.importorskip("kubernetes_asyncio", reason="the kubernetes extra is not installed")
-
 from kubernetes_asyncio import client
 
 from services.pfs.app import build_app as build_pfs
