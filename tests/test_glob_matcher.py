@@ -263,10 +263,11 @@ def test_pathological_globs_match_in_linear_time(pattern: str, length: int) -> N
     glob.match("/warm-up")
     for path in hostile_paths(length):
         assert len(path) == length
-        started = time.perf_counter()
+        # CPU time of this thread: a loaded machine's wait for a core is not matching.
+        started = time.thread_time()
         glob.match(path)
         glob.groups(path)
-        elapsed = time.perf_counter() - started
+        elapsed = time.thread_time() - started
         print(f"{pattern} on {length} chars: {elapsed * 1000:.2f} ms")
         # The regex took 6.7 s on 100 characters; a linear matcher takes well under 1 ms.
         assert elapsed < 0.05, f"{pattern} on a {length}-character path took {elapsed:.3f}s"
@@ -276,10 +277,10 @@ def test_segment_matchers_are_linear_too() -> None:
     glob = compile_glob("/data/*a*a*a*a*a*c/x")
     segment = glob.segments[1]
     assert isinstance(segment, Matcher)
-    started = time.perf_counter()
+    started = time.thread_time()
     assert not segment.match("a" * 4000)
     assert segment.match("a" * 4000 + "c")
-    assert time.perf_counter() - started < 0.05
+    assert time.thread_time() - started < 0.05
 
 
 def test_the_state_cache_stays_bounded_and_answers_stay_right() -> None:
