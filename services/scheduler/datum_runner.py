@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -135,6 +136,7 @@ async def run_datum(
     index: FileIndex | None = None,
     lazy: LazyInputs | None = None,
     secrets: SecretValues | None = None,
+    reaper: ScratchReaper | None = None,
 ) -> DatumResult:
     """Run one datum and return its result; on success its ``/pfs/out`` is stored.
 
@@ -143,7 +145,8 @@ async def run_datum(
     datums; ``index`` (a ``FileIndex`` over ``store``) is reused across datums when
     given, which saves its set-up per datum. ``lazy`` is the worker's lazy-input tree:
     with it, ``lazy`` inputs are served from the chunk store instead of copied.
-    ``secrets`` holds the data of the secrets ``task.secrets`` names.
+    ``secrets`` holds the data of the secrets ``task.secrets`` names. With a ``reaper``
+    the scratch directory is handed to it instead of being removed before returning.
     """
     run = _Run(Path(tempfile.mkdtemp(prefix="datum-", dir=workdir)), time.monotonic(), [])
     values = secrets or {}
@@ -160,7 +163,8 @@ async def run_datum(
             result = replace(result, logs=mask(result.logs, hidden), error=error)
         return result
     finally:
-        await _remove_tree(run.scratch, small=run.small)
+        if reaper is None or not reaper.discard(run.scratch):
+            await _remove_tree(run.scratch, small=run.small)
 
 
 async def _run(
@@ -264,6 +268,45 @@ async def _remove_tree(path: Path, *, small: bool) -> None:
         return
     # Shielded so a second cancel cannot leave the datum's files behind.
     await asyncio.shield(asyncio.to_thread(_remove_now, path))
+
+
+class ScratchReaper:
+    """Removes datums' scratch directories off the datums' path.
+
+    ``discard`` moves a tree into the reaper's trash with one rename, so the datum is done
+    with it at once; ``run`` (a task its owner keeps) empties the trash in a thread. The
+    removal was ~14% of a worker's event loop over tiny datums (one rmdir or unlink per
+    entry, each a journal transaction of the disk's filesystem) and held the next datum
+    back; in a thread it overlaps the sandboxes instead. The trash lives in the worker's
+    scratch directory, so whatever is left of it at exit goes with that directory.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.trash = workdir / ".trash"
+        self.trash.mkdir(exist_ok=True)
+        self._pending = asyncio.Event()
+
+    def discard(self, path: Path) -> bool:
+        """Move ``path`` into the trash; False if it could not be (remove it yourself)."""
+        try:
+            os.rename(path, self.trash / path.name)
+        except OSError:
+            return False
+        self._pending.set()
+        return True
+
+    async def run(self) -> None:
+        """Empty the trash whenever something is discarded, until cancelled."""
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            await asyncio.to_thread(self._empty)
+
+    def _empty(self) -> None:
+        with os.scandir(self.trash) as entries:
+            names = [entry.path for entry in entries]
+        for name in names:
+            _remove_now(Path(name))
 
 
 def _remove_now(path: Path) -> None:
@@ -373,7 +416,8 @@ async def _materialise(
             places[item.name] = served / item.name
             continue
         root = places[item.name] = pfs / item.name
-        root.mkdir()
+        # Already there for a batch's next datum (datum_batch: the sandbox binds it).
+        root.mkdir(exist_ok=True)
         jobs.extend(
             (root / relative, None if item.empty_files else entry)
             for relative, entry in item.files.items()
@@ -486,4 +530,4 @@ def _recovery_outcome(failed: _Outcome, run: SandboxRun, task: DatumTask) -> _Ou
     return _Outcome("FAILED", failed.exit_code, f"{failed.error}; {error}")
 
 
-__all__ = ["DEFAULT_WORKING_DIR", "mounted_inputs", "run_datum"]
+__all__ = ["DEFAULT_WORKING_DIR", "ScratchReaper", "mounted_inputs", "run_datum"]

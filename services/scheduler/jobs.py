@@ -36,6 +36,9 @@ from services.scheduler.tasks import (
     DatumTask,
     DatumTaskFile,
     DatumTaskInput,
+    batch_envelope,
+    batch_size,
+    batch_tasks,
     task_envelope,
     task_ref_envelope,
 )
@@ -140,30 +143,34 @@ class JobDriver:
 
     async def record_results(self, batch: list[bytes]) -> None:
         """Record a batch of datum results in one transaction (a duplicate changes nothing)."""
-        applied_any = False
+        bodies = [json.loads(data) for data in batch]
+        results = [DatumResult.from_json(body["result"]) for body in bodies]
+        rows = [
+            store.ResultRow(
+                body["job_id"],
+                body["datum_id"],
+                result.state,
+                result.output_root,
+                result.output_files,
+                result.output_bytes,
+                int(body.get("attempts", 1)),
+                result.error,
+                result.seconds,
+            )
+            for body, result in zip(bodies, results, strict=True)
+        ]
+        # Two statements for the whole batch, whatever its size: a round trip per result
+        # was most of the scheduler's work in a job of many tiny datums.
         async with acquire(self.pool) as conn, conn.transaction():
-            for data in batch:
-                body = json.loads(data)
-                result = DatumResult.from_json(body["result"])
-                applied = await store.record_datum_result(
-                    conn,
-                    body["job_id"],
-                    body["datum_id"],
-                    state=result.state,
-                    output_root=result.output_root,
-                    output_files=result.output_files,
-                    output_bytes=result.output_bytes,
-                    attempts=int(body.get("attempts", 1)),
-                    error=result.error,
-                    seconds=result.seconds,
-                )
-                if applied and result.logs:
+            applied = await store.record_datum_results(conn, rows)
+            logged = set(applied)
+            for body, result in zip(bodies, results, strict=True):
+                key = (body["job_id"], body["datum_id"])
+                if result.logs and key in logged:
+                    logged.discard(key)
                     lines = result.logs.splitlines()[:MAX_LOG_LINES]
-                    await store.insert_logs(
-                        conn, body["pipeline"], body["job_id"], body["datum_id"], lines
-                    )
-                applied_any = applied_any or applied
-        if applied_any:
+                    await store.insert_logs(conn, body["pipeline"], *key, lines)
+        if applied:
             self.wake()
 
     async def _spec_of(self, job: JobInfo) -> PipelineSpec:
@@ -233,15 +240,20 @@ class JobDriver:
             "incremental" if plan.incremental else "full",
         )  # fmt: skip
         to_publish = [datum for datum, _digest in plan.to_run if datum.id in pending]
+        # Tiny datums of a large job share task messages (tasks.batch_size): a message's
+        # round trips (publish, fetch, ack) are paid once for up to MAX_BATCH datums.
+        per_message = batch_size(len(to_publish), spec.parallelism * self.config.worker.concurrency)
+        window = PUBLISH_BATCH * per_message
         # Publishes overlap (each still waits for JetStream's ack), so workers get tasks fast;
         # never beside a purge of the queue of a deleted pipeline of the same name.
         async with self.queues.publishing(spec.name):
-            for start in range(0, len(to_publish), PUBLISH_BATCH):
+            for start in range(0, len(to_publish), window):
+                tasks = [
+                    datum_task(spec, job.id, output_commit, datum)
+                    for datum in to_publish[start : start + window]
+                ]
                 await asyncio.gather(
-                    *(
-                        self._publish_task(spec, job.id, output_commit, datum)
-                        for datum in to_publish[start : start + PUBLISH_BATCH]
-                    )
+                    *(self._publish_tasks(spec, group) for group in _grouped(tasks, per_message))
                 )
         if not pending:
             self.wake()
@@ -302,18 +314,22 @@ class JobDriver:
             self.index, spec, job.input_commits, roots, current, reprocess=reprocess
         )
 
-    async def _publish_task(
-        self, spec: PipelineSpec, job_id: str, output_commit: str, datum: Datum
-    ) -> None:
-        task = datum_task(spec, job_id, output_commit, datum)
-        payload = json.dumps(task_envelope(task, spec.datum_tries)).encode()
+    async def _publish_tasks(self, spec: PipelineSpec, tasks: list[DatumTask]) -> None:
+        """One task message: a datum alone (``job:datum`` as its id), or several (``job+first
+        datum+count``; no ``:``, so a worker never takes it for one datum's id)."""
+        subject = tasks_subject(self.config, spec.name)
+        first = tasks[0]
+        if len(tasks) > 1:
+            payload = json.dumps(batch_envelope(tasks, spec.datum_tries)).encode()
+            msg_id = f"{first.job_id}+{first.datum_id}+{len(tasks)}"
+            await publish_task(self.bus, subject, payload, msg_id)
+            return
+        payload = json.dumps(task_envelope(first, spec.datum_tries)).encode()
         if len(payload) > MAX_INLINE_TASK:
-            key = f"tasks/{job_id}/{datum.id}.json"
+            key = f"tasks/{first.job_id}/{first.datum_id}.json"
             await self.objects.put(key, payload)
-            payload = json.dumps(task_ref_envelope(task.ids, key)).encode()
-        await publish_task(
-            self.bus, tasks_subject(self.config, spec.name), payload, f"{job_id}:{datum.id}"
-        )
+            payload = json.dumps(task_ref_envelope(first.ids, key)).encode()
+        await publish_task(self.bus, subject, payload, f"{first.job_id}:{first.datum_id}")
 
     async def _finish(self, job: JobInfo) -> None:
         spec = await self._spec_of(job)
@@ -399,6 +415,13 @@ class JobDriver:
         self.wake()
 
 
+def _grouped(tasks: list[DatumTask], per_message: int) -> list[list[DatumTask]]:
+    if per_message <= 1:
+        return [[task] for task in tasks]
+    sizes = [len(json.dumps(task.to_json())) for task in tasks]
+    return [[tasks[i] for i in group] for group in batch_tasks(sizes, per_message)]
+
+
 def datum_task(spec: PipelineSpec, job_id: str, output_commit: str, datum: Datum) -> DatumTask:
     """The task a worker runs for ``datum``: its files' entries and the spec's transform."""
     leaves = {leaf.name: leaf for leaf in pfs_inputs(spec.input)}
@@ -436,4 +459,5 @@ def datum_task(spec: PipelineSpec, job_id: str, output_commit: str, datum: Datum
         working_dir=spec.transform.working_dir,
         user=spec.transform.user,
         secrets=tuple(spec.transform.secrets),
+        datum_batching=spec.transform.datum_batching,
     )

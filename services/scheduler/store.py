@@ -536,47 +536,67 @@ async def insert_job_datums(conn: Conn, job_id: str, datums: Sequence[PlannedDat
     )
 
 
-async def record_datum_result(
-    conn: Conn,
-    job_id: str,
-    datum_id: str,
-    *,
-    state: str,
-    output_root: str | None,
-    output_files: int,
-    output_bytes: int,
-    attempts: int,
-    error: str | None,
-    seconds: float | None,
-) -> bool:
-    """Store a datum's result once; a duplicate (redelivered) result changes nothing."""
-    applied = await conn.fetchval(
+@dataclass(frozen=True)
+class ResultRow:
+    """One datum's result as ``record_datum_results`` stores it."""
+
+    job_id: str
+    datum_id: str
+    state: str
+    output_root: str | None
+    output_files: int
+    output_bytes: int
+    attempts: int
+    error: str | None
+    seconds: float | None
+
+
+async def record_datum_results(conn: Conn, rows: Sequence[ResultRow]) -> set[tuple[str, str]]:
+    """Store many datums' results in two statements (one UPDATE of the datums, one of each
+    job's counters); return the (job, datum) pairs recorded now. A result for a datum no
+    longer STARTING (a duplicate, a redelivery, a late result of a failed job) changes
+    nothing, and a pair given twice is recorded once."""
+    if not rows:
+        return set()
+    applied = await conn.fetch(
         """
-        UPDATE pps_job_datums SET state = $3, output_root = $4, output_files = $5, output_bytes = $6,
-               attempts = $7, error = $8, seconds = $9, finished = now()
-        WHERE job_id = $1 AND datum_id = $2 AND state = 'STARTING'
-        RETURNING 1
+        UPDATE pps_job_datums d
+           SET state = r.state, output_root = r.output_root, output_files = r.output_files,
+               output_bytes = r.output_bytes, attempts = r.attempts, error = r.error,
+               seconds = r.seconds, finished = now()
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[],
+                      $7::int[], $8::text[], $9::float8[])
+               AS r(job_id, datum_id, state, output_root, output_files, output_bytes,
+                    attempts, error, seconds)
+         WHERE d.job_id = r.job_id AND d.datum_id = r.datum_id AND d.state = 'STARTING'
+        RETURNING d.job_id, d.datum_id, d.state
         """,
-        job_id,
-        datum_id,
-        state,
-        output_root,
-        output_files,
-        output_bytes,
-        attempts,
-        error,
-        seconds,
+        [r.job_id for r in rows],
+        [r.datum_id for r in rows],
+        [r.state for r in rows],
+        [r.output_root for r in rows],
+        [r.output_files for r in rows],
+        [r.output_bytes for r in rows],
+        [r.attempts for r in rows],
+        [r.error for r in rows],
+        [r.seconds for r in rows],
     )
-    if not applied:
-        return False
-    counter = {"SUCCESS": "data_processed", "FAILED": "data_failed", "RECOVERED": "data_recovered"}[
-        state
-    ]
-    await conn.execute(
-        f"UPDATE pps_jobs SET {counter} = {counter} + 1, remaining = remaining - 1 WHERE id = $1",
-        job_id,
-    )
-    return True
+    counts: dict[str, dict[str, int]] = {}
+    for row in applied:
+        per_job = counts.setdefault(row["job_id"], {"SUCCESS": 0, "FAILED": 0, "RECOVERED": 0})
+        per_job[row["state"]] += 1
+    for job_id, per_job in sorted(counts.items()):
+        await conn.execute(
+            "UPDATE pps_jobs SET data_processed = data_processed + $2, "
+            "data_failed = data_failed + $3, data_recovered = data_recovered + $4, "
+            "remaining = remaining - $5 WHERE id = $1",
+            job_id,
+            per_job["SUCCESS"],
+            per_job["FAILED"],
+            per_job["RECOVERED"],
+            sum(per_job.values()),
+        )
+    return {(row["job_id"], row["datum_id"]) for row in applied}
 
 
 async def starting_datum_ids(conn: Conn, job_id: str) -> set[str]:

@@ -13,7 +13,7 @@ are optional on the wire, so tasks queued by an older scheduler still parse.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast, get_args
 
@@ -189,9 +189,9 @@ class DatumTask:
     """One datum for a worker to run: inputs, transform, timeout and the ids it is known by.
 
     ``attempt`` counts from 1 (``datum_tries`` bounds it). ``datum_timeout`` is in
-    seconds; ``None`` means no limit. ``accept_return_code``, ``working_dir``, ``user``
-    and ``secrets`` are the transform's fields of those names; ``secrets`` names what
-    the worker fetches for the datum, never a value.
+    seconds; ``None`` means no limit. ``accept_return_code``, ``working_dir``, ``user``,
+    ``secrets`` and ``datum_batching`` are the transform's fields of those names;
+    ``secrets`` names what the worker fetches for the datum, never a value.
     """
 
     pipeline: str
@@ -210,6 +210,7 @@ class DatumTask:
     working_dir: str | None = None
     user: str | None = None
     secrets: tuple[SecretUse, ...] = ()
+    datum_batching: bool = False
 
     @property
     def ids(self) -> TaskIds:
@@ -235,6 +236,7 @@ class DatumTask:
             "working_dir": self.working_dir,
             "user": self.user,
             "secrets": [secret_use_to_json(use) for use in self.secrets],
+            "datum_batching": self.datum_batching,
         }
 
     @classmethod
@@ -262,6 +264,7 @@ class DatumTask:
             working_dir=_optional(data, "working_dir", str, record),
             user=_optional(data, "user", str, record),
             secrets=_optional_records(data, "secrets", secret_use_from_json, record),
+            datum_batching=bool(_optional(data, "datum_batching", bool, record)),
         )
 
 
@@ -338,11 +341,65 @@ def task_envelope(task: DatumTask, datum_tries: int) -> dict[str, Any]:
     return {"task": task.to_json(), "datum_tries": datum_tries}
 
 
+def batch_envelope(tasks: Sequence[DatumTask], datum_tries: int) -> dict[str, Any]:
+    """A task message holding several datums of one job: each runs, and publishes its own
+    result, as if it had come alone; the message is acked once all their results are out.
+    Only tiny datums travel together (``batch_tasks``), so one message is redelivered whole
+    after a worker dies, and each of its datums counts that as a try."""
+    return {"tasks": [task.to_json() for task in tasks], "datum_tries": datum_tries}
+
+
+# Datums per task message at most, and the bytes their tasks may take together: a message
+# is fetched, heartbeaten, acked (and redelivered) as one, so only small datums share one.
+MAX_BATCH = 32
+MAX_BATCH_BYTES = 64 << 10
+# Messages each worker slot should see of a job at least, so a small job still spreads
+# over every worker and a slow datum holds back few others.
+_MESSAGES_PER_SLOT = 8
+
+
+def batch_size(datums: int, slots: int) -> int:
+    """How many datums of a job of ``datums`` share one task message, for ``slots`` datums
+    running at once over all its workers: 1 for small jobs (each datum alone, as before),
+    up to ``MAX_BATCH`` for large ones."""
+    return max(1, min(MAX_BATCH, datums // (max(1, slots) * _MESSAGES_PER_SLOT)))
+
+
+def batch_tasks(sizes: Sequence[int], size: int) -> list[list[int]]:
+    """Indices of tasks (``sizes``: each one's JSON length) grouped into messages:
+    neighbours together, at most ``size`` per message and ``MAX_BATCH_BYTES`` of tasks (a
+    task bigger than that goes alone)."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for i, length in enumerate(sizes):
+        if current and (len(current) >= size or used + length > MAX_BATCH_BYTES):
+            groups.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += length
+    if current:
+        groups.append(current)
+    return groups
+
+
 def task_ref_envelope(ids: TaskIds, key: str) -> dict[str, Any]:
     """A task message whose envelope is stored at ``key`` in the object store (too big
     for NATS). The ids ride along, so a worker that cannot fetch or read the stored
     envelope can still fail the datum instead of leaving its job waiting."""
     return {"ref": key, **_ids_json(ids)}
+
+
+def batch_readable_ids(body: Any, pipeline: str) -> list[TaskIds] | None:
+    """The ids of each task of a batch message that did not parse (``readable_ids`` for
+    each); ``None`` when the message is no batch or one of its tasks names nothing."""
+    items = body.get("tasks") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not items:
+        return None
+    found = [readable_ids({"task": item}, None, pipeline) for item in items]
+    if any(ids is None for ids in found):
+        return None
+    return [ids for ids in found if ids is not None]
 
 
 def readable_ids(body: Any, msg_id: str | None, pipeline: str) -> TaskIds | None:
@@ -400,6 +457,10 @@ __all__ = [
     "DatumTaskFile",
     "DatumTaskInput",
     "TaskIds",
+    "batch_envelope",
+    "batch_readable_ids",
+    "batch_size",
+    "batch_tasks",
     "failed_result",
     "readable_ids",
     "result_envelope",

@@ -53,13 +53,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.scheduler.backends.pod_sandbox import PodSandbox
-from services.scheduler.datum_runner import run_datum
+from services.scheduler.datum_batch import run_batch
+from services.scheduler.datum_runner import ScratchReaper, run_datum
 from services.scheduler.datum_secrets import SecretSource, fetch_secrets
 from services.scheduler.sandbox import Sandbox
 from services.scheduler.tasks import (
     DatumResult,
     DatumTask,
     TaskIds,
+    batch_readable_ids,
     failed_result,
     readable_ids,
     result_envelope,
@@ -106,6 +108,8 @@ _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EM
 _SECRET_CACHE = 32
 _REASON_MAX = 500
 _MIN_BEAT = 0.1
+# Task messages a worker holds beyond the datums it runs at once (fetched ahead).
+PREFETCH = 1
 
 
 def worker_consumer(config: Config, pipeline: str, max_deliver: int) -> DurableConsumer:
@@ -127,14 +131,28 @@ async def ensure_worker_consumer(bus: Bus, config: Config, pipeline: str, max_de
 
 
 async def load_task(objects: ObjectStore, data: bytes) -> tuple[DatumTask, int]:
-    """The task of a message and its datum_tries; a stored envelope is fetched first."""
+    """The task of a one-datum message and its datum_tries (see ``load_tasks``)."""
+    tasks, tries = await load_tasks(objects, data)
+    if len(tasks) != 1:
+        raise InvalidArgument(f"malformed task message: {len(tasks)} tasks, expected one")
+    return tasks[0], tries
+
+
+async def load_tasks(objects: ObjectStore, data: bytes) -> tuple[list[DatumTask], int]:
+    """The tasks of a message (one, or a batch of ``tasks.batch_envelope``) and their
+    datum_tries; a stored envelope is fetched first."""
     body: dict[str, Any] = json.loads(data)
     if "ref" in body:
         body = json.loads(await objects.get(body["ref"]))
     tries = body["datum_tries"]
     if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
         raise InvalidArgument(f"malformed task message: datum_tries {tries!r}")
-    return DatumTask.from_json(body["task"]), tries
+    if "tasks" in body:
+        items = body["tasks"]
+        if not isinstance(items, list) or not items:
+            raise InvalidArgument("malformed task message: 'tasks' must be a non-empty list")
+        return [DatumTask.from_json(item) for item in items], tries
+    return [DatumTask.from_json(body["task"])], tries
 
 
 def _body(data: bytes) -> Any:
@@ -191,6 +209,13 @@ class Worker:
         self.workdir = workdir
         self.cache = ChunkCache(max_bytes=256 << 20)
         self.concurrency = max(1, config.worker.concurrency)
+        # Datums running at once, over all the messages in hand.
+        self._slots = asyncio.Semaphore(self.concurrency)
+        # One bubblewrap sandbox description for every datum (building it reads the
+        # interpreter's directories and /etc); None keeps a pod's or an image's own.
+        self._datum_sandbox = sandbox if sandbox is not None else Sandbox()
+        # Datums' scratch trees are removed in a thread while the next datums run.
+        self.reaper = ScratchReaper(workdir)
         self.index = FileIndex(objects)
         # The lazy-input tree, or why there is none (said once, at the first lazy input).
         self.lazy = lazy
@@ -209,31 +234,44 @@ class Worker:
         async with self.bus.pull(consumer) as reader:
             self.max_deliver = reader.max_deliver
             log.info("worker for %s ready (%d datums at a time)", self.pipeline, self.concurrency)
-            slots = asyncio.Semaphore(self.concurrency)
+            # Messages in hand: one more than the datums that run at once, so the next task
+            # is here when a sandbox ends instead of a fetch round trip later.
+            limit = self.concurrency + PREFETCH
+            in_hand = 0
+            changed = asyncio.Condition()
+
+            def has_room() -> bool:
+                return in_hand < limit
 
             async def handle_then_free(msg: Delivery) -> None:
+                nonlocal in_hand
                 try:
                     await self.handle(msg)
                 finally:
-                    slots.release()
+                    async with changed:
+                        in_hand -= 1
+                        changed.notify()
 
             # A few datums in flight per worker overlap one's sandbox with another's
             # storage and NATS round trips; each datum still runs alone in its own sandbox.
             async with asyncio.TaskGroup() as group:
+                group.create_task(self.reaper.run())
                 while True:
-                    await slots.acquire()
+                    async with changed:
+                        await changed.wait_for(has_room)
+                        wanted = limit - in_hand
+                        in_hand = limit
+                    msgs: list[Delivery] = []
                     try:
-                        msgs = await reader.fetch(1, timeout=5.0)
-                    except BaseException:
-                        slots.release()
-                        raise
-                    if not msgs:
-                        slots.release()
+                        msgs = await reader.fetch(wanted, timeout=5.0)
+                    finally:
+                        async with changed:
+                            in_hand -= wanted - len(msgs)
                     for msg in msgs:
                         group.create_task(handle_then_free(msg))
 
     async def handle(self, msg: Delivery) -> None:
-        """Take one task message to a published result (then ack it), or leave it for
+        """Take one task message to published results (then ack it), or leave it for
         redelivery; never raises but for a cancel, so no task can stop the worker."""
         try:
             await self._handle(msg)
@@ -244,7 +282,7 @@ class Worker:
     async def _handle(self, msg: Delivery) -> None:
         delivered = msg.delivered
         try:
-            task, tries = await load_task(self.objects, msg.data)
+            tasks, tries = await load_tasks(self.objects, msg.data)
         except Exception as exc:
             if is_environment_fault(exc) and delivered + 1 < self.max_deliver:
                 log.warning("task on %s cannot be fetched now: %s", msg.subject, one_line(exc))
@@ -252,7 +290,11 @@ class Worker:
                 return
             await self._refuse(msg, f"the datum's task cannot be read: {one_line(exc)}", delivered)
             return
-        if self.lazy is None and self.lazy_unavailable and any(i.lazy for i in task.inputs):
+        if (
+            self.lazy is None
+            and self.lazy_unavailable
+            and any(i.lazy for task in tasks for i in task.inputs)
+        ):
             log.warning("lazy inputs are copied on this worker: %s", self.lazy_unavailable)
             self.lazy_unavailable = None
         if tries + DELIVERY_MARGIN > self.max_deliver:
@@ -260,28 +302,79 @@ class Worker:
                 self.bus, self.config, self.pipeline, tries + DELIVERY_MARGIN
             )
         left = tries - (delivered - 1)
-        if left <= 0 or delivered >= self.max_deliver:
-            result, attempts = _died(delivered - 1), delivered - 1
-        else:
-            async with asyncio.TaskGroup() as group:
+        async with asyncio.TaskGroup() as group:
+            if left <= 0 or delivered >= self.max_deliver:
+                for task in tasks:
+                    group.create_task(self._publish(task.ids, _died(delivered - 1), delivered - 1))
+            else:
                 # Three beats per ack_wait: one lost beat must not let the task go elsewhere.
                 every = max(_MIN_BEAT, self.config.task_ack_wait / 3)
                 beat = group.create_task(_heartbeat(msg, every))
                 try:
-                    result, attempts = await self._run_with_retries(task, left, delivered)
+                    if tasks[0].datum_batching:
+                        await self._batch(tasks, delivered)
+                    else:
+                        async with asyncio.TaskGroup() as datums:
+                            for task in tasks:
+                                datums.create_task(self._datum(task, left, delivered))
                 finally:
                     beat.cancel()
-        await self._publish(task.ids, result, attempts)
+        # Every result of the message is stored in JetStream before the message goes: a
+        # worker that dies first leaves it for redelivery (results already out are dropped
+        # as duplicates by their Nats-Msg-Id, and recorded once by the scheduler).
         await msg.ack()
+
+    async def _datum(self, task: DatumTask, left: int, delivered: int) -> None:
+        """Run one datum in a free slot, then publish its result: the slot is free for
+        the next datum while the result travels."""
+        async with self._slots:
+            result, attempts = await self._run_with_retries(task, left, delivered)
+        await self._publish(task.ids, result, attempts)
+
+    async def _batch(self, tasks: list[DatumTask], delivered: int) -> None:
+        """The datums of a ``datum_batching`` message through one sandbox (``datum_batch``),
+        in one slot; each result is published as its datum ends. A datum's failure is its
+        try of this delivery (no retry in place: the next datums go on). An environment
+        fault raises, leaving the message for redelivery (a try for each of its datums)."""
+        told: set[str] = set()
+        async with self._slots, asyncio.TaskGroup() as sends:
+
+            async def on_result(task: DatumTask, result: DatumResult) -> None:
+                told.add(task.datum_id)
+                sends.create_task(self._publish(task.ids, result, delivered))
+
+            try:
+                await run_batch(
+                    self.objects,
+                    tasks,
+                    workdir=self.workdir,
+                    on_result=on_result,
+                    cache=self.cache,
+                    sandbox=self._datum_sandbox,
+                    index=self.index,
+                    secrets=await self._secrets_for(tasks[0]),
+                )
+            except Exception as exc:
+                if is_environment_fault(exc):
+                    raise
+                log.exception("datums of job %s: the batch runner failed", tasks[0].job_id)
+                reason = f"the worker failed running this datum: {one_line(exc)}"
+                for task in tasks:
+                    if task.datum_id not in told:
+                        await on_result(task, failed_result(reason))
 
     async def _refuse(self, msg: Delivery, reason: str, delivered: int) -> None:
         """A task that cannot run: fail its datum if the message says which, else drop it."""
-        ids = readable_ids(_body(msg.data), msg.msg_id, self.pipeline)
-        if ids is None:
+        body = _body(msg.data)
+        batch = batch_readable_ids(body, self.pipeline)
+        one = readable_ids(body, msg.msg_id, self.pipeline) if batch is None else None
+        failing = batch if batch is not None else [one] if one is not None else []
+        if not failing:
             await msg.term(f"a task that names no job and datum: {reason}")
             return
-        log.error("datum %s of job %s fails: %s", ids.datum_id, ids.job_id, reason)
-        await self._publish(ids, failed_result(reason), delivered)
+        for ids in failing:
+            log.error("datum %s of job %s fails: %s", ids.datum_id, ids.job_id, reason)
+            await self._publish(ids, failed_result(reason), delivered)
         await msg.ack()
 
     async def _publish(self, ids: TaskIds, result: DatumResult, attempts: int) -> None:
@@ -344,9 +437,10 @@ class Worker:
             workdir=self.workdir,
             cache=self.cache,
             index=self.index,
-            sandbox=self.sandbox,
+            sandbox=self._datum_sandbox,
             lazy=self.lazy,
             secrets=await self._secrets_for(task),
+            reaper=self.reaper,
         )
 
     async def _secrets_for(self, task: DatumTask) -> dict[str, dict[str, bytes]]:

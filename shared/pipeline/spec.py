@@ -71,6 +71,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "working_dir",
         "user",
         "secrets",
+        "datum_batching",
     ),
     "secret": ("name", "key", "env_var", "mount_path"),
     "input": ("pfs", "cross", "union", "join", "group", "cron"),
@@ -110,7 +111,7 @@ _UNSUPPORTED: dict[str, frozenset[str]] = {
         salt spec_commit update reprocess tf_job determined max_queue_size chunk_spec standby
         cache_size enable_stats maximum_expected_uptime dry_run"""
     ),
-    "transform": _words("debug dockerfile memory_volume datum_batching"),
+    "transform": _words("debug dockerfile memory_volume"),
     "pfs": _words("s3 repo_type reference propagation_spec"),
     "cron": _words("commit"),
     "input": _words("git"),
@@ -171,6 +172,9 @@ class Transform:
     working_dir: str | None = None
     user: str | None = None
     secrets: tuple[SecretUse, ...] = ()
+    # Pachyderm's datum batching: ``cmd`` starts once for many datums and asks for each
+    # with ``tusk next datum`` (docs/pipeline-spec.md).
+    datum_batching: bool = False
 
 
 @dataclass(frozen=True)
@@ -557,9 +561,12 @@ def _parse_transform(obj: _Obj) -> Transform:
         working_dir=_working_dir(obj),
         user=_user(obj),
         secrets=tuple(_secret_use(path, value) for path, value in obj.items("secrets")),
+        datum_batching=obj.boolean("datum_batching"),
     )
     if transform.err_stdin and not transform.err_cmd:
         _fail(obj.at("err_stdin"), "needs err_cmd")
+    if transform.datum_batching and transform.err_cmd:
+        _fail(obj.at("err_cmd"), "is not supported with datum_batching yet")
     _check_secret_targets(obj, transform)
     return transform
 
@@ -1200,6 +1207,9 @@ def _transform_to_json(transform: Transform) -> dict[str, Any]:
         ("env", dict(transform.env)),
         ("err_cmd", list(transform.err_cmd)),
         ("err_stdin", list(transform.err_stdin)),
+        # Not in the fingerprint (_transform_extras): it changes how cmd is started, not
+        # what a datum's output is.
+        ("datum_batching", transform.datum_batching),
     ]
     out.update((key, value) for key, value in optional if value)
     out.update(_transform_extras(transform))
