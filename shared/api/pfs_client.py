@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from shared.api.filestream import CONTENT_TYPE, FileStreamReader, encode_files
+from shared.api.filestream import CONTENT_TYPE, Content, FileStreamReader, encode_files
 from shared.api.lifecycle_models import FsckReport, GcReport
 from shared.api.names import MAX_TEXT_CHARS
 from shared.api.pfs_models import (
@@ -31,7 +31,8 @@ from shared.platform.config import CLUSTER_HEADER
 from shared.platform.errors import InvalidArgument, TuskError, Unavailable, error_from_json
 from shared.storage.chunking import FileEntry
 
-FileSource = tuple[str, AsyncIterable[bytes]]
+# (path, content): the content's blocks, or its bytes when already in memory (small files).
+FileSource = tuple[str, Content]
 T = TypeVar("T")
 
 
@@ -351,7 +352,7 @@ class PfsClient(ServiceClient):
     ) -> PutResult:
         """Upload many files in one request; all land in one commit or none do."""
 
-        async def headers() -> AsyncIterator[tuple[dict[str, Any], AsyncIterable[bytes]]]:
+        async def headers() -> AsyncIterator[tuple[dict[str, Any], Content]]:
             async for path, content in files:
                 yield {"path": path}, content
 

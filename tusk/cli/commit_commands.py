@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
-from shared.api.pfs_client import PfsClient
 from shared.api.pfs_models import CommitInfo
 from shared.platform.errors import InvalidArgument
 from tusk.cli.args import REPO_AT, REPO_AT_REF, Target, writable_branch
@@ -21,6 +21,9 @@ from tusk.cli.output import (
     relative_time,
 )
 from tusk.cli.session import closing, run_pfs
+
+if TYPE_CHECKING:
+    from shared.api.pfs_client import PfsClient  # imported when a command runs (session.py)
 
 COMMIT_HEADERS = ("REPO", "BRANCH", "COMMIT", "FINISHED", "SIZE", "DESCRIPTION")
 

@@ -8,12 +8,10 @@ Ctrl-C → exit 130. Anything else is a bug: one line saying so, exit 1. With
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import traceback
 from typing import TextIO
 
-import aiohttp
 import click
 
 from shared.platform.errors import TuskError
@@ -36,10 +34,13 @@ def error_line(exc: BaseException) -> tuple[str, int]:
         return f"error: {_one_line(exc.format_message())}", exc.exit_code
     if isinstance(exc, (KeyboardInterrupt, click.Abort)):
         return "error: interrupted", EXIT_INTERRUPTED
-    if isinstance(exc, aiohttp.ClientError):
+    # aiohttp is looked up, not imported: a command that never loaded it cannot have
+    # raised its errors, and importing it here would slow every command's start-up.
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientError):
         # The SDK maps refused connections; this is a connection lost half-way through.
         return f"error: connection to the cluster failed: {_describe(exc)}", EXIT_ERROR
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+    if isinstance(exc, TimeoutError):  # asyncio.TimeoutError is TimeoutError since 3.11
         return "error: timed out waiting for the cluster", EXIT_ERROR
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"error: {exc.filename}: {exc.strerror or _describe(exc)}", EXIT_ERROR

@@ -8,13 +8,11 @@ import posixpath
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import aiohttp
 import click
 
 from shared.api.names import normalize_path
-from shared.api.pfs_client import PfsClient
 from shared.api.pfs_models import FileChange, FileInfo, PutResult
 from shared.platform.errors import InvalidArgument
 from tusk.cli.args import REPO_ANY, REPO_FILE, Target, writable_branch
@@ -38,6 +36,11 @@ from tusk.cli.sources import (
     plan_uploads,
     read_source_list,
 )
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from shared.api.pfs_client import PfsClient
 
 # put file
 
@@ -101,7 +104,7 @@ def _upload(target: Target, branch: str, plan: list[Upload], *, append: bool, ur
     async def upload(pfs: PfsClient) -> PutResult:
         with Progress(f"put {label}", total) as progress:
             async with _download_session(urls) as session:
-                stream = UploadStream(plan, session=session, count=progress.count)
+                stream = UploadStream(plan, session=session, advance=progress.advance)
                 try:
                     return await pfs.put_files(target.repo, branch, stream.files(), append=append)
                 except Exception:
@@ -118,6 +121,8 @@ async def _download_session(needed: bool) -> AsyncIterator[aiohttp.ClientSession
     if not needed:
         yield None
         return
+    import aiohttp  # loaded with the PFS client already; not at start-up
+
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_connect=30)) as session:
         yield session
 

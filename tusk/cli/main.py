@@ -18,18 +18,7 @@ from typing import Any
 
 import click
 
-from tusk.cli import (
-    cluster_commands,
-    commit_commands,
-    context_commands,
-    file_commands,
-    image_commands,
-    lifecycle_commands,
-    mount_commands,
-    pipeline_commands,
-    repo_commands,
-    secret_commands,
-)
+from tusk.cli.command_index import TOP_LEVEL, VERB_NOUNS, LazyGroup
 from tusk.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, report
 
 # Verb groups, in the order ``tusk --help`` lists them.
@@ -63,8 +52,11 @@ class Invocation:
     debug: bool = False
 
 
-class TuskCli(click.Group):
-    """The root group: reports every failure as one line (see ``tusk.cli.errors``)."""
+class TuskCli(LazyGroup):
+    """The root group: reports every failure as one line (see ``tusk.cli.errors``).
+
+    Commands are imported when run (``tusk.cli.command_index``): start-up stays small.
+    """
 
     def main(
         self,
@@ -110,7 +102,12 @@ def _silence_stdout() -> None:
         pass
 
 
-@click.group("tusk", cls=TuskCli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    "tusk",
+    cls=TuskCli,
+    lazy=TOP_LEVEL,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option("--debug", is_flag=True, help="Show the full traceback when something fails.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -120,29 +117,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _build() -> None:
-    groups = {verb: click.Group(verb, help=text) for verb, text in VERBS.items()}
-    for module in (
-        repo_commands,
-        commit_commands,
-        file_commands,
-        pipeline_commands,
-        secret_commands,
-    ):
-        for verb, command in module.COMMANDS:
-            groups[verb].add_command(command)
-    for verb, command in lifecycle_commands.VERB_COMMANDS:
-        groups[verb].add_command(command)
-    for group in groups.values():
-        cli.add_command(group)
-    for command in [
-        *pipeline_commands.TOP_LEVEL,
-        *mount_commands.COMMANDS,
-        *cluster_commands.COMMANDS,
-        *context_commands.COMMANDS,
-        *image_commands.COMMANDS,
-        *lifecycle_commands.COMMANDS,
-    ]:
-        cli.add_command(command)
+    for verb, text in VERBS.items():
+        cli.add_command(LazyGroup(verb, help=text, lazy=VERB_NOUNS[verb], verb=verb))
 
 
 _build()

@@ -12,7 +12,6 @@ import sys
 
 import click
 
-from shared.api.mount_client import MountSpec
 from shared.api.names import check_name
 from shared.platform.errors import InvalidArgument
 
@@ -38,6 +37,8 @@ def mount(directory: str, positional: tuple[str, ...], flagged: tuple[str, ...])
 
     Without specs every repo's master is mounted read-only. Each appears as DIRECTORY/REPO.
     """
+    from shared.api.mount_client import MountSpec  # its HTTP client imports aiohttp
+
     specs = (*positional, *flagged)
     for text in specs:
         # A bad spec is one line here, before anything is mounted.

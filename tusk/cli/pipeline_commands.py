@@ -7,18 +7,16 @@ validated here first, so a file with a bad second document creates nothing.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from shared.api.names import check_name
-from shared.api.pps_client import PpsClient
 from shared.api.pps_models import DatumInfo, JobInfo, LogLine, PipelineInfo
 from shared.platform.errors import InvalidArgument, TuskError
 from tusk.cli.output import (
@@ -36,6 +34,9 @@ from tusk.cli.output import (
 from tusk.cli.session import closing, naming_context
 from tusk.contexts import resolve_endpoints
 
+if TYPE_CHECKING:
+    from shared.api.pps_client import PpsClient
+
 T = TypeVar("T")
 
 # How often ``logs -f`` asks for new lines when there were none.
@@ -45,6 +46,11 @@ LOG_PAGE = 1000
 
 def run_pps(call: Callable[[PpsClient], Awaitable[T]]) -> T:
     """Run ``call(client)`` against the configured PPS on a fresh event loop."""
+    # Imported here, not at the top: ``tusk --help`` lists ``tusk logs`` from this module
+    # and must not pay for aiohttp and asyncio (tusk/cli/command_index.py).
+    import asyncio
+
+    from shared.api.pps_client import PpsClient
 
     endpoints = resolve_endpoints()
 
@@ -579,6 +585,8 @@ async def print_logs(
             continue
         if not follow:
             return
+        import asyncio  # loaded by run_pps already; kept out of start-up (see run_pps)
+
         await asyncio.sleep(FOLLOW_POLL_SECONDS)
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterable, AsyncIterator
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class Progress:
@@ -19,6 +21,8 @@ class Progress:
         self.bytes = 0
         self._bar: tqdm | None = None
         if show:
+            from tqdm import tqdm  # ~60 ms to import: only when a bar is shown
+
             self._bar = tqdm(
                 total=total,
                 desc=label,

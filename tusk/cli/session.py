@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from shared.api.pfs_client import PfsClient
 from shared.platform.errors import Unavailable
 from tusk.contexts import Endpoints, resolve_endpoints
+
+if TYPE_CHECKING:
+    from shared.api.pfs_client import PfsClient
 
 T = TypeVar("T")
 
 
 def open_pfs(endpoints: Endpoints | None = None) -> PfsClient:
     """A client for the PFS of the environment, the active context, or config.toml."""
+    # Imported on first use: the modules of commands that never call PFS import this one
+    # too, and aiohttp alone costs 0.1-0.4 s of start-up.
+    from shared.api.pfs_client import PfsClient
+
     endpoints = endpoints or resolve_endpoints()
     return PfsClient(endpoints.pfs_url, cluster_id=endpoints.cluster_id)
 
 
 def run_pfs(call: Callable[[PfsClient], Awaitable[T]]) -> T:
     """Run ``call(client)`` on a fresh event loop and close the client afterwards."""
+    import asyncio  # ~50 ms to import: not for commands that never reach here
+
     endpoints = resolve_endpoints()
 
     async def with_client() -> T:
