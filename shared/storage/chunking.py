@@ -4,8 +4,9 @@ Writing: a ``PackWriter`` takes the files of one upload as a single byte stream 
 cuts it with FastCDC (average 1 MiB, min 256 KiB, max 4 MiB), so 10,000 tiny files
 become a handful of chunks and each file is a list of ``ChunkRef`` byte ranges into
 them. A chunk is named by the BLAKE3-256 hex digest of its plain bytes, compressed
-with zstd and stored at ``chunks/<first 2 hex>/<hash>`` unless that key already
-exists, so identical content is stored once however often it is written.
+with zstd unless a sample says it will not shrink (``chunk_codec``), and stored at
+``chunks/<first 2 hex>/<hash>`` unless that key already exists, so identical content
+is stored once however often it is written.
 
 Streaming: cut points are found as data arrives. FastCDC decides a cut from at most
 ``max_size`` bytes after the chunk's start, so every chunk but the last one of the
@@ -27,14 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import threading
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import blake3
-import zstandard
 from pyfastcdc import FastCDC
 
 from shared.platform.errors import (
@@ -44,17 +43,19 @@ from shared.platform.errors import (
     NotFound,
     TooLarge,
 )
+from shared.storage.chunk_codec import decode_chunk, encode_chunk, is_raw
 from shared.storage.objstore import ObjectStore
 
 AVG_CHUNK_SIZE = 1 << 20
 MIN_CHUNK_SIZE = 256 << 10
 MAX_CHUNK_SIZE = 4 << 20
-# Level 1 compresses incompressible data at ~7 GB/s and text nearly as well as level 3.
-ZSTD_LEVEL = 1
 # Plain bytes of chunks being hashed, compressed or stored at once per writer: enough to
 # keep 2 cores and a disk busy while fsyncs wait (~20 average chunks), little enough
 # that memory stays at tens of MiB.
 MAX_BYTES_IN_FLIGHT = 24 << 20
+# Chunk objects written at once per writer: the disk works on several files while the
+# CPU encodes the next, and fsyncs overlap (each waits ~1 ms on this disk).
+MAX_PARALLEL_WRITES = 8
 # Chunks fetched ahead of the one being yielded by ``read_range``.
 READ_AHEAD_CHUNKS = 2
 # Writes at least this big are hashed in a worker thread, beside the cutting.
@@ -115,33 +116,9 @@ class FileEntry:
 
 EMPTY_FILE = FileEntry(0, EMPTY_HASH, ())
 
-_codecs = threading.local()
 
-
-def _compress(data: bytes) -> bytes:
-    # zstd contexts are not thread-safe; one per worker thread, reused across calls.
-    compressor = getattr(_codecs, "compressor", None)
-    if compressor is None:
-        compressor = _codecs.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-    blob: bytes = compressor.compress(data)
-    return blob
-
-
-def _hash_and_compress(data: bytes) -> tuple[str, bytes]:
-    return hash_bytes(data), _compress(data)
-
-
-def _decompress_and_verify(chunk: str, blob: bytes) -> bytes:
-    decompressor = getattr(_codecs, "decompressor", None)
-    if decompressor is None:
-        decompressor = _codecs.decompressor = zstandard.ZstdDecompressor()
-    try:
-        data: bytes = decompressor.decompress(blob)
-    except zstandard.ZstdError as exc:
-        raise DataLoss(f"chunk {chunk} is corrupt: {exc}") from None
-    if hash_bytes(data) != chunk:
-        raise DataLoss(f"chunk {chunk} is corrupt: its bytes do not match its name")
-    return data
+def _hash_and_encode(data: memoryview) -> tuple[str, bytes]:
+    return hash_bytes(data), encode_chunk(data)
 
 
 class StreamCutter:
@@ -150,6 +127,11 @@ class StreamCutter:
     Pure computation, no I/O. ``append`` is cheap; ``take_final_chunks`` (the heavy part,
     safe to run in a worker thread while nothing else touches the cutter) returns the
     chunks that more data cannot change, and ``take_rest`` the remainder at the end.
+
+    The bytes are copied once: the pieces are joined when a cut is taken, and the chunks
+    returned are read-only views into that joined buffer (it lives as long as one of them
+    does). Pieces the caller may still change (a ``bytearray``, a writable view) are
+    copied when appended; ``bytes`` are kept as they are.
     """
 
     def __init__(
@@ -159,37 +141,47 @@ class StreamCutter:
         max_size: int = MAX_CHUNK_SIZE,
     ) -> None:
         self._fastcdc = FastCDC(avg_size, min_size=min_size, max_size=max_size)
-        self._buffer = bytearray()
+        self._pieces: list[bytes | memoryview] = []
+        self._size = 0
         # With 2 × max_size buffered, at least one chunk is final on every cut.
         self.ready_size = 2 * max_size
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes to the end of the stream."""
-        self._buffer += data
+        if not isinstance(data, bytes) and not (isinstance(data, memoryview) and data.readonly):
+            data = bytes(data)
+        if data:
+            self._pieces.append(data)
+            self._size += len(data)
 
     def ready(self) -> bool:
         """Whether enough bytes are buffered to make cutting worthwhile."""
-        return len(self._buffer) >= self.ready_size
+        return self._size >= self.ready_size
 
-    def take_final_chunks(self) -> list[bytes]:
+    def take_final_chunks(self) -> list[memoryview]:
         """Remove and return the chunks of the buffer whose end more data cannot move."""
         return self._take(keep_last=True)
 
-    def take_rest(self) -> list[bytes]:
+    def take_rest(self) -> list[memoryview]:
         """Remove and return every buffered chunk: the stream has ended."""
         return self._take(keep_last=False)
 
-    def _take(self, *, keep_last: bool) -> list[bytes]:
-        lengths = [chunk.length for chunk in self._fastcdc.cut_buf(self._buffer)]
+    def _take(self, *, keep_last: bool) -> list[memoryview]:
+        if not self._pieces:
+            return []
+        joined = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+        view = memoryview(joined).cast("B")
+        lengths = [chunk.length for chunk in self._fastcdc.cut_buf(view)]
         if keep_last and lengths:
             lengths.pop()
         chunks = []
         offset = 0
-        with memoryview(self._buffer) as view:
-            for length in lengths:
-                chunks.append(bytes(view[offset : offset + length]))
-                offset += length
-        del self._buffer[:offset]
+        for length in lengths:
+            chunks.append(view[offset : offset + length])
+            offset += length
+        rest = view[offset:]
+        self._pieces = [rest] if len(rest) else []
+        self._size = len(rest)
         return chunks
 
 
@@ -237,9 +229,10 @@ class PackWriter:
     on an error) stops the work in flight. Chunks already stored stay, unreferenced,
     for garbage collection. One writer serves one task; it is not for concurrent use.
 
-    Statistics after close: ``chunks_written``, ``bytes_written`` (compressed bytes newly
-    stored), ``chunks_deduplicated`` (chunks already in the store or in this pack) and
-    ``bytes_in`` (plain bytes written).
+    Statistics after close: ``chunks_written``, ``bytes_written`` (stored bytes newly
+    written), ``chunks_raw`` (of the written, those kept uncompressed: their sample did
+    not compress), ``chunks_deduplicated`` (chunks already in the store or in this pack)
+    and ``bytes_in`` (plain bytes written).
     """
 
     def __init__(
@@ -251,8 +244,10 @@ class PackWriter:
         max_size: int = MAX_CHUNK_SIZE,
         max_file_bytes: int | None = None,
         max_bytes_in_flight: int = MAX_BYTES_IN_FLIGHT,
+        max_parallel_writes: int = MAX_PARALLEL_WRITES,
     ) -> None:
         self._store = store
+        self._writes = asyncio.Semaphore(max_parallel_writes)
         self._cutter = StreamCutter(avg_size, min_size, max_size)
         self._max_file_bytes = max_file_bytes
         self._budget = _ByteBudget(max_bytes_in_flight)
@@ -273,6 +268,7 @@ class PackWriter:
         self.chunks_written = 0
         self.bytes_written = 0
         self.chunks_deduplicated = 0
+        self.chunks_raw = 0
         self.bytes_in = 0
 
     async def __aenter__(self) -> PackWriter:
@@ -360,7 +356,7 @@ class PackWriter:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _submit(self, chunks: list[bytes]) -> None:
+    async def _submit(self, chunks: list[memoryview]) -> None:
         chunks.reverse()
         while chunks:
             # Popped, so a chunk's bytes live only as long as its task needs them.
@@ -383,13 +379,13 @@ class PackWriter:
         if not task.cancelled() and task.exception() is not None and self._failure is None:
             self._failure = task.exception()
 
-    async def _store_chunk(self, index: int, data: bytes) -> None:
+    async def _store_chunk(self, index: int, data: memoryview) -> None:
         size = len(data)
         try:
-            # Compressing before asking the store wastes a little CPU on duplicates but
-            # saves a thread hop per chunk; zstd level 1 runs at several GB/s.
-            chunk, blob = await asyncio.to_thread(_hash_and_compress, data)
-            del data
+            # Encoding before asking the store wastes a little CPU on duplicates but saves
+            # a thread hop per chunk: raw chunks cost a copy, compressible ones zstd level 1.
+            chunk, blob = await asyncio.to_thread(_hash_and_encode, data)
+            data.release()  # the cut buffer can go once all its chunks are encoded
             self._chunk_hashes[index] = chunk
             if chunk in self._known_chunks:
                 self.chunks_deduplicated += 1
@@ -399,9 +395,12 @@ class PackWriter:
             if await self._store.exists(key):
                 self.chunks_deduplicated += 1
                 return
-            await self._store.put(key, blob)
+            async with self._writes:
+                await self._store.put(key, blob)
             self.chunks_written += 1
             self.bytes_written += len(blob)
+            if is_raw(blob):
+                self.chunks_raw += 1
         finally:
             self._budget.release(size)
 
@@ -446,7 +445,7 @@ async def missing_chunks(
 async def load_chunk(store: ObjectStore, chunk: str) -> bytes:
     """Fetch, decompress and verify one chunk's plain bytes; ``DataLoss`` if it is corrupt."""
     blob = await store.get(chunk_key(chunk))
-    return await asyncio.to_thread(_decompress_and_verify, chunk, blob)
+    return await asyncio.to_thread(decode_chunk, chunk, blob)
 
 
 class ChunkCache:
