@@ -8,12 +8,16 @@ Keep the scheduler's port private, as PPS's internal endpoints.
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from aiohttp import web
 
 from services.scheduler import store
 from services.scheduler.engine import Engine
 from shared.api.pps_models import JobRequest, PipelineInfo
 from shared.platform.db import acquire
+from shared.platform.envelope import decode_json
 from shared.platform.errors import InvalidArgument
 from shared.platform.http import (
     MIB,
@@ -43,10 +47,33 @@ def _engine(request: web.Request) -> Engine:
 async def _pipeline_body(request: web.Request) -> tuple[PipelineInfo, dict[str, object]]:
     """PPS's record of the pipeline the path names, and the whole body."""
     body = await read_json(request)
-    info = PipelineInfo.from_json(field(body, "pipeline", dict))
+    info = pipeline_record(field(body, "pipeline", dict))
     if info.name != request.match_info["name"]:
         raise InvalidArgument(f"pipeline {info.name} sent for {request.match_info['name']}")
+    # A spec the scheduler could not run is refused here, not met later in every loop.
+    _engine(request).specs.parse(info.name, info.version, info.spec)
     return info, body
+
+
+def pipeline_record(value: dict[str, Any]) -> PipelineInfo:
+    """A ``PipelineInfo`` as PPS sends it; anything else is refused with the field."""
+    info = decode_json(PipelineInfo, value, "pipeline")
+    if not isinstance(info.spec, dict):
+        raise InvalidArgument("pipeline.spec: expected an object")
+    if not 0 < info.version < 1 << 31:
+        raise InvalidArgument("pipeline.version: expected a positive 32-bit integer")
+    for name in ("created", "updated"):
+        try:
+            moment = datetime.fromisoformat(getattr(info, name))
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            raise InvalidArgument(f"pipeline.{name}: expected a time with its zone (RFC 3339)")
+    return info
+
+
+def job_request(value: object) -> JobRequest | None:
+    return None if value is None else decode_json(JobRequest, value, "job")
 
 
 @routes.put("/v1/pipelines/{name}")
@@ -60,9 +87,7 @@ async def _pipeline_body(request: web.Request) -> tuple[PipelineInfo, dict[str, 
 async def pipeline_changed(request: web.Request) -> web.Response:
     """PPS's record of a pipeline as it is now, and the job the change asks for (if any)."""
     info, body = await _pipeline_body(request)
-    asked = body.get("job")
-    job_request = JobRequest.from_json(asked) if isinstance(asked, dict) else None
-    job = await _engine(request).requests.pipeline_changed(info, job_request)
+    job = await _engine(request).requests.pipeline_changed(info, job_request(body.get("job")))
     return web.json_response({"job": job.to_json() if job else None})
 
 

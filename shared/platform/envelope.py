@@ -18,9 +18,11 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from shared.platform.errors import Internal, InvalidArgument
+
+T = TypeVar("T")
 
 PAYLOAD_TYPES: dict[str, type[Payload]] = {}
 
@@ -142,6 +144,14 @@ def subject_filter(prefix: str, event_type: str | None = None, key: str = "*") -
 
 
 # ------------------------------------------------------------------ decoding with types
+
+
+def decode_json(tp: type[T], value: Any, where: str) -> T:
+    """Build a dataclass ``tp`` from JSON ``value`` as events are decoded: every field of
+    the declared type, unknown fields ignored; anything else is an ``InvalidArgument``
+    naming the field (``where.field``). For records that cross a process edge."""
+    decoded: T = _decode(tp, value, where)
+    return decoded
 
 
 def _decode(tp: Any, value: Any, where: str) -> Any:
