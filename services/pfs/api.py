@@ -14,7 +14,7 @@ from services.pfs.merge import STRATEGIES, Strategy
 from services.pfs.service import PfsService
 from shared.api.events import CommitFinished, subject_filter
 from shared.api.filestream import CONTENT_TYPE, FileStreamReader, encode_block, encode_header
-from shared.api.pfs_models import CommitInfo, CommitRef, Trigger
+from shared.api.pfs_models import COMMIT_ORIGINS, CommitInfo, CommitOrigin, CommitRef, Trigger
 from shared.platform.bus import Bus
 from shared.platform.errors import InvalidArgument
 from shared.platform.http import (
@@ -56,6 +56,17 @@ _COMMIT_REF = {
     "properties": {"repo": NAME, "branch": NAME, "id": STRING},
     "required": ["repo", "id"],
 }
+# Who makes a commit; PFS checks only that it is one of these (docs/console.md).
+_ORIGIN = {"type": "string", "enum": list(COMMIT_ORIGINS)}
+
+
+def _origin(body: dict[str, Any]) -> CommitOrigin:
+    origin = field(body, "origin", str, default="user")
+    if origin not in COMMIT_ORIGINS:
+        raise InvalidArgument(f"field origin: {origin!r} is not one of {', '.join(COMMIT_ORIGINS)}")
+    return origin
+
+
 _FILE_ENTRY = {
     "type": "object",
     "properties": {
@@ -214,12 +225,16 @@ async def delete_branch(request: web.Request) -> web.Response:
             "branch": NAME,
             "description": TEXT,
             "provenance": {"type": "array", "items": _COMMIT_REF},
+            "id": STRING,
+            "origin": _ORIGIN,
         }
     ),
     status=201,
 )
 async def start_commit(request: web.Request) -> web.Response:
-    """Start a commit on a branch. Body: {branch, description?, provenance?: [{repo, branch, id}]}."""
+    """Start a commit on a branch. Body: {branch, description?, provenance?: [{repo, branch,
+    id}], id?: the commit set to join (a pipeline's output takes its input commit's id),
+    origin?: who makes it (user, job, s3, cron; default user)}."""
     body = await read_json(request)
     raw_prov = field(body, "provenance", list, default=None)
     provenance = None
@@ -235,6 +250,8 @@ async def start_commit(request: web.Request) -> web.Response:
         field(body, "branch", str, default="master"),
         description=field(body, "description", str, default=""),
         provenance=provenance,
+        commit_id=field(body, "id", str, default=None),
+        origin=_origin(body),
     )
     return web.json_response(info.to_json(), status=201)
 
@@ -324,6 +341,44 @@ async def squash_commit(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
+# Commit sets: one id across repos (Pachyderm 2's global IDs)
+
+
+@routes.get("/v1/commitsets/{id}")
+async def inspect_commit_set(request: web.Request) -> web.Response:
+    """A commit set: its commits in every repo, the branches it will still reach, its state."""
+    info = await _svc(request).inspect_commit_set(request.match_info["id"])
+    return web.json_response(info.to_json())
+
+
+@routes.get("/v1/commitsets/{id}/wait")
+@endpoint(query=[Query("timeout", SECONDS)])
+async def wait_commit_set(request: web.Request) -> web.Response:
+    """Block until every commit of the set is finished, those of downstream pipelines it
+    will trigger included, or one failed (?timeout=seconds)."""
+    timeout = query_seconds(request, "timeout")
+    info = await while_connected(
+        request,
+        _svc(request).wait_commit_set(request.match_info["id"], timeout, request.app[BUS]),
+    )
+    return web.json_response(info.to_json())
+
+
+@routes.delete("/v1/commitsets/{id}")
+async def delete_commit_set(request: web.Request) -> web.Response:
+    """Delete every commit of an open set (all or none)."""
+    deleted = await _svc(request).delete_commit_set(request.match_info["id"])
+    return web.json_response({"commits": [c.to_json() for c in deleted]})
+
+
+@routes.post("/v1/commitsets/{id}/squash")
+@endpoint()
+async def squash_commit_set(request: web.Request) -> web.Response:
+    """Squash every commit of a finished set (all or none)."""
+    squashed = await _svc(request).squash_commit_set(request.match_info["id"])
+    return web.json_response({"commits": [c.to_json() for c in squashed]})
+
+
 @routes.get("/v1/repos/{repo}/branches/{branch}/subscribe")
 @endpoint(query=[flag("all", "existing finished commits first")])
 async def subscribe_commits(request: web.Request) -> web.StreamResponse:
@@ -396,6 +451,7 @@ async def put_files(request: web.Request) -> web.Response:
     body=json_body(
         {
             "commit": STRING,
+            "origin": _ORIGIN,
             "changes": {
                 "type": "array",
                 "items": {
@@ -411,7 +467,8 @@ async def put_files(request: web.Request) -> web.Response:
     status=201,
 )
 async def put_entries(request: web.Request) -> web.Response:
-    """Land already-stored files by reference. Body: {commit?, changes: [{path, entry|null}]}."""
+    """Land already-stored files by reference. Body: {commit?, origin?, changes: [{path,
+    entry|null}]}."""
     body = await read_json(request)
     raw = field(body, "changes", list)
     try:
@@ -429,6 +486,7 @@ async def put_entries(request: web.Request) -> web.Response:
         request.match_info["branch"],
         changes,
         commit=field(body, "commit", str, default=None),
+        origin=_origin(body),
     )
     return web.json_response(result.to_json(), status=201)
 

@@ -15,7 +15,14 @@ from datetime import datetime
 from typing import Any
 
 from shared.api.names import COMMIT_ID_RE, check_name, parse_ref
-from shared.api.pfs_models import BranchInfo, CommitInfo, CommitRef, RepoInfo, Trigger
+from shared.api.pfs_models import (
+    BranchInfo,
+    CommitInfo,
+    CommitOrigin,
+    CommitRef,
+    RepoInfo,
+    Trigger,
+)
 from shared.platform.db import Conn, Row, duplicate_is
 from shared.platform.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
@@ -46,7 +53,7 @@ class CommitRow:
 
 _COMMIT_COLUMNS = (
     "id, repo, branch, parent, state, root, size_bytes, file_count, description, error, "
-    "provenance, started, finishing, finished, second_parent"
+    "provenance, started, finishing, finished, second_parent, origin"
 )
 
 
@@ -69,6 +76,7 @@ def commit_from_record(rec: Row) -> CommitRow:
         provenance=[CommitRef.from_json(p) for p in prov_list],
         index_root=rec["root"],
         second_parent=rec["second_parent"],
+        origin=rec["origin"],
     )
     return CommitRow(info, rec["root"])
 
@@ -406,15 +414,17 @@ async def insert_commit(
     description: str = "",
     provenance: list[CommitRef] | None = None,
     second_parent: str | None = None,
+    origin: CommitOrigin = "user",
 ) -> CommitRow:
     prov = json.dumps([{"repo": p.repo, "branch": p.branch, "id": p.id} for p in provenance or []])
     finished_now = state == "finished"
     rec = await conn.fetchrow(
         f"""
         INSERT INTO pfs_commits (id, repo, branch, parent, state, root, size_bytes, file_count,
-                                 description, provenance, finishing, finished, second_parent)
+                                 description, provenance, finishing, finished, second_parent,
+                                 origin)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb,
-                CASE WHEN $11 THEN now() END, CASE WHEN $11 THEN now() END, $12)
+                CASE WHEN $11 THEN now() END, CASE WHEN $11 THEN now() END, $12, $13)
         RETURNING {_COMMIT_COLUMNS}
         """,
         commit_id,
@@ -429,6 +439,7 @@ async def insert_commit(
         prov,
         finished_now,
         second_parent,
+        origin,
     )
     assert rec is not None
     return commit_from_record(rec)

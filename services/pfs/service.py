@@ -40,7 +40,9 @@ from shared.api.names import COMMIT_ID_RE, check_name, file_path, normalize_path
 from shared.api.pfs_models import (
     BranchInfo,
     CommitInfo,
+    CommitOrigin,
     CommitRef,
+    CommitSetInfo,
     FileChange,
     FileInfo,
     PutResult,
@@ -218,10 +220,11 @@ class PfsService:
         description: str = "",
         provenance: list[CommitRef] | None = None,
         commit_id: str | None = None,
+        origin: CommitOrigin = "user",
     ) -> CommitInfo:
         """Open a commit on ``repo@branch``. ``commit_id`` joins it to that commit set (a
         pipeline's output takes its triggering input commit's id); refused if the repo
-        already has a commit of that id."""
+        already has a commit of that id. ``origin``: who makes it (shown, not checked)."""
         check_name("branch", branch)
         if commit_id is not None and not COMMIT_ID_RE.fullmatch(commit_id):
             raise InvalidArgument(f"commit id {commit_id!r}: expected 32 hex digits")
@@ -248,6 +251,7 @@ class PfsService:
                 state="open",
                 description=description,
                 provenance=provenance,
+                origin=origin,
             )
             await refs.set_branch_head(conn, repo, branch, row.id)
             await self._emit_commit(conn, "commit.started", row)
@@ -537,13 +541,15 @@ class PfsService:
         changes: list[tuple[str, FileEntry | None]],
         *,
         commit: str | None = None,
+        origin: CommitOrigin = "user",
     ) -> PutResult:
         """Land files whose chunks are already stored (pipeline outputs), by reference.
 
         ``None`` deletes a path. With ``commit``, the branch's open head must be that commit.
+        ``origin``: who makes the commit, if the write makes one (not into an open commit).
         """
         async with self.guard.upload():
-            return await self._put_entries(repo, branch, changes, commit)
+            return await self._put_entries(repo, branch, changes, commit, origin)
 
     async def _put_entries(
         self,
@@ -551,6 +557,7 @@ class PfsService:
         branch: str,
         changes: list[tuple[str, FileEntry | None]],
         commit: str | None,
+        origin: CommitOrigin,
     ) -> PutResult:
         await self._check_writable_branch(repo, branch)
         pending = PendingWrite.empty()
@@ -568,7 +575,7 @@ class PfsService:
                 raise FailedPrecondition(
                     f"commit {repo}@{commit} is not the open head of branch {branch}"
                 )
-        info = await self._land(repo, branch, pending, "")
+        info = await self._land(repo, branch, pending, "", origin)
         if commit is not None and info.id != commit:
             raise FailedPrecondition(f"commit {repo}@{commit} was finished meanwhile")
         return PutResult(
@@ -651,11 +658,16 @@ class PfsService:
             check_name("branch", branch)
 
     async def _land(
-        self, repo: str, branch: str, pending: PendingWrite, description: str
+        self,
+        repo: str,
+        branch: str,
+        pending: PendingWrite,
+        description: str,
+        origin: CommitOrigin = "user",
     ) -> CommitInfo:
         """Put a write into the branch's open commit, or make a commit of its own."""
         async with self._lane(repo, branch):
-            return await self._land_in_turn(repo, branch, pending, description)
+            return await self._land_in_turn(repo, branch, pending, description, origin)
 
     def _lane(self, repo: str, branch: str) -> asyncio.Lock:
         """The turn this process's writers to one branch take, one after another.
@@ -671,7 +683,12 @@ class PfsService:
         return lane
 
     async def _land_in_turn(
-        self, repo: str, branch: str, pending: PendingWrite, description: str
+        self,
+        repo: str,
+        branch: str,
+        pending: PendingWrite,
+        description: str,
+        origin: CommitOrigin = "user",
     ) -> CommitInfo:
         """``_land`` once this process's earlier writes to the branch are done."""
         for attempt in range(MAX_HEAD_RETRIES):
@@ -705,6 +722,7 @@ class PfsService:
                     file_count=count,
                     description=description,
                     provenance=provenance,
+                    origin=origin,
                 )
                 await refs.set_branch_head(conn, repo, branch, row.id)
                 await self._emit_commit(conn, "commit.started", row)
@@ -768,7 +786,7 @@ class PfsService:
                     )
                 description = message or f"Merge {repo}@{source} ({their.id}) into {dest}"
                 made = await self._commit_on(
-                    repo, dest, ours, plan, description, second_parent=their
+                    repo, dest, ours, plan, description, "merge", second_parent=their
                 )
                 if made is not None:
                     return "merge", made
@@ -815,7 +833,7 @@ class PfsService:
                         )
                     )
                 description = message or f"Revert {repo}@{undone.id}"
-                made = await self._commit_on(repo, target, ours, plan, description)
+                made = await self._commit_on(repo, target, ours, plan, description, "revert")
                 if made is not None:
                     return made
         raise Conflict(f"branch {repo}@{target} kept moving; the revert was not applied, retry it")
@@ -849,6 +867,7 @@ class PfsService:
         head: refs.CommitRow,
         plan: MergePlan,
         description: str,
+        origin: CommitOrigin,
         *,
         second_parent: refs.CommitRow | None = None,
     ) -> CommitInfo | None:
@@ -878,6 +897,7 @@ class PfsService:
                 file_count=count,
                 description=description,
                 provenance=provenance,
+                origin=origin,
             )
             await refs.set_branch_head(conn, repo, branch, row.id)
             await self._emit_commit(conn, "commit.started", row)

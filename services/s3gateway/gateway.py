@@ -224,7 +224,7 @@ class Gateway:
         as a commit of their own."""
         self.require_writable(bucket)
         try:
-            result = await self.pfs.put_entries(bucket.repo, bucket.branch, changes)
+            result = await self.pfs.put_entries(bucket.repo, bucket.branch, changes, origin="s3")
         except NotFound:
             raise S3Error.no_such_bucket(bucket.name) from None
         return result.commit

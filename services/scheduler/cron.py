@@ -67,7 +67,7 @@ async def tick_if_due(pfs: PfsClient, cron: CronInput, since: datetime, now: dat
     if cron.overwrite:
         changes.extend((path, None) for path in existing)
     changes.append((tick_name(due), EMPTY_FILE))
-    await pfs.put_entries(cron.repo, cron.branch, changes)
+    await pfs.put_entries(cron.repo, cron.branch, changes, origin="cron")
     return True
 
 

@@ -20,7 +20,9 @@ from shared.api.names import MAX_TEXT_CHARS
 from shared.api.pfs_models import (
     BranchInfo,
     CommitInfo,
+    CommitOrigin,
     CommitRef,
+    CommitSetInfo,
     FileChange,
     FileInfo,
     PutResult,
@@ -265,8 +267,14 @@ class PfsClient(ServiceClient):
         *,
         description: str = "",
         provenance: list[CommitRef] | None = None,
+        commit_id: str | None = None,
+        origin: CommitOrigin = "user",
     ) -> CommitInfo:
-        body: dict[str, Any] = {"branch": branch, "description": description}
+        """Open a commit; ``commit_id`` joins it to that commit set (AlreadyExists if the
+        repo has a commit of the set already); ``origin``: who makes it."""
+        body: dict[str, Any] = {"branch": branch, "description": description, "origin": origin}
+        if commit_id is not None:
+            body["id"] = commit_id
         if provenance is not None:
             body["provenance"] = [
                 {"repo": p.repo, "branch": p.branch, "id": p.id} for p in provenance
@@ -500,11 +508,13 @@ class PfsClient(ServiceClient):
         changes: list[tuple[str, FileEntry | None]],
         *,
         commit: str | None = None,
+        origin: CommitOrigin = "user",
     ) -> PutResult:
         """Land files already in the chunk store by reference (None deletes the path).
 
         With ``commit`` (an open commit), a long list goes in several requests, each under
-        the service's body limit; all of them land in that commit.
+        the service's body limit; all of them land in that commit. ``origin``: who makes
+        the commit, when the write makes one.
         """
         batches = _entry_batches(changes) if commit is not None else [changes]
         result: PutResult | None = None
@@ -515,6 +525,7 @@ class PfsClient(ServiceClient):
                 f"/v1/repos/{_q(repo)}/branches/{_q(branch)}/entries",
                 json_body={
                     "commit": commit,
+                    "origin": origin,
                     "changes": [
                         {"path": p, "entry": e.to_json() if e is not None else None}
                         for p, e in batch

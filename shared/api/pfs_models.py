@@ -15,6 +15,12 @@ from shared.platform.records import Record, from_dict
 CommitState = Literal["open", "finishing", "finished"]
 FileType = Literal["file", "dir"]
 ChangeKind = Literal["added", "deleted", "modified"]
+CommitSetState = Literal["running", "finished", "failed"]
+# Who made a commit (docs/console.md): a user (CLI, mount, API), a pipeline's job, the S3
+# gateway, a cron tick, a merge or a revert. Set by the caller through PFS's API; PFS sets
+# merge and revert itself.
+CommitOrigin = Literal["user", "job", "s3", "cron", "merge", "revert"]
+COMMIT_ORIGINS: tuple[CommitOrigin, ...] = ("user", "job", "s3", "cron", "merge", "revert")
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,7 @@ class CommitInfo(Record):
     # A merge commit's other parent: the head of the branch merged in (``parent`` is the
     # destination's head before the merge).
     second_parent: str | None = None
+    origin: CommitOrigin = "user"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CommitInfo:
@@ -153,3 +160,38 @@ class PutResult(Record):
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PutResult:
         return cls(CommitInfo.from_json(data["commit"]), data.get("files", 0), data.get("bytes", 0))
+
+
+@dataclass(frozen=True)
+class CommitSetInfo(Record):
+    """A commit set (Pachyderm 2's global ID): every commit that carries one id, in every
+    repo. ``pending``: ``repo@branch`` of the branches downstream of the set that will get
+    a commit of it (a pipeline's output not made yet). ``state``: ``running`` while a commit
+    is unfinished or a branch pending, ``failed`` once a commit finished with an error,
+    else ``finished``."""
+
+    id: str
+    state: CommitSetState
+    commits: list[CommitInfo] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "commits": [c.to_json() for c in self.commits],
+            "pending": list(self.pending),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CommitSetInfo:
+        return cls(
+            id=data["id"],
+            state=data["state"],
+            commits=[CommitInfo.from_json(c) for c in data.get("commits") or []],
+            pending=list(data.get("pending") or []),
+        )
+
+    @property
+    def failed(self) -> list[CommitInfo]:
+        return [c for c in self.commits if c.error is not None]

@@ -54,6 +54,8 @@ def commit_fields(commit: CommitInfo) -> str:
         # A merge commit has two parents: the destination's old head, then the source's.
         ("Parent", ", ".join(p for p in (commit.parent, commit.second_parent) if p) or "-"),
         ("State", commit.state),
+        # Who made it: user, job, s3 (the S3 gateway), cron, merge or revert.
+        ("Origin", commit.origin),
         ("Started", relative_time(commit.started)),
         ("Finished", relative_time(commit.finished)),
         ("Size", human_size(commit.size_bytes)),
