@@ -518,10 +518,11 @@ async def overhead(
     )
 
 
-async def run(config: Config, big: int, small: int, datums: int, home: str, batching: bool) -> None:
+async def run(config: Config, big: int, small: int, datums: int, home: str, batching: str) -> None:
     async with PfsClient(config.pfs_url) as pfs, PpsClient(config.pps_url) as pps:
         if datums:
-            await overhead(pfs, pps, datums, home)
+            if batching != "only":
+                await overhead(pfs, pps, datums, home)
             if batching:
                 await overhead(pfs, pps, datums, home, batching=True)
         if not big or not small:
@@ -548,7 +549,12 @@ def main() -> None:
         "--overhead-only", action="store_true", help="skip the incremental-latency cases"
     )
     parser.add_argument(
-        "--batching", action="store_true", help="also the overhead job with datum_batching"
+        "--batching",
+        nargs="?",
+        const="also",
+        default="",
+        choices=["also", "only"],
+        help="the overhead job with datum_batching too (or only: --batching only)",
     )
     args = parser.parse_args()
     with embedded_cluster(args.dir) as cluster, pipeline_services(cluster) as config:
