@@ -243,7 +243,9 @@ class JobDriver:
         # Tiny datums of a large job share task messages (tasks.batch_size): a message's
         # round trips (publish, fetch, ack) are paid once for up to MAX_BATCH datums.
         per_message = batch_size(len(to_publish), spec.parallelism * self.config.worker.concurrency)
-        window = PUBLISH_BATCH * per_message
+        # As many tasks in flight as before messages held several (their bytes, not their
+        # count, is what a loaded NATS must take within a publish's timeout).
+        window = PUBLISH_BATCH
         # Publishes overlap (each still waits for JetStream's ack), so workers get tasks fast;
         # never beside a purge of the queue of a deleted pipeline of the same name.
         async with self.queues.publishing(spec.name):
