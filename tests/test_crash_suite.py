@@ -37,6 +37,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import nats
 import pytest
 
 from services.scheduler.sandbox import bwrap_available
@@ -44,7 +45,12 @@ from shared.api.events import CommitFinished, subject_filter
 from shared.api.pfs_client import PfsClient
 from shared.api.pps_client import PpsClient
 from shared.api.pps_models import JobInfo
-from shared.platform.bus import connect
+from shared.platform.bus import (
+    connect,
+    results_stream_name,
+    results_subject,
+    tasks_stream_name,
+)
 from shared.platform.errors import TuskError, Unavailable
 from tests.fixtures.embedded_cluster import (
     EmbeddedCluster,
@@ -131,14 +137,20 @@ def copy_spec(name: str, repo: str, *, sleep: float = 0) -> dict[str, Any]:
 async def jobs_done(pps: PpsClient, pipeline: str, count: int, within: float) -> list[JobInfo]:
     """Wait until ``count`` jobs of ``pipeline`` exist and all are done; newest first."""
 
+    seen: list[JobInfo] = []
+
     async def done() -> list[JobInfo] | None:
         with contextlib.suppress(Unavailable):  # PPS restarting: ask again
-            jobs = await pps.list_jobs(pipeline)
+            seen[:] = jobs = await pps.list_jobs(pipeline)
             if len(jobs) >= count and all(j.done for j in jobs):
                 return jobs
         return None
 
-    return await eventually(done, within, f"{count} job(s) of {pipeline} done", every=0.2)
+    try:
+        return await eventually(done, within, f"{count} job(s) of {pipeline} done", every=0.2)
+    except AssertionError as exc:
+        states = [(j.id, j.state, j.data_processed, j.data_total, j.reason) for j in seen]
+        raise AssertionError(f"{exc}; jobs seen last: {states}") from None
 
 
 def triggers(jobs: list[JobInfo]) -> list[str]:
@@ -391,6 +403,62 @@ async def test_scheduler_killed_mid_job_finishes_the_job_once(
     await eventually(no_orphans, 15, f"workers of killed scheduler {old} gone: {orphans()}")
     await pps.delete_pipeline("sched")
     print(f"\nscheduler killed mid-job: the job finished {took:.1f} s after the kill")
+
+
+async def test_scheduler_dead_between_running_and_publishing_publishes_the_tasks_again(
+    healthy: EmbeddedCluster, pfs: PfsClient, pps: PpsClient
+) -> None:
+    """The window between a job becoming JOB_RUNNING (its datums recorded) and its tasks
+    reaching JetStream: a scheduler that dies or loses its lead there (a PostgreSQL outage
+    cancels its loops) must not leave the job waiting forever for results of tasks nobody
+    received. The state is made exact: the scheduler frozen with the job running, its
+    tasks and results deleted, its workers killed, then the scheduler killed."""
+    inputs = {f"/p{i}": f"pending {i}\n".encode() for i in range(4)}
+    await pfs.create_repo("pubin")
+    await pfs.put_files("pubin", "master", files(inputs))
+    await pps.create_pipeline(copy_spec("pub", "pubin", sleep=5))
+
+    async def running() -> JobInfo | None:
+        jobs = await pps.list_jobs("pub")
+        return jobs[0] if jobs and jobs[0].state == "JOB_RUNNING" else None
+
+    job = await eventually(running, 60, "the job running", every=0.05)
+    old = healthy.pid("scheduler")
+    os.kill(old, signal.SIGSTOP)
+    try:
+        for pid in healthy.workers("pub"):
+            os.kill(pid, signal.SIGKILL)
+        # The tasks' stream goes (the restarted scheduler makes it anew): the tasks are
+        # gone, and so is JetStream's memory of their ids, as if never published.
+        nc = await nats.connect(healthy.config.nats_url)
+        try:
+            config = healthy.config
+            await nc.jetstream().delete_stream(tasks_stream_name(config))
+            await nc.jetstream().purge_stream(
+                results_stream_name(config), subject=results_subject(config, "pub")
+            )
+        finally:
+            await nc.close()
+        conn = await asyncpg.connect(healthy.config.database_url)
+        try:
+            states = await conn.fetch("SELECT state FROM pps_job_datums WHERE job_id = $1", job.id)
+            assert [r["state"] for r in states] == ["STARTING"] * 4, "a datum ended: sleep longer"
+            await conn.execute("UPDATE pps_jobs SET tasks_published = false WHERE id = $1", job.id)
+        finally:
+            await conn.close()
+    finally:
+        os.kill(old, signal.SIGKILL)  # a stopped process dies of it too
+    await healthy.restarted("scheduler", old)
+
+    async with PpsClient(healthy.config.pps_url) as fresh:
+        (done,) = await jobs_done(fresh, "pub", 1, within=90)
+        assert done.id == job.id and done.state == "JOB_SUCCESS", done
+        assert (done.data_total, done.data_processed) == (4, 4)
+    log = (healthy.home / "logs" / "scheduler.log").read_text()
+    assert f"job {job.id} of pub: publishing 4 pending task(s) again" in log
+    async with PfsClient(healthy.config.pfs_url) as reader:
+        assert await listing(reader, "pub") == {p: len(d) for p, d in inputs.items()}
+    await pps.delete_pipeline("pub")
 
 
 async def test_worker_killed_mid_datum_is_retried_and_counted_once(

@@ -189,8 +189,11 @@ class JobDriver:
         elif job.state == JOB_RUNNING:
             async with acquire(self.pool) as conn:
                 remaining = await store.job_remaining(conn, job.id)
+                published = await store.job_tasks_published(conn, job.id)
             if remaining <= 0:
                 await self._finish(job)
+            elif not published:
+                await self._publish_again(job)
             else:
                 await self._kill_if_overdue(job)
         elif job.state == JOB_FINISHING:
@@ -239,6 +242,27 @@ class JobDriver:
             job.id, spec.name, plan.total, len(plan.to_run), plan.skipped, len(plan.removed),
             "incremental" if plan.incremental else "full",
         )  # fmt: skip
+        await self._publish(spec, job.id, output_commit, plan, pending)
+
+    async def _publish_again(self, job: JobInfo) -> None:
+        """A running job whose tasks may not all have gone out (its scheduler died or lost
+        the lead while publishing): plan it again and publish its pending datums' tasks.
+        Those already queued are dropped by JetStream's duplicate window, or run twice
+        beyond it and counted once (a result counts only while its datum is STARTING)."""
+        assert job.output_commit is not None  # set before the job became JOB_RUNNING
+        spec = await self._spec_of(job)
+        plan = await self._plan(spec, job)
+        async with acquire(self.pool) as conn:
+            pending = await store.starting_datum_ids(conn, job.id)
+        log.info(
+            "job %s of %s: publishing %d pending task(s) again", job.id, spec.name, len(pending)
+        )
+        await self._publish(spec, job.id, job.output_commit, plan, pending)
+
+    async def _publish(
+        self, spec: PipelineSpec, job_id: str, output_commit: str, plan: JobPlan, pending: set[str]
+    ) -> None:
+        """Publish the tasks of the plan's ``pending`` datums, then record that they are out."""
         to_publish = [datum for datum, _digest in plan.to_run if datum.id in pending]
         # Tiny datums of a large job share task messages (tasks.batch_size): a message's
         # round trips (publish, fetch, ack) are paid once for up to MAX_BATCH datums.
@@ -251,12 +275,14 @@ class JobDriver:
         async with self.queues.publishing(spec.name):
             for start in range(0, len(to_publish), window):
                 tasks = [
-                    datum_task(spec, job.id, output_commit, datum)
+                    datum_task(spec, job_id, output_commit, datum)
                     for datum in to_publish[start : start + window]
                 ]
                 await asyncio.gather(
                     *(self._publish_tasks(spec, group) for group in _grouped(tasks, per_message))
                 )
+        async with acquire(self.pool) as conn:
+            await store.mark_tasks_published(conn, job_id)
         if not pending:
             self.wake()
 
