@@ -16,6 +16,7 @@ def commit_payload(kind: str, info: CommitInfo) -> Payload:
             commit=info.id,
             parent=info.parent,
             provenance=provenance,
+            commit_set=info.id,
         )
     return CommitFinished(
         repo=info.repo,
@@ -25,4 +26,5 @@ def commit_payload(kind: str, info: CommitInfo) -> Payload:
         provenance=provenance,
         size_bytes=info.size_bytes,
         error=info.error,
+        commit_set=info.id,
     )

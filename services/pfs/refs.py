@@ -108,7 +108,7 @@ _REPO_SELECT = """
            coalesce(array_agg(b.name ORDER BY b.name) FILTER (WHERE b.name IS NOT NULL), '{}')
                AS branches,
            coalesce((SELECT c.size_bytes FROM pfs_branches mb
-                     JOIN pfs_commits c ON c.id = mb.head
+                     JOIN pfs_commits c ON c.repo = mb.repo AND c.id = mb.head
                      WHERE mb.repo = r.name AND mb.name = 'master'), 0) AS size_bytes
     FROM pfs_repos r LEFT JOIN pfs_branches b ON b.repo = r.name
     WHERE $1::text IS NULL OR r.name = $1
@@ -473,6 +473,28 @@ async def commit_set(conn: Conn, set_id: str, *, lock: bool = False) -> list[Com
         set_id,
     )
     return [commit_from_record(r) for r in rows]
+
+
+async def branches_past(
+    conn: Conn, set_id: str, branches: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Those of ``branches`` whose head was computed from a commit of set ``set_id`` or a
+    later one of the same repo (by ``seq``): their head is past the set."""
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT b.repo, b.name FROM unnest($2::text[], $3::text[]) AS w(repo, name)
+        JOIN pfs_branches b ON b.repo = w.repo AND b.name = w.name
+        JOIN pfs_commits h ON h.repo = b.repo AND h.id = b.head
+        CROSS JOIN LATERAL jsonb_array_elements(h.provenance) p
+        JOIN pfs_commits pc ON pc.repo = p->>'repo' AND pc.id = p->>'id'
+        JOIN pfs_commits sc ON sc.repo = pc.repo AND sc.id = $1
+        WHERE pc.seq >= sc.seq
+        """,
+        set_id,
+        [r for r, _ in branches],
+        [b for _, b in branches],
+    )
+    return [(r["repo"], r["name"]) for r in rows]
 
 
 async def branch_subvenance_edges(

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.scheduler import store
+from services.scheduler.commit_sets import inputs_still_coming
 from services.scheduler.input_commits import job_inputs, triggering_branches
 from services.scheduler.specs import SpecCache
 from shared.api.events import BranchMoved, CommitFinished, Event
@@ -187,6 +188,16 @@ class JobStarter:
                 self.pfs, spec, pinned={(read.repo, read.branch): read.commit}
             )
             if inputs is None:
+                continue
+            if in_order and (
+                coming := await inputs_still_coming(
+                    self.pfs, self.pool, self.specs, spec, read.repo, read.branch, read.commit
+                )
+            ):
+                log.info(
+                    "no job of %s for %s@%s yet: its set still reaches %s",
+                    spec.name, read.repo, read.commit, ", ".join(coming),
+                )  # fmt: skip
                 continue
             job = await self._create(pipeline, spec, trigger, inputs, read, newest_only, in_order)
             if job is not None:

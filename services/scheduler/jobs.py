@@ -19,6 +19,7 @@ from typing import Any
 
 from services.scheduler import store
 from services.scheduler.assembly import DatumOutcome, assemble, check_owners
+from services.scheduler.commit_sets import job_commit_set, open_output_commit
 from services.scheduler.consumers import publish_task
 from services.scheduler.pipelines import PipelineView
 from services.scheduler.planner import (
@@ -208,6 +209,7 @@ class JobDriver:
             state=state,
             reason=reason,
             output_commit=values.get("output_commit", job.output_commit),
+            commit_set=values.get("output_commit", job.output_commit),
         )
         await emit(conn, self.config, changed)
 
@@ -288,18 +290,18 @@ class JobDriver:
 
     async def _open_output_commit(self, spec: PipelineSpec, job: JobInfo) -> str:
         provenance = [CommitRef(c.repo, c.branch, c.id) for c in job.input_commits]
+        set_id = job_commit_set(job.trigger)
         try:
-            commit = await self.pfs.start_commit(
-                spec.name, spec.output_branch, description=f"job {job.id}", provenance=provenance
+            return await open_output_commit(
+                self.pfs, spec.name, spec.output_branch, job.id, provenance, set_id
             )
         except FailedPrecondition:
             # A commit left open by a job that died with its scheduler: close it as failed.
             head = await self.pfs.inspect_commit(spec.name, spec.output_branch)
             await self.pfs.finish_commit(spec.name, head.id, error="abandoned by a stopped job")
-            commit = await self.pfs.start_commit(
-                spec.name, spec.output_branch, description=f"job {job.id}", provenance=provenance
+            return await open_output_commit(
+                self.pfs, spec.name, spec.output_branch, job.id, provenance, set_id
             )
-        return commit.id
 
     async def _plan(self, spec: PipelineSpec, job: JobInfo) -> JobPlan:
         roots = {

@@ -94,6 +94,8 @@ class CommitStarted(PfsPayload, type="commit.started"):
     commit: str
     parent: str | None = None
     provenance: list[CommitRef] = field(default_factory=list)
+    # The commit set the commit belongs to (its id: docs/architecture.md, "Commit sets").
+    commit_set: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "provenance": provenance_json(self.provenance)}
@@ -109,6 +111,7 @@ class CommitFinished(PfsPayload, type="commit.finished"):
     provenance: list[CommitRef] = field(default_factory=list)
     size_bytes: int = 0
     error: str | None = None
+    commit_set: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "provenance": provenance_json(self.provenance)}
@@ -118,6 +121,7 @@ class CommitFinished(PfsPayload, type="commit.finished"):
 class CommitDeleted(PfsPayload, type="commit.deleted"):
     commit: str
     branch: str | None = None
+    commit_set: str | None = None
 
 
 # ---------------------------------------------------------------------------------- PPS
@@ -156,6 +160,8 @@ class JobStateChanged(PpsPayload, type="job.state"):
     state: str
     reason: str | None = None
     output_commit: str | None = None
+    # The commit set of the job's output commit (its id), once the job has one.
+    commit_set: str | None = None
 
 
 __all__ = [

@@ -334,6 +334,25 @@ class PfsClient(ServiceClient):
     async def squash_commit(self, repo: str, ref: str) -> None:
         await self.request("POST", f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/squash")
 
+    async def inspect_commit_set(self, set_id: str) -> CommitSetInfo:
+        return CommitSetInfo.from_json(await self.request("GET", f"/v1/commitsets/{_q(set_id)}"))
+
+    async def wait_commit_set(self, set_id: str, *, timeout: float | None = None) -> CommitSetInfo:
+        """Block until the set settles: finished (downstream pipelines' commits included) or
+        failed (check ``state``)."""
+        body = await self.request(
+            "GET", f"/v1/commitsets/{_q(set_id)}/wait", params={"timeout": timeout}
+        )
+        return CommitSetInfo.from_json(body)
+
+    async def delete_commit_set(self, set_id: str) -> list[CommitInfo]:
+        body = await self.request("DELETE", f"/v1/commitsets/{_q(set_id)}")
+        return [CommitInfo.from_json(c) for c in body["commits"]]
+
+    async def squash_commit_set(self, set_id: str) -> list[CommitInfo]:
+        body = await self.request("POST", f"/v1/commitsets/{_q(set_id)}/squash")
+        return [CommitInfo.from_json(c) for c in body["commits"]]
+
     async def subscribe_commits(
         self, repo: str, branch: str, *, all_: bool = False
     ) -> AsyncIterator[CommitInfo]:

@@ -11,6 +11,16 @@ import click
 from shared.api.pfs_models import CommitInfo
 from shared.platform.errors import InvalidArgument
 from tusk.cli.args import REPO_AT, REPO_AT_REF, Target, writable_branch
+from tusk.cli.commit_set_commands import (
+    COMMIT_OR_SET,
+    REPO_OR_SET,
+    CommitSetId,
+    delete_set,
+    inspect_set,
+    list_set,
+    squash_set,
+    wait_set,
+)
 from tusk.cli.output import (
     echo,
     echo_json,
@@ -95,19 +105,25 @@ def finish_commit(target: Target, description: str | None) -> None:
 
 
 @click.command("commit")
-@click.argument("target", metavar="REPO@REF", type=REPO_AT_REF)
+@click.argument("target", metavar="REPO@REF|ID", type=COMMIT_OR_SET)
 @click.option(
     "--subvenance",
     is_flag=True,
     help="List every downstream commit made from this one (at any distance) instead.",
 )
 @output_option
-def inspect_commit(target: Target, subvenance: bool, output: str) -> None:
-    """Show one commit (REF: a branch, a commit id, or master^, master~2…).
+def inspect_commit(target: Target | CommitSetId, subvenance: bool, output: str) -> None:
+    """Show one commit (REF: a branch, a commit id, or master^, master~2…), or with a bare
+    ID the commit set: its commits in every repo, their states and the jobs that made them.
 
     Its provenance is shown twice: the direct one (the commits it was made from) and the
     full one (every upstream commit, however far).
     """
+    if isinstance(target, CommitSetId):
+        if subvenance:
+            raise InvalidArgument("--subvenance needs one commit: REPO@COMMIT")
+        inspect_set(target.id, output)
+        return
     ref = target.ref_or_default
 
     async def inspect(pfs: PfsClient) -> tuple[CommitInfo, dict[str, list[CommitInfo]]]:
@@ -184,7 +200,7 @@ RECENT_COMMITS = 50
 
 
 @click.command("commit")
-@click.argument("target", metavar="[REPO[@BRANCH]]", type=REPO_AT, required=False)
+@click.argument("target", metavar="[REPO[@BRANCH]|ID]", type=REPO_OR_SET, required=False)
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=None, help="Show at most N.")
 @click.option(
     "--provenance-of",
@@ -196,13 +212,18 @@ RECENT_COMMITS = 50
 )
 @output_option
 def list_commit(
-    target: Target | None, limit: int | None, source: Target | None, output: str
+    target: Target | CommitSetId | None, limit: int | None, source: Target | None, output: str
 ) -> None:
     """List commits, newest first (all branches unless one is given).
 
     With no repo: the most recent commits of every repo (50 unless -n says otherwise).
+    With a bare commit ID: every commit of that commit set, in every repo.
     """
-    if target is None:
+    if isinstance(target, CommitSetId):
+        if source is not None:
+            raise InvalidArgument("--provenance-of needs the repo to look in: list commit REPO")
+        commits = list_set(target.id, limit)
+    elif target is None:
         if source is not None:
             raise InvalidArgument("--provenance-of needs the repo to look in: list commit REPO")
         recent = limit or RECENT_COMMITS
@@ -219,11 +240,16 @@ def list_commit(
 
 
 @click.command("commit")
-@click.argument("target", metavar="REPO@REF", type=REPO_AT_REF)
+@click.argument("target", metavar="REPO@REF|ID", type=COMMIT_OR_SET)
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
 @output_option
-def wait_commit(target: Target, timeout: float | None, output: str) -> None:
-    """Block until a commit is finished, then show it."""
+def wait_commit(target: Target | CommitSetId, timeout: float | None, output: str) -> None:
+    """Block until a commit is finished, then show it. With a bare commit ID: until every
+    commit of the set is finished, downstream pipelines' output commits included; exits 1
+    naming the failed job if one fails."""
+    if isinstance(target, CommitSetId):
+        wait_set(target.id, timeout, output)
+        return
     ref = target.ref_or_default
     commit = run_pfs(lambda pfs: pfs.wait_commit(target.repo, ref, timeout=timeout))
     print_commit(commit, output)
@@ -261,17 +287,25 @@ def subscribe_commit(target: Target, all_: bool, output: str) -> None:
 
 
 @click.command("commit")
-@click.argument("target", metavar="REPO@REF", type=REPO_AT_REF)
-def squash_commit(target: Target) -> None:
-    """Merge a commit's changes into its child and remove it from history."""
+@click.argument("target", metavar="REPO@REF|ID", type=COMMIT_OR_SET)
+def squash_commit(target: Target | CommitSetId) -> None:
+    """Merge a commit's changes into its child and remove it from history (a bare ID: every
+    commit of the set, all or none)."""
+    if isinstance(target, CommitSetId):
+        squash_set(target.id)
+        return
     ref = target.ref_or_default
     run_pfs(lambda pfs: pfs.squash_commit(target.repo, ref))
 
 
 @click.command("commit")
-@click.argument("target", metavar="REPO@REF", type=REPO_AT_REF)
-def delete_commit(target: Target) -> None:
-    """Delete a commit (and move branches that pointed at it back to its parent)."""
+@click.argument("target", metavar="REPO@REF|ID", type=COMMIT_OR_SET)
+def delete_commit(target: Target | CommitSetId) -> None:
+    """Delete an open commit (and move branches that pointed at it back to its parent); a
+    bare ID: every commit of the set, all or none."""
+    if isinstance(target, CommitSetId):
+        delete_set(target.id)
+        return
     ref = target.ref_or_default
     run_pfs(lambda pfs: pfs.delete_commit(target.repo, ref))
 
