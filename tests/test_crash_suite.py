@@ -314,7 +314,7 @@ async def test_pfs_killed_while_finishing_a_commit_finishes_it_whole_at_restart(
     await healthy.restarted("pfs", old)
     back_after = time.monotonic() - killed_at
     log = (healthy.home / "logs" / "pfs.log").read_text()
-    assert f"recovering commit {commit.id} left finishing" in log
+    assert f"recovering commit finish@{commit.id} left finishing" in log
     async with PfsClient(healthy.config.pfs_url) as fresh:
         info = await fresh.inspect_commit("finish", commit.id)
         assert info.state == "finished" and info.error is None
