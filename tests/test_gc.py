@@ -17,6 +17,7 @@ import pytest
 
 from shared.api.pfs_client import PfsClient
 from shared.platform.config import Config
+from shared.platform.errors import InvalidArgument
 from tests.fixtures.pfs import RunningPfs
 
 TUSK = Path(sys.executable).parent / "tusk"
@@ -156,3 +157,29 @@ async def test_grace_zero_spares_an_upload_in_flight(pfs: RunningPfs, tmp_path: 
     assert report.objects == 0
     assert fsck_code == 0, fsck_out
     assert data == blob(7, 6 << 20) + blob(8, 1 << 20)
+
+
+async def test_a_tree_or_chunk_remembered_in_a_cache_is_stored_again_after_collection(
+    pfs: RunningPfs, tmp_path: Path
+) -> None:
+    """PFS's caches (index nodes, chunks) must not answer "stored" for what a collection
+    deleted: the same tree written again is stored again, and a landing by reference of a
+    deleted chunk is refused rather than committed with a hole."""
+    items = [(f"/{i}", blob(40 + i, 5_000)) for i in range(3)]
+    async with PfsClient(pfs.url) as client:
+        await client.create_repo("trash")
+        await client.put_files("trash", "master", files(*items))
+        entry = await client.file_entry("trash", "master", "/0")
+        await read(client, "trash", "/0")  # its chunk is now in PFS's read cache
+        await client.delete_repo("trash")
+        freed = await client.garbage_collect(grace_s=0)
+        await client.create_repo("keep")
+        with pytest.raises(InvalidArgument, match="which is not in the object store"):
+            await client.put_entries("keep", "master", [("/by-ref", entry)])
+        await client.put_files("keep", "master", files(*items))  # the very same tree
+        fsck_code, fsck_out, _ = await tusk(pfs, tmp_path, "fsck")
+        contents = [await read(client, "keep", path) for path, _ in items]
+
+    assert freed.objects > 0
+    assert fsck_code == 0, fsck_out
+    assert contents == [data for _, data in items]

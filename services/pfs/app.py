@@ -52,7 +52,11 @@ def build_app(config: Config) -> web.Application:
             # Every write goes through the guard, so a collection never deletes what a
             # write in flight is about to reference (services/pfs/store_guard.py).
             guarded = GuardedStore(store)
-            service = PfsService(config, pool, guarded, CommittedFiles(FileIndex(guarded)))
+            index = FileIndex(guarded, on_reuse=guarded.touch_reused)
+            service = PfsService(config, pool, guarded, CommittedFiles(index))
+            # A key being deleted must not be taken as stored because a cache holds it.
+            guarded.on_doom(index.forget)
+            guarded.on_doom(service.chunk_cache.forget)
             await service.recover_finishing()
             app[SERVICE] = service
             app[BUS] = bus

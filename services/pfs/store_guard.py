@@ -10,7 +10,11 @@ chunk. ``GuardedStore`` closes it for every writer in this process:
   collector never deletes a touched key;
 - a batch the collector is deleting is *doomed* until the deletion finishes: ``exists``
   of a doomed key waits and answers False (so the writer stores it again) and ``put``
-  waits, so a re-write can never land before the delete that would remove it.
+  waits, so a re-write can never land before the delete that would remove it;
+- writers that skip the store because a cache says a key is stored (the file index's
+  node cache, PFS's chunk cache) report that re-use with ``touch_reused``, and dooming a
+  batch drops its keys from those caches (``on_doom``) in the same step, so after it the
+  next writer asks the store.
 
 Writers outside this process (workers, the S3 gateway) are protected by their owners'
 answers to "what do you reference" and by age (see ``services.pfs.collector``).
@@ -20,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from shared.storage.objstore import ObjectStat, ObjectStore
 
@@ -39,6 +45,30 @@ class Upload:
 _current: ContextVar[Upload | None] = ContextVar("tusk_pfs_upload", default=None)
 
 
+class Guarded(Protocol):
+    guard: GuardedStore
+
+
+S = TypeVar("S", bound=Guarded)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def in_flight(
+    method: Callable[Concatenate[S, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
+    """Run a method that writes index nodes or chunks as an upload in flight, from its
+    first write until its commit has landed (or it failed): a finish, a merge, a revert,
+    a copy or a delete writes new nodes that no commit names until it lands."""
+
+    @functools.wraps(method)
+    async def run(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
+        async with self.guard.upload():
+            return await method(self, *args, **kwargs)
+
+    return run
+
+
 class GuardedStore:
     """An ``ObjectStore`` that forwards to a real one and tracks what writers touch."""
 
@@ -47,12 +77,18 @@ class GuardedStore:
         self._uploads: set[Upload] = set()
         self._touched: set[str] | None = None  # keys touched since a collection started
         self._doomed: dict[str, asyncio.Event] = {}
+        self._doom_listeners: list[Callable[[Sequence[str]], None]] = []
 
     # -- what the service and the collector call -------------------------------------
 
     @contextlib.asynccontextmanager
     async def upload(self) -> AsyncIterator[Upload]:
-        """Mark a write in flight for its whole length: store, then land its commit."""
+        """Mark a write in flight for its whole length: store, then land its commit.
+        Inside another upload it is that upload (one write, one start time)."""
+        outer = _current.get()
+        if outer is not None:
+            yield outer
+            return
         upload = Upload(time.time())
         self._uploads.add(upload)
         token = _current.set(upload)
@@ -80,12 +116,23 @@ class GuardedStore:
         """Whether a writer touched ``key`` since the collection started."""
         return self._touched is not None and key in self._touched
 
+    def on_doom(self, listener: Callable[[Sequence[str]], None]) -> None:
+        """Call ``listener`` with every batch as it is doomed (a cache forgets those keys)."""
+        self._doom_listeners.append(listener)
+
     def doom(self, keys: Sequence[str]) -> asyncio.Event:
         """Hold writes of ``keys`` until the returned event is set (after their deletion)."""
         done = asyncio.Event()
         for key in keys:
             self._doomed[key] = done
+        for listener in self._doom_listeners:
+            listener(keys)
         return done
+
+    def touch_reused(self, key: str) -> None:
+        """A writer re-uses ``key`` because a cache says it is stored, without asking the
+        store: protect it as if ``exists`` had been asked."""
+        self._touch(key)
 
     def release(self, keys: Sequence[str], done: asyncio.Event) -> None:
         for key in keys:

@@ -69,9 +69,12 @@ def hash_bytes(data: bytes | bytearray | memoryview) -> str:
     return blake3.blake3(data).hexdigest()
 
 
+CHUNK_PREFIX = "chunks/"
+
+
 def chunk_key(chunk: str) -> str:
     """Object-store key of the chunk named ``chunk``."""
-    return f"chunks/{chunk[:2]}/{chunk}"
+    return f"{CHUNK_PREFIX}{chunk[:2]}/{chunk}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,9 +465,24 @@ class ChunkCache:
         self.misses = 0
         self._chunks: OrderedDict[str, bytes] = OrderedDict()
         self._loading: dict[str, asyncio.Future[bytes]] = {}
+        # Forgotten while a load of them was in flight: that load is not kept.
+        self._stale: set[str] = set()
 
     def __contains__(self, chunk: str) -> bool:
         return chunk in self._chunks
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop the chunks stored under ``keys`` (other keys are ignored): they are being
+        deleted, so "it is cached, hence stored" must not be concluded from this cache."""
+        for key in keys:
+            if not key.startswith(CHUNK_PREFIX):
+                continue
+            chunk = key.rsplit("/", 1)[-1]
+            data = self._chunks.pop(chunk, None)
+            if data is not None:
+                self.size -= len(data)
+            if chunk in self._loading:
+                self._stale.add(chunk)
 
     async def get(self, store: ObjectStore, chunk: str) -> bytes:
         """Return the chunk's plain bytes, from memory or from the store."""
@@ -506,6 +524,9 @@ class ChunkCache:
         return data
 
     def _remember(self, chunk: str, data: bytes) -> None:
+        if chunk in self._stale:
+            self._stale.discard(chunk)
+            return
         if len(data) > self.max_bytes:
             return
         self._chunks[chunk] = data

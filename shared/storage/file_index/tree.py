@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
 
 import zstandard
 
@@ -13,6 +13,7 @@ from shared.platform.errors import Internal, InvalidArgument, NotFound
 from shared.storage.file_index.builder import TreeBuilder
 from shared.storage.file_index.diff import diff_trees
 from shared.storage.file_index.node import (
+    STORE_PREFIX,
     IndexEntry,
     InternalNode,
     LeafNode,
@@ -52,8 +53,12 @@ class FileIndex:
         max_node_items: int | None = None,
         max_node_bytes: int = 1024 * 1024,
         write_concurrency: int = 16,
+        on_reuse: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
+        # Told the store key of each node a write skips because the cache says it is
+        # stored: a garbage collector counts that re-use as a touch (services/pfs/store_guard).
+        self.on_reuse = on_reuse
         self.fanout = fanout
         self.max_node_items = max_node_items if max_node_items is not None else 8 * fanout
         self.max_node_bytes = max_node_bytes
@@ -66,6 +71,8 @@ class FileIndex:
         self._cache_used = 0
         self._loading: dict[str, asyncio.Future[Node]] = {}
         self._writing: dict[str, asyncio.Task[None]] = {}
+        # Forgotten while a fetch of them was in flight: that fetch is not cached.
+        self._stale: set[str] = set()
         self._compressor = zstandard.ZstdCompressor(level=3)
         self._decompressor = zstandard.ZstdDecompressor()
         self._builder()  # refuse bad parameters now rather than at the first build
@@ -91,7 +98,23 @@ class FileIndex:
         self._cache.clear()
         self._cache_used = 0
 
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop the cached nodes stored under ``keys`` (other keys are ignored): they are
+        being deleted, so a later write must ask the store, not trust the cache."""
+        for key in keys:
+            if not key.startswith(STORE_PREFIX):
+                continue
+            digest = key.rsplit("/", 1)[-1]
+            hit = self._cache.pop(digest, None)
+            if hit is not None:
+                self._cache_used -= hit[1]
+            if digest in self._loading:
+                self._stale.add(digest)
+
     def _remember(self, digest: str, node: Node, plain_len: int) -> None:
+        if digest in self._stale:
+            self._stale.discard(digest)
+            return
         if digest in self._cache:
             self._cache.move_to_end(digest)
             return
@@ -212,7 +235,10 @@ class FileIndex:
         """
         for digest, (plain, node) in builder.pending.items():
             if digest in self._cache:
-                continue  # read or written before: it is in the store already
+                # Read or written before: it is in the store already.
+                if self.on_reuse is not None:
+                    self.on_reuse(store_key(digest))
+                continue
             tasks.add(self._start_write(digest, plain, node))
             if len(tasks) >= self.write_concurrency:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
