@@ -105,7 +105,7 @@ class EmbeddedCluster:
         return time.perf_counter() - started
 
     def up(self) -> None:
-        run([TUSK, "up", "--detach"], env=self.env)
+        run([TUSK, "up", "--detach", "--any-ports"], env=self.env)
 
     def down(self) -> None:
         subprocess.run([TUSK, "down"], env=self.env, capture_output=True, check=False)

@@ -110,3 +110,45 @@ async def test_consumers_are_bounded_even_when_made_without_max_deliver(
     assert await bus.ensure_consumer(raised) == consumer.max_deliver + 5
     # A reader asking for fewer never lowers it.
     assert await bus.ensure_consumer(consumer) == consumer.max_deliver + 5
+
+
+async def test_a_reader_stopped_mid_batch_hands_it_back_at_once(
+    bus: Bus, tusk_config: Config
+) -> None:
+    """A scheduler that loses its lead cancels its readers while they hold messages: those
+    come back to the next reader at once, not after the consumer's ack_wait."""
+    stream = results_stream_name(tusk_config)
+    subject = f"{tusk_config.nats_prefix}.results.hand-back-test"
+    consumer = DurableConsumer(stream, "hand-back-test", subject, ack_wait=60)
+    holding = asyncio.Event()
+
+    async def hold(_batch: list[str]) -> None:
+        holding.set()
+        await asyncio.sleep(3600)
+
+    for i in range(3):
+        await bus.publish_raw(subject, f"good:{i}".encode(), f"hb{i}")
+    first = asyncio.create_task(bus.consume(consumer, decode, hold))
+    await asyncio.wait_for(holding.wait(), 10)
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+
+    handled: list[str] = []
+    all_back = asyncio.Event()
+
+    async def handle(batch: list[str]) -> None:
+        handled.extend(batch)
+        if len(handled) >= 3:
+            all_back.set()
+
+    started = asyncio.get_running_loop().time()
+    second = asyncio.create_task(bus.consume(consumer, decode, handle))
+    try:
+        await asyncio.wait_for(all_back.wait(), 10)  # far less than the 60 s ack_wait
+    finally:
+        second.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await second
+    assert sorted(handled) == ["good:0", "good:1", "good:2"]
+    assert asyncio.get_running_loop().time() - started < 10

@@ -246,10 +246,12 @@ async def test_a_pipeline_runs_on_a_commit_made_through_s3(
                     return await asyncio.to_thread(got["Body"].read)
                 return None
 
-            assert (
-                await eventually(output, 90, "the pipeline's output read through S3")
-                == b"HELLO S3\n"
-            )
+            try:
+                got = await eventually(output, 90, "the pipeline's output read through S3")
+            except AssertionError as exc:
+                jobs = [(j.id, j.state, j.reason) for j in await pps.list_jobs("shout")]
+                raise AssertionError(f"{exc}; jobs of shout: {jobs}") from None
+            assert got == b"HELLO S3\n"
         finally:
             await pps.request("DELETE", "/v1/pipelines/shout", params={"force": True})
 

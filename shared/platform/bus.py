@@ -337,6 +337,8 @@ REDELIVER_MAX_S = 30.0
 # Deliveries before a message that keeps failing is terminated. With the delays above,
 # 100 deliveries outlast a 45-minute outage of a dependency.
 DEFAULT_MAX_DELIVER = 100
+# How long a stopping reader tries to hand its unsettled messages back.
+HAND_BACK_S = 1.0
 
 
 def redelivery_delay(delivered: int) -> float:
@@ -446,6 +448,7 @@ async def _settle(
             await _retry_or_term(reader, delivery, exc)
         return
     except asyncio.CancelledError:
+        await _hand_back(good)
         raise
     except Exception as exc:
         if len(good) == 1:
@@ -458,6 +461,17 @@ async def _settle(
         return
     for delivery, _ in good:
         await delivery.ack()
+
+
+async def _hand_back(good: Sequence[tuple[Delivery, T]]) -> None:
+    """The reader stops mid-batch (its service lost the lead, or shuts down): NAK the batch
+    for an immediate redelivery, to this replica's successor, rather than leave it for the
+    consumer's ``ack_wait``. A handler cut off halfway runs again from the start, as it would
+    after a crash (handlers are idempotent). Best effort: NATS may be the thing that went."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(HAND_BACK_S):
+            for delivery, _ in good:
+                await delivery.nak(delay=0)
 
 
 def _log_failure(name: str, exc: Exception) -> None:
