@@ -14,6 +14,7 @@ the change is re-applied on the new head, so concurrent puts all land.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import re
@@ -22,9 +23,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from services.pfs import refs, staging, triggers
+from services.pfs import commit_sets, refs, staging, triggers
 from services.pfs.committed import Change, CommittedFiles
 from services.pfs.events import commit_payload
+from services.pfs.history import parents_without
 from services.pfs.merge import MergePlan, Strategy, merge_base, plan_merge
 from services.pfs.store_guard import GuardedStore, in_flight
 from shared.api.events import (
@@ -445,55 +447,140 @@ class PfsService:
 
     async def delete_commit(self, repo: str, ref: str) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await self._lock_commit(conn, repo, ref)
-            if row.info.state != "open":
-                raise FailedPrecondition(
-                    f"commit {repo}@{row.id} is {row.info.state}; only open commits can be deleted "
-                    "(tusk squash commit removes a finished one from history)"
-                )
-            if row.info.branch is not None:
-                exists, head = await refs.get_branch_head(conn, repo, row.info.branch, lock=True)
-                if exists and head == row.id:
-                    await refs.set_branch_head(conn, repo, row.info.branch, row.info.parent)
-                    await self._emit_moved(conn, repo, row.info.branch, row.id, row.info.parent)
+            await self._delete_open(conn, await self._lock_commit(conn, repo, ref))
+
+    async def _delete_open(self, conn: Conn, row: refs.CommitRow) -> None:
+        """Delete an open commit whose row the caller locked; its head goes back a commit."""
+        repo = row.info.repo
+        if row.info.state != "open":
+            raise FailedPrecondition(
+                f"commit {repo}@{row.id} is {row.info.state}; only open commits can be deleted "
+                "(tusk squash commit removes a finished one from history)"
+            )
+        if row.info.branch is not None:
+            exists, head = await refs.get_branch_head(conn, repo, row.info.branch, lock=True)
+            if exists and head == row.id:
+                await refs.set_branch_head(conn, repo, row.info.branch, row.info.parent)
+                await self._emit_moved(conn, repo, row.info.branch, row.id, row.info.parent)
+        await self._unlink(conn, row)
+
+    async def _unlink(self, conn: Conn, row: refs.CommitRow) -> None:
+        """Take a commit out of its repo's history: its children get its parents, both of
+        a merge commit's (services/pfs/history.py)."""
+        repo = row.info.repo
+        own = await conn.fetchrow(
+            "SELECT parent, second_parent FROM pfs_commits WHERE repo = $1 AND id = $2",
+            repo,
+            row.id,
+        )
+        replacement = (own["parent"], own["second_parent"]) if own else (row.info.parent, None)
+        children = await conn.fetch(
+            "SELECT id, parent, second_parent FROM pfs_commits "
+            "WHERE repo = $1 AND (parent = $2 OR second_parent = $2) FOR UPDATE",
+            repo,
+            row.id,
+        )
+        for child in children:
+            parent, second = parents_without(
+                child["id"], (child["parent"], child["second_parent"]), row.id, replacement
+            )
             await conn.execute(
-                "UPDATE pfs_commits SET parent = $2 WHERE parent = $1", row.id, row.info.parent
+                "UPDATE pfs_commits SET parent = $3, second_parent = $4 WHERE repo = $1 AND id = $2",
+                repo,
+                child["id"],
+                parent,
+                second,
             )
-            await conn.execute("DELETE FROM pfs_commits WHERE id = $1", row.id)
-            await emit(
-                conn, self.config, CommitDeleted(repo=repo, commit=row.id, branch=row.info.branch)
-            )
+        await conn.execute("DELETE FROM pfs_commits WHERE repo = $1 AND id = $2", repo, row.id)
+        await emit(
+            conn,
+            self.config,
+            CommitDeleted(repo=repo, commit=row.id, branch=row.info.branch, commit_set=row.id),
+        )
 
     async def squash_commit(self, repo: str, ref: str) -> None:
         """Remove a finished commit from history; its children keep their (complete) content."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await self._lock_commit(conn, repo, ref)
-            if not row.finished:
-                raise FailedPrecondition(
-                    f"commit {repo}@{row.id} is open; delete it instead (tusk delete commit)"
-                )
-            heads = await conn.fetch(
-                "SELECT name FROM pfs_branches WHERE repo = $1 AND head = $2", repo, row.id
+            await self._squash_finished(conn, await self._lock_commit(conn, repo, ref))
+
+    async def _squash_finished(self, conn: Conn, row: refs.CommitRow) -> None:
+        """Squash a finished commit the caller locked. Commits of its own set may name it as
+        provenance (they go in the same transaction); any other commit keeps it."""
+        repo = row.info.repo
+        if not row.finished:
+            raise FailedPrecondition(
+                f"commit {repo}@{row.id} is open; delete it instead (tusk delete commit)"
             )
-            if heads:
-                raise FailedPrecondition(
-                    f"commit {repo}@{row.id} is the head of branch {heads[0]['name']}; "
-                    "only commits with children can be squashed"
-                )
-            if await conn.fetchval(
-                "SELECT 1 FROM pfs_commits WHERE provenance @> $1::jsonb LIMIT 1",
-                f'[{{"id": "{row.id}"}}]',
-            ):
-                raise FailedPrecondition(
-                    f"commit {repo}@{row.id} is provenance of other commits; it is kept"
-                )
-            await conn.execute(
-                "UPDATE pfs_commits SET parent = $2 WHERE parent = $1", row.id, row.info.parent
+        heads = await conn.fetch(
+            "SELECT name FROM pfs_branches WHERE repo = $1 AND head = $2", repo, row.id
+        )
+        if heads:
+            raise FailedPrecondition(
+                f"commit {repo}@{row.id} is the head of branch {heads[0]['name']}; "
+                "only commits with children can be squashed"
             )
-            await conn.execute("DELETE FROM pfs_commits WHERE id = $1", row.id)
-            await emit(
-                conn, self.config, CommitDeleted(repo=repo, commit=row.id, branch=row.info.branch)
+        user = await conn.fetchval(
+            "SELECT repo || '@' || id FROM pfs_commits "
+            "WHERE provenance @> $1::jsonb AND id <> $2 LIMIT 1",
+            json.dumps([{"repo": repo, "id": row.id}]),
+            row.id,
+        )
+        if user:
+            raise FailedPrecondition(
+                f"commit {repo}@{row.id} is provenance of other commits ({user}); it is kept"
             )
+        await self._unlink(conn, row)
+
+    # Commit sets: one id across repos (services/pfs/commit_sets.py)
+
+    async def inspect_commit_set(self, set_id: str) -> CommitSetInfo:
+        _check_set_id(set_id)
+        async with self.pool.acquire() as conn:
+            return await commit_sets.read_set(conn, set_id)
+
+    async def wait_commit_set(self, set_id: str, timeout: float | None, bus: Bus) -> CommitSetInfo:
+        """The set once settled: every commit finished and no branch pending, or a commit
+        failed. Woken by every repo's commit events, since the set reaches new repos."""
+        await self.inspect_commit_set(set_id)  # an unknown id fails at once
+
+        async def settled() -> CommitSetInfo | None:
+            info = await self.inspect_commit_set(set_id)
+            return None if info.state == "running" else info
+
+        subject = f"{self.config.nats_prefix}.pfs.commit.*.*"
+        info = await wait_for(bus, subject, settled, timeout)
+        if info is None:
+            now = await self.inspect_commit_set(set_id)
+            waiting = [f"{c.repo}@{c.branch}" for c in now.commits if c.state != "finished"]
+            raise FailedPrecondition(
+                f"commit set {set_id} not finished after {timeout} s; still waiting for "
+                + ", ".join(waiting + now.pending)
+            )
+        return info
+
+    async def delete_commit_set(self, set_id: str) -> list[CommitInfo]:
+        """Delete every commit of an open set, all or none; the commits deleted."""
+        _check_set_id(set_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await self._lock_set(conn, set_id)
+            for row in rows:
+                await self._delete_open(conn, row)
+            return [r.info for r in rows]
+
+    async def squash_commit_set(self, set_id: str) -> list[CommitInfo]:
+        """Squash every commit of a finished set, all or none; the commits squashed."""
+        _check_set_id(set_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await self._lock_set(conn, set_id)
+            for row in rows:
+                await self._squash_finished(conn, row)
+            return [r.info for r in rows]
+
+    async def _lock_set(self, conn: Conn, set_id: str) -> list[refs.CommitRow]:
+        rows = await refs.commit_set(conn, set_id, lock=True)
+        if not rows:
+            raise NotFound(f"no commit set {set_id}: no repo has a commit with that id")
+        return rows
 
     # Files: writes
 
@@ -1135,6 +1222,11 @@ def _conflict_text(what: str, why: str, plan: MergePlan, hint: str) -> str:
     """The refusal: a summary line, then every conflicting path on a line of its own."""
     paths = "\n".join(f"  {p}" for p in plan.conflicts)
     return f"{what}: {len(plan.conflicts)} path(s) {why} ({hint}):\n{paths}"
+
+
+def _check_set_id(set_id: str) -> None:
+    if not COMMIT_ID_RE.fullmatch(set_id):
+        raise InvalidArgument(f"commit set id {set_id!r}: expected 32 hex digits")
 
 
 def _parse_branch(text: str) -> tuple[str, str]:
