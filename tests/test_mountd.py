@@ -325,6 +325,25 @@ async def test_random_read_fetches_only_the_block_it_needs(
     assert source.requests - before <= 25
 
 
+async def test_sequential_read_fetches_each_chunk_once_and_reads_ahead(
+    mountd: RunningMountd, pfs_client: PfsClient, repo: str
+) -> None:
+    data = random.Random(9).randbytes(40 << 20)
+    await put(pfs_client, repo, {"/seq.bin": data})
+    await mountd.client.mount(repo)
+    source = mountd.manager.source
+    chunks = len(
+        {ref.chunk for ref in (await pfs_client.file_entry(repo, "master", "/seq.bin")).chunks}
+    )
+    before = source.requests
+    md5 = (await run("md5sum", str(mountd.root / repo / "seq.bin"))).stdout.decode().split()[0]
+    assert md5 == hashlib.md5(data).hexdigest()
+    # Straight from the object store, chunk by chunk: 40 MiB is ~32 requests, each chunk
+    # fetched once (read-ahead and the reads that need a chunk share one fetch).
+    assert source.requests - before == chunks
+    assert 20 <= chunks <= 60
+
+
 async def test_cp_r_into_rw_mount_then_unmount_makes_one_commit(
     mountd: RunningMountd, pfs_client: PfsClient, repo: str, tmp_path: Path
 ) -> None:

@@ -15,8 +15,10 @@ from collections.abc import Awaitable, Callable, Hashable
 
 log = logging.getLogger("tusk.mountd.cache")
 
-Loader = Callable[[], Awaitable[bytes]]
-ManyLoader = Callable[[], Awaitable[list[bytes]]]
+# A block: its bytes, or a read-only view of a larger load it was cut from (no copy).
+Block = bytes | memoryview
+Loader = Callable[[], Awaitable[Block]]
+ManyLoader = Callable[[], Awaitable[list[Block]]]
 
 
 class BlockCache:
@@ -27,15 +29,15 @@ class BlockCache:
         self.size = 0
         self.hits = 0
         self.misses = 0
-        self._blocks: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._blocks: OrderedDict[Hashable, Block] = OrderedDict()
         # Key → (the load in flight that brings it, its index among that load's blocks).
-        self._loading: dict[Hashable, tuple[asyncio.Task[list[bytes]], int]] = {}
+        self._loading: dict[Hashable, tuple[asyncio.Task[list[Block]], int]] = {}
         self._closed = False
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._blocks
 
-    async def get(self, key: Hashable, load: Loader) -> bytes:
+    async def get(self, key: Hashable, load: Loader) -> Block:
         """The block named ``key``, from memory, from a load in flight, or by calling ``load``."""
         data = self._blocks.get(key)
         if data is not None:
@@ -45,7 +47,7 @@ class BlockCache:
         loading = self._loading.get(key)
         if loading is None:
 
-            async def load_one() -> list[bytes]:
+            async def load_one() -> list[Block]:
                 return [await load()]
 
             loading = (self._start([key], load_one), 0)
@@ -64,7 +66,7 @@ class BlockCache:
         if not self._closed and keys:
             self._start(keys, load)
 
-    def _start(self, keys: list[Hashable], load: ManyLoader) -> asyncio.Task[list[bytes]]:
+    def _start(self, keys: list[Hashable], load: ManyLoader) -> asyncio.Task[list[Block]]:
         self.misses += len(keys)
         task = asyncio.create_task(self._load(keys, load))
         # A failed read-ahead nobody waits for is not worth an "exception never retrieved".
@@ -73,7 +75,7 @@ class BlockCache:
             self._loading[key] = (task, index)
         return task
 
-    async def _load(self, keys: list[Hashable], load: ManyLoader) -> list[bytes]:
+    async def _load(self, keys: list[Hashable], load: ManyLoader) -> list[Block]:
         try:
             blocks = await load()
         finally:
@@ -83,7 +85,7 @@ class BlockCache:
             self._remember(key, data)
         return blocks
 
-    def _remember(self, key: Hashable, data: bytes) -> None:
+    def _remember(self, key: Hashable, data: Block) -> None:
         if len(data) > self.max_bytes or self._closed:
             return
         self._blocks[key] = data

@@ -348,7 +348,9 @@ class TuskFs(TuskOperations):
         return handle
 
     @fuse_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(  # type: ignore[override]  # pyfuse3 replies from any contiguous buffer
+        self, fh: int, off: int, size: int
+    ) -> bytes | memoryview:
         handle = self._handle(fh)
         if handle.local is not None:
             return handle.local.read(off, size)

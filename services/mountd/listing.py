@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from itertools import islice
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -18,6 +19,9 @@ T = TypeVar("T")
 
 class DirListing(Generic[T]):
     """Entries ``(name, value)`` of a stream, addressed by position (0-based)."""
+
+    # Entries returned per ``batch`` call at most (a readdirplus reply holds ~25).
+    BATCH = 128
 
     def __init__(
         self, open_stream: Callable[[], AsyncIterator[tuple[str, T]]], *, window: int = 1000
@@ -60,8 +64,11 @@ class DirListing(Generic[T]):
                 self._buffer.popleft()
                 self._start += 1
             if self._buffer:
+                # A few dozen entries fit one kernel reply: hand out a slice, not the whole
+                # window (building all of it per call made a directory's listing quadratic).
                 return [
-                    (self._start + i, name, value) for i, (name, value) in enumerate(self._buffer)
+                    (self._start + i, name, value)
+                    for i, (name, value) in enumerate(islice(self._buffer, self.BATCH))
                 ]
             if self._done:
                 return []

@@ -103,6 +103,7 @@ async def mount_tree(
                 async with manager.running():
                     yield manager, serving
         finally:
+            await source.aclose()
             await cache.aclose()
 
 
