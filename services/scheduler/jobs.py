@@ -37,7 +37,6 @@ from services.scheduler.tasks import (
     DatumTask,
     DatumTaskFile,
     DatumTaskInput,
-    batch_envelope,
     batch_size,
     batch_tasks,
     task_envelope,
@@ -344,14 +343,16 @@ class JobDriver:
             self.index, spec, job.input_commits, roots, current, reprocess=reprocess
         )
 
-    async def _publish_tasks(self, spec: PipelineSpec, tasks: list[DatumTask]) -> None:
+    async def _publish_tasks(self, spec: PipelineSpec, group: list[_Grouped]) -> None:
         """One task message: a datum alone (``job:datum`` as its id), or several (``job+first
         datum+count``; no ``:``, so a worker never takes it for one datum's id)."""
         subject = tasks_subject(self.config, spec.name)
-        first = tasks[0]
-        if len(tasks) > 1:
-            payload = json.dumps(batch_envelope(tasks, spec.datum_tries)).encode()
-            msg_id = f"{first.job_id}+{first.datum_id}+{len(tasks)}"
+        first = group[0][0]
+        if len(group) > 1:
+            # tasks.batch_envelope, from the JSON _grouped already made to measure each task.
+            tasks = ",".join(text or json.dumps(task.to_json()) for task, text in group)
+            payload = f'{{"tasks": [{tasks}], "datum_tries": {spec.datum_tries}}}'.encode()
+            msg_id = f"{first.job_id}+{first.datum_id}+{len(group)}"
             await publish_task(self.bus, subject, payload, msg_id)
             return
         payload = json.dumps(task_envelope(first, spec.datum_tries)).encode()
@@ -445,11 +446,18 @@ class JobDriver:
         self.wake()
 
 
-def _grouped(tasks: list[DatumTask], per_message: int) -> list[list[DatumTask]]:
+# A task and, when it was measured for a batch, its JSON.
+_Grouped = tuple[DatumTask, str | None]
+
+
+def _grouped(tasks: list[DatumTask], per_message: int) -> list[list[_Grouped]]:
     if per_message <= 1:
-        return [[task] for task in tasks]
-    sizes = [len(json.dumps(task.to_json())) for task in tasks]
-    return [[tasks[i] for i in group] for group in batch_tasks(sizes, per_message)]
+        return [[(task, None)] for task in tasks]
+    texts = [json.dumps(task.to_json()) for task in tasks]
+    return [
+        [(tasks[i], texts[i]) for i in group]
+        for group in batch_tasks([len(text) for text in texts], per_message)
+    ]
 
 
 def datum_task(spec: PipelineSpec, job_id: str, output_commit: str, datum: Datum) -> DatumTask:
