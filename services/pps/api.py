@@ -179,16 +179,18 @@ async def delete_job(request: web.Request) -> web.Response:
         Query("limit", integer(1, 10000)),
         Query("after", STRING, "the cursor a previous page returned (a datum id)"),
         flag("all", "the skipped datums too"),
+        Query("state", STRING, "only datums in this state (SUCCESS, FAILED, …); paged"),
     ]
 )
 async def list_datums(request: web.Request) -> web.Response:
     """The datums a job processed (skipped ones are counted on the job).
 
-    Paged when asked (?limit=&after=DATUM_ID, ?all=true adds the skipped datums): the
-    answer then carries ``next``, the cursor of the following page (null at the end).
+    Paged when asked (?limit=&after=DATUM_ID, ?all=true adds the skipped datums, ?state=
+    only those in a state): the answer then carries ``next``, the cursor of the following
+    page (null at the end).
     """
     name, job = request.match_info["name"], request.match_info["job"]
-    if not {"all", "after", "limit"} & set(request.query):
+    if not {"all", "after", "limit", "state"} & set(request.query):
         datums = await _svc(request).list_datums(name, job)
         return web.json_response({"datums": [d.to_json() for d in datums]})
     page, cursor = await _svc(request).datums_page(
@@ -197,6 +199,7 @@ async def list_datums(request: web.Request) -> web.Response:
         skipped=query_bool(request, "all"),
         after=request.query.get("after", ""),
         limit=query_int(request, "limit", 1000, low=1, high=10000),
+        only_state=request.query.get("state") or None,
     )
     return web.json_response({"datums": [d.to_json() for d in page], "next": cursor})
 

@@ -331,13 +331,20 @@ class PpsService:
         return await self.scheduler.list_datums(pipeline, job_id)
 
     async def datums_page(
-        self, pipeline: str, job_id: str, *, skipped: bool, after: str, limit: int
+        self,
+        pipeline: str,
+        job_id: str,
+        *,
+        skipped: bool,
+        after: str,
+        limit: int,
+        only_state: str | None = None,
     ) -> tuple[list[DatumInfo], str | None]:
-        """One page of a job's datums (with the skipped ones when asked), by id, and the
-        cursor of the next page."""
+        """One page of a job's datums (with the skipped ones when asked; ``only_state``:
+        those in that state), by id, and the cursor of the next page."""
         await self._pipeline(pipeline)
         return await self.scheduler.datums_page(
-            pipeline, job_id, all_=skipped, after=after, limit=limit
+            pipeline, job_id, all_=skipped, after=after, limit=limit, only_state=only_state
         )
 
     async def inspect_datum(self, pipeline: str, job_id: str, datum_id: str) -> DatumInfo:

@@ -155,12 +155,14 @@ async def delete_job(request: web.Request) -> web.Response:
         Query("limit", integer(1, 10000)),
         Query("after", STRING, "the cursor a previous page returned (a datum id)"),
         flag("all", "the skipped datums too"),
+        Query("state", STRING, "only datums in this state (SUCCESS, FAILED, …); paged"),
     ]
 )
 async def list_datums(request: web.Request) -> web.Response:
-    """The datums a job processed; paged when asked (?limit=&after=&all=), with ``next``."""
+    """The datums a job processed; paged when asked (?limit=&after=&all=&state=), with
+    ``next``."""
     name = request.match_info["name"]
-    paged = bool({"all", "after", "limit"} & set(request.query))
+    paged = bool({"all", "after", "limit", "state"} & set(request.query))
     limit = query_int(request, "limit", 1000, low=1, high=10000)
     async with acquire(_engine(request).pool) as conn:
         job = await store.find_job(conn, name, request.match_info["job"])
@@ -174,6 +176,7 @@ async def list_datums(request: web.Request) -> web.Response:
             skipped=query_bool(request, "all"),
             after=request.query.get("after", ""),
             limit=limit,
+            only_state=request.query.get("state", "").upper() or None,
         )
     cursor = page[-1].id if len(page) == limit else None
     return web.json_response({"datums": [d.to_json() for d in page], "next": cursor})

@@ -387,9 +387,17 @@ async def delete_finished_job(conn: Conn, job_id: str) -> None:
 
 
 async def datums_page(
-    conn: Conn, pipeline: str, job_id: str, *, skipped: bool, after: str, limit: int
+    conn: Conn,
+    pipeline: str,
+    job_id: str,
+    *,
+    skipped: bool,
+    after: str,
+    limit: int,
+    only_state: str | None = None,
 ) -> list[DatumInfo]:
-    """One page of a job's datums by id (``tusk list datum --all``), so 100,000 stream.
+    """One page of a job's datums by id (``tusk list datum --all``), so 100,000 stream;
+    ``only_state``: those in that state only (the console's filter, failed ones first).
 
     With ``skipped``, the datums the job skipped come too, as SKIPPED: the pipeline's
     current datums another job ran. Skips are counted, not recorded, per job, so they are
@@ -406,11 +414,13 @@ async def datums_page(
         """
         SELECT datum_id, job_id, state, hash, inputs, output_files, output_bytes, attempts,
                error, seconds, started, finished
-        FROM pps_job_datums WHERE job_id = $2 AND datum_id > $3
+        FROM pps_job_datums
+        WHERE job_id = $2 AND datum_id > $3 AND ($6::text IS NULL OR state = $6)
         UNION ALL
         SELECT datum_id, $2, 'SKIPPED', hash, '[]'::jsonb, 0, 0, 0, NULL, NULL, NULL, NULL
         FROM pps_current_datums
         WHERE $5 AND pipeline = $1 AND job_id <> $2 AND datum_id > $3
+          AND ($6::text IS NULL OR $6 = 'SKIPPED')
         ORDER BY datum_id LIMIT $4
         """,
         pipeline,
@@ -418,6 +428,7 @@ async def datums_page(
         after,
         limit,
         skipped,
+        only_state,
     )
     return [_datum_info(r) for r in rows]
 

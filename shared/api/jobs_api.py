@@ -58,6 +58,26 @@ class JobsApi(ServiceClient):
                 return
             after = body["next"]
 
+    async def datums_page(
+        self,
+        pipeline: str,
+        job: str,
+        *,
+        all_: bool = False,
+        after: str = "",
+        limit: int = 1000,
+        only_state: str | None = None,
+    ) -> tuple[list[DatumInfo], str | None]:
+        """One page of a job's datums by id (``only_state``: in that state only), and the
+        cursor of the next (None at the end)."""
+        params: dict[str, Any] = {"limit": limit, "after": after, "state": only_state}
+        if all_:
+            params["all"] = "true"
+        body = await self.request(
+            "GET", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}/datums", params=params
+        )
+        return [DatumInfo.from_json(d) for d in body["datums"]], body.get("next")
+
     async def inspect_datum(self, pipeline: str, job: str, datum: str) -> DatumInfo:
         body = await self.request(
             "GET", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}/datums/{_q(datum)}"

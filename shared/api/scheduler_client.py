@@ -11,7 +11,7 @@ from typing import Any
 
 from shared.api.jobs_api import JobsApi
 from shared.api.jobs_api import path_part as _q
-from shared.api.pps_models import DatumInfo, JobInfo, JobRequest, PipelineInfo
+from shared.api.pps_models import JobInfo, JobRequest, PipelineInfo
 
 
 def _job_or_none(body: dict[str, Any]) -> JobInfo | None:
@@ -52,18 +52,6 @@ class SchedulerClient(JobsApi):
             json_body={"reason": reason},
         )
         return bool(body["asked"])
-
-    async def datums_page(
-        self, pipeline: str, job: str, *, all_: bool, after: str, limit: int
-    ) -> tuple[list[DatumInfo], str | None]:
-        """One page of a job's datums by id, and the cursor of the next (None at the end)."""
-        params: dict[str, Any] = {"limit": limit, "after": after}
-        if all_:
-            params["all"] = "true"
-        body = await self.request(
-            "GET", f"/v1/pipelines/{_q(pipeline)}/jobs/{_q(job)}/datums", params=params
-        )
-        return [DatumInfo.from_json(d) for d in body["datums"]], body.get("next")
 
     async def last_job_states(self, pipeline: str | None = None) -> dict[str, str]:
         """Each pipeline's newest job's state."""
