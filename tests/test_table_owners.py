@@ -28,6 +28,7 @@ SCHEDULER_TABLES = {
     "pps_current_datums",
     "pps_output_paths",
     "pps_logs",
+    "pps_datum_history",
 }
 PPS_TABLES = {"pps_pipelines", "pps_pipeline_versions", "pps_secrets"}
 
@@ -98,7 +99,7 @@ async def test_a_database_of_the_retired_shared_history_migrates_to_its_owners(
                 [("d1", "h1"), ("d2", "h2"), ("d3", "restart")],
             )
         # Either owner may start first.
-        assert await migrate_scheduler(pool) == [1, 2, 3, 4]
+        assert await migrate_scheduler(pool) == [1, 2, 3, 4, 5, 6]
         assert await migrate_pps(pool) == [1]
         async with pool.acquire() as conn:
             tables = await schema(conn)

@@ -161,6 +161,7 @@ async def forget_pipeline(conn: Conn, name: str, *, seen_before: datetime | None
         await conn.execute("DELETE FROM pps_logs WHERE pipeline = $1", name)
         await conn.execute("DELETE FROM pps_output_paths WHERE pipeline = $1", name)
         await conn.execute("DELETE FROM pps_current_datums WHERE pipeline = $1", name)
+        await conn.execute("DELETE FROM pps_datum_history WHERE pipeline = $1", name)
         await conn.execute("DELETE FROM pps_jobs WHERE pipeline = $1", name)
         await conn.execute("DELETE FROM scheduler_pipeline_specs WHERE name = $1", name)
         await conn.execute("DELETE FROM scheduler_pipelines WHERE name = $1", name)
@@ -399,17 +400,11 @@ async def datums_page(
     """One page of a job's datums by id (``tusk list datum --all``), so 100,000 stream;
     ``only_state``: those in that state only (the console's filter, failed ones first).
 
-    With ``skipped``, the datums the job skipped come too, as SKIPPED: the pipeline's
-    current datums another job ran. Skips are counted, not recorded, per job, so they are
-    known exactly only for the pipeline's newest successful job; others are refused.
+    With ``skipped``, the datums the job skipped come too, as SKIPPED, for any job: those
+    current when it started (``pps_datum_history``, migration 0006) that it neither ran
+    nor removed. Both sides are read in datum-id order from their keys and merged, so a
+    page costs the page, however many datums the job has.
     """
-    if skipped:
-        newest = await last_job_with_state(conn, pipeline, JOB_SUCCESS)
-        if newest is None or newest.id != job_id:
-            where = f" ({pipeline}@{newest.id})" if newest is not None else ""
-            raise FailedPrecondition(
-                f"skipped datums are known for the pipeline's newest successful job only{where}"
-            )
     rows = await conn.fetch(
         """
         SELECT datum_id, job_id, state, hash, inputs, output_files, output_bytes, attempts,
@@ -418,8 +413,14 @@ async def datums_page(
         WHERE job_id = $2 AND datum_id > $3 AND ($6::text IS NULL OR state = $6)
         UNION ALL
         SELECT datum_id, $2, 'SKIPPED', hash, '[]'::jsonb, 0, 0, 0, NULL, NULL, NULL, NULL
-        FROM pps_current_datums
-        WHERE $5 AND pipeline = $1 AND job_id <> $2 AND datum_id > $3
+        FROM pps_datum_history h
+        WHERE $5 AND h.pipeline = $1 AND h.datum_id > $3
+          AND h.valid_from < (SELECT seq FROM pps_jobs WHERE id = $2)
+          AND coalesce(h.valid_to >= (SELECT seq FROM pps_jobs WHERE id = $2), true)
+          AND NOT (SELECT removed_datums FROM pps_jobs WHERE id = $2) ? h.datum_id
+          AND NOT EXISTS (
+              SELECT 1 FROM pps_job_datums d WHERE d.job_id = $2 AND d.datum_id = h.datum_id
+          )
           AND ($6::text IS NULL OR $6 = 'SKIPPED')
         ORDER BY datum_id LIMIT $4
         """,
@@ -729,6 +730,7 @@ async def commit_datum_outputs(
     )
     after = before - int(deleted.split()[-1]) + len(succeeded)
     await conn.execute("UPDATE pps_jobs SET current_datums = $2 WHERE id = $1", job_id, after)
+    await _record_history(conn, pipeline, job_id, replaced, succeeded)
     if succeeded:
         await conn.execute(
             """
@@ -750,6 +752,38 @@ async def commit_datum_outputs(
             pipeline,
             [p for p, _ in new_paths],
             [d for _, d in new_paths],
+        )
+
+
+async def _record_history(
+    conn: Conn,
+    pipeline: str,
+    job_id: str,
+    replaced: Sequence[str],
+    succeeded: Sequence[tuple[str, str, str | None]],
+) -> None:
+    """Keep which datums are current from which job on (``pps_datum_history``): the rows
+    replaced end at this job, its succeeded datums start at it."""
+    seq = await conn.fetchval("SELECT seq FROM pps_jobs WHERE id = $1", job_id)
+    await conn.execute(
+        "UPDATE pps_datum_history SET valid_to = $3 "
+        "WHERE pipeline = $1 AND datum_id = ANY($2::text[]) AND valid_to IS NULL",
+        pipeline,
+        list(replaced),
+        seq,
+    )
+    if succeeded:
+        await conn.execute(
+            """
+            INSERT INTO pps_datum_history (pipeline, datum_id, hash, job_id, valid_from)
+            SELECT $1, d, h, $4, $5 FROM unnest($2::text[], $3::text[]) AS t(d, h)
+            ON CONFLICT DO NOTHING
+            """,
+            pipeline,
+            [s[0] for s in succeeded],
+            [s[1] for s in succeeded],
+            job_id,
+            seq,
         )
 
 

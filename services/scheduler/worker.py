@@ -56,6 +56,7 @@ from services.scheduler.backends.pod_sandbox import PodSandbox
 from services.scheduler.datum_batch import run_batch
 from services.scheduler.datum_runner import ScratchReaper, run_datum
 from services.scheduler.datum_secrets import SecretSource, fetch_secrets
+from services.scheduler.job_kills import JobKilled, JobKills
 from services.scheduler.sandbox import Sandbox
 from services.scheduler.tasks import (
     DatumResult,
@@ -226,6 +227,8 @@ class Worker:
         self.environment_patience = environment_patience
         # The consumer's max_deliver as this worker last made sure of it.
         self.max_deliver = 0
+        # Running datums by job, cancelled when their job is killed (tusk stop job).
+        self.kills = JobKills()
 
     async def run(self) -> None:
         consumer = worker_consumer(
@@ -256,6 +259,7 @@ class Worker:
             # storage and NATS round trips; each datum still runs alone in its own sandbox.
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.reaper.run())
+                group.create_task(self.kills.watch(self.bus, self.config, self.pipeline))
                 while True:
                     async with changed:
                         await changed.wait_for(has_room)
@@ -328,7 +332,12 @@ class Worker:
         """Run one datum in a free slot, then publish its result: the slot is free for
         the next datum while the result travels."""
         async with self._slots:
-            result, attempts = await self._run_with_retries(task, left, delivered)
+            try:
+                result, attempts = await self.kills.run(
+                    task.job_id, self._run_with_retries(task, left, delivered)
+                )
+            except JobKilled:
+                result, attempts = failed_result("its job was stopped"), delivered
         await self._publish(task.ids, result, attempts)
 
     async def _batch(self, tasks: list[DatumTask], delivered: int) -> None:
@@ -344,16 +353,23 @@ class Worker:
                 sends.create_task(self._publish(task.ids, result, delivered))
 
             try:
-                await run_batch(
-                    self.objects,
-                    tasks,
-                    workdir=self.workdir,
-                    on_result=on_result,
-                    cache=self.cache,
-                    sandbox=self._datum_sandbox,
-                    index=self.index,
-                    secrets=await self._secrets_for(tasks[0]),
+                await self.kills.run(
+                    tasks[0].job_id,
+                    run_batch(
+                        self.objects,
+                        tasks,
+                        workdir=self.workdir,
+                        on_result=on_result,
+                        cache=self.cache,
+                        sandbox=self._datum_sandbox,
+                        index=self.index,
+                        secrets=await self._secrets_for(tasks[0]),
+                    ),
                 )
+            except JobKilled:
+                for task in tasks:
+                    if task.datum_id not in told:
+                        await on_result(task, failed_result("its job was stopped"))
             except Exception as exc:
                 if is_environment_fault(exc):
                     raise
