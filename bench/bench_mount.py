@@ -181,6 +181,11 @@ async def main(size: int, files: int, directory: str | None) -> None:
                     f"mount/local {first_s / local_s:.2f}",
                     flush=True,
                 )
+                print(
+                    f"  goal 5a, mount speed / get file speed >= 0.7: first read "
+                    f"{api_s / first_s:.2f}, second {api_s / again_s:.2f}",
+                    flush=True,
+                )
                 find_s, found = find_count(mountpoint / "bench" / "small")
                 find_again_s, _ = find_count(mountpoint / "bench" / "small")
                 local_find_s, local_found = find_count(local / "small")
@@ -191,6 +196,11 @@ async def main(size: int, files: int, directory: str | None) -> None:
                 )
                 print(
                     f"  local: {local_find_s:.2f} s; ratio {find_s / local_find_s:.1f}", flush=True
+                )
+                print(
+                    f"  goal 5b, find on the mount / find on local <= 2: first "
+                    f"{find_s / local_find_s:.1f}, again {find_again_s / local_find_s:.1f}",
+                    flush=True,
                 )
             finally:
                 stop_mount(mount, mountpoint)
