@@ -136,6 +136,7 @@ def test_the_owner_map_is_the_documented_one() -> None:
         "pps_current_datums",
         "pps_output_paths",
         "pps_logs",
+        "pps_datum_history",
         "scheduler_pipelines",
         "scheduler_pipeline_specs",
     }
