@@ -77,12 +77,22 @@ def materialised(workdir: Path, path: str) -> bool:
     return any(workdir.glob(f"*/pfs/{path}"))
 
 
-def bare_cp_ms(directory: Path, count: int) -> float:
-    """ms per ``sh -c cp`` of one tiny file, with no sandbox and no store."""
-    started = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process and of its waited-for children (sandboxes, commands):
+    the work done, which a loaded machine's waits for a core do not add to."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def bare_cp_ms(directory: Path, count: int) -> tuple[float, float]:
+    """(wall ms, CPU ms) per ``sh -c cp`` of one tiny file, with no sandbox and no store."""
+    started, cpu = time.perf_counter(), cpu_seconds()
     for _ in range(count):
         subprocess.run(["sh", "-c", "cp in/* out/"], cwd=directory, check=True)
-    return (time.perf_counter() - started) * 1000 / count
+    return (
+        (time.perf_counter() - started) * 1000 / count,
+        (cpu_seconds() - cpu) * 1000 / count,
+    )
 
 
 async def output_files(store: CountingStore, result: DatumResult) -> dict[str, bytes]:
@@ -438,8 +448,9 @@ async def test_input_paths_cannot_escape_their_input(store: CountingStore, workd
 async def test_per_datum_overhead(tmp_path: Path, workdir: Path) -> None:
     """Tiny datums back to back; ``TUSK_DATUM_BENCH=1000`` for the full measurement.
 
-    Reports ms per datum above a bare ``sh -c cp`` of the same file. The bound asserted
-    is loose (machines here are shared); the docs record the measured numbers.
+    Reports ms per datum above a bare ``sh -c cp`` of the same file, in wall time and in
+    CPU time; the bound is on CPU time (machines here are shared); the docs record the
+    measured wall-time numbers (bench/ measures latency on a quiet machine).
     """
     count = int(os.environ.get("TUSK_DATUM_BENCH", "100"))
     store = LocalStore(tmp_path / "bench-store")
@@ -453,21 +464,33 @@ async def test_per_datum_overhead(tmp_path: Path, workdir: Path) -> None:
         (bare_dir / "in" / "x.txt").write_bytes(b"0123456789")
         datum_ms: list[float] = []
         bare_ms: list[float] = []
+        datum_cpu: list[float] = []
+        bare_cpu: list[float] = []
         # Interleaved rounds so both see the same machine load.
         rounds = 10
+        per_round = count // rounds
         for _ in range(rounds):
-            started = time.perf_counter()
-            for _ in range(count // rounds):
+            started, cpu = time.perf_counter(), cpu_seconds()
+            for _ in range(per_round):
                 result = await run_datum(
                     store, task, workdir=workdir, cache=cache, sandbox=sandbox, index=index
                 )
                 assert result.state == "SUCCESS"
-            datum_ms.append((time.perf_counter() - started) * 1000 / (count // rounds))
-            bare_ms.append(bare_cp_ms(bare_dir, count // rounds))
+            datum_ms.append((time.perf_counter() - started) * 1000 / per_round)
+            datum_cpu.append((cpu_seconds() - cpu) * 1000 / per_round)
+            wall, work = bare_cp_ms(bare_dir, per_round)
+            bare_ms.append(wall)
+            bare_cpu.append(work)
     finally:
         await store.close()
     datum, bare = statistics.median(datum_ms), statistics.median(bare_ms)
+    cpu, bare_work = statistics.median(datum_cpu), statistics.median(bare_cpu)
     print(
-        f"\n{count} datums: {datum:.1f} ms each, bare cp {bare:.1f} ms, overhead {datum - bare:.1f}"
+        f"\n{count} datums: {datum:.1f} ms each, bare cp {bare:.1f} ms, overhead "
+        f"{datum - bare:.1f}; CPU {cpu:.1f} ms each, bare cp {bare_work:.1f} ms"
     )
-    assert datum - bare < 60
+    # The bound is on work (CPU of this process and its sandboxes), not on wall time: on a
+    # loaded machine (two test workers, other runs beside them) a datum's several processes
+    # wait for a core more often than one bare cp, which said nothing about the runner.
+    # ~2 ms here (6.0 against 4.0, at load 27, where wall time said 156 ms of overhead).
+    assert cpu - bare_work < 20
