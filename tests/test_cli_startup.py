@@ -100,6 +100,9 @@ def test_a_command_that_calls_the_cluster_does_import_the_client(tmp_path: Path)
     assert code == 1  # nothing listens on port 9: one error line, exit 1
     assert "aiohttp" in modules
     assert "tusk.cli.file_commands" not in modules
+    # The SDK keeps the storage code (hashing, compression, chunking) for its callers that
+    # read chunks themselves; a CLI request needs none of it.
+    assert not {"shared.storage.chunking", "blake3", "zstandard"} & modules
 
 
 def _command_modules() -> list[str]:

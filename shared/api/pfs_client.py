@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -31,7 +31,11 @@ from shared.api.pfs_models import (
 )
 from shared.platform.config import CLUSTER_HEADER
 from shared.platform.errors import InvalidArgument, TuskError, Unavailable, error_from_json
-from shared.storage.chunking import FileEntry
+
+if TYPE_CHECKING:
+    # The storage code (blake3, zstandard, FastCDC) is for callers of file_entry and
+    # put_entries; ``put file`` starts without it.
+    from shared.storage.chunking import FileEntry
 
 # (path, content): the content's blocks, or its bytes when already in memory (small files).
 FileSource = tuple[str, Content]
@@ -442,6 +446,8 @@ class PfsClient(ServiceClient):
         body = await self.request(
             "GET", f"/v1/repos/{_q(repo)}/commits/{_q(ref)}/entry/{_qpath(path)}"
         )
+        from shared.storage.chunking import FileEntry
+
         return FileEntry.from_json(body["entry"])
 
     async def inspect_file(self, repo: str, ref: str, path: str) -> FileInfo:

@@ -9,7 +9,6 @@ Ctrl-C → exit 130. Anything else is a bug: one line saying so, exit 1. With
 from __future__ import annotations
 
 import sys
-import traceback
 from typing import TextIO
 
 import click
@@ -54,6 +53,8 @@ def report(exc: BaseException, *, debug: bool = False, stream: TextIO | None = N
     """Print the failure (traceback first when debugging) and return the exit code."""
     stream = stream or sys.stderr
     if debug and not isinstance(exc, (click.UsageError, KeyboardInterrupt, click.Abort)):
+        import traceback  # only with --debug
+
         traceback.print_exception(exc, file=stream)
     line, code = error_line(exc)
     print(line, file=stream)

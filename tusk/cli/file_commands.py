@@ -6,14 +6,12 @@ import contextlib
 import os
 import posixpath
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
 from shared.api.names import normalize_path
-from shared.api.pfs_models import FileChange, FileInfo, PutResult
 from shared.platform.errors import InvalidArgument
 from tusk.cli.args import REPO_ANY, REPO_FILE, Target, writable_branch
 from tusk.cli.output import (
@@ -41,6 +39,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from shared.api.pfs_client import PfsClient
+    from shared.api.pfs_models import FileChange, FileInfo, PutResult
 
 # put file
 
@@ -87,6 +86,8 @@ def put_file(
     if lists and not named:
         raise InvalidArgument(f"{', '.join(lists)} names no source")
     if untar:
+        import tempfile  # imported where used: help pages and other commands start faster
+
         with tempfile.TemporaryDirectory(prefix="tusk-untar-") as unpacked:
             extract_archives(named or [STDIN], unpacked)
             plan = plan_tree(target, unpacked)
@@ -178,6 +179,8 @@ async def download_file(pfs: PfsClient, repo: str, ref: str, path: str, out: Bin
 
 async def download_to_path(pfs: PfsClient, repo: str, ref: str, path: str, local: str) -> None:
     """Write one file to the local path ``local`` atomically (a partial download never shows)."""
+    import tempfile
+
     fd, partial = tempfile.mkstemp(prefix=".tusk-", dir=os.path.dirname(local) or ".")
     try:
         with os.fdopen(fd, "wb") as out:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from shared.api.names import check_name
-from shared.api.pps_models import DatumInfo, JobInfo, LogLine, PipelineInfo
 from shared.platform.errors import InvalidArgument, TuskError
 from tusk.cli.output import (
     document_style,
@@ -32,10 +31,10 @@ from tusk.cli.output import (
     to_json_text,
 )
 from tusk.cli.session import closing, naming_context
-from tusk.contexts import resolve_endpoints
 
 if TYPE_CHECKING:
     from shared.api.pps_client import PpsClient
+    from shared.api.pps_models import DatumInfo, JobInfo, LogLine, PipelineInfo
 
 T = TypeVar("T")
 
@@ -51,6 +50,7 @@ def run_pps(call: Callable[[PpsClient], Awaitable[T]]) -> T:
     import asyncio
 
     from shared.api.pps_client import PpsClient
+    from tusk.contexts import resolve_endpoints
 
     endpoints = resolve_endpoints()
 

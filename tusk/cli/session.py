@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 from shared.platform.errors import Unavailable
-from tusk.contexts import Endpoints, resolve_endpoints
 
 if TYPE_CHECKING:
     from shared.api.pfs_client import PfsClient
+    from tusk.contexts import Endpoints
 
 T = TypeVar("T")
 
@@ -20,6 +20,7 @@ def open_pfs(endpoints: Endpoints | None = None) -> PfsClient:
     # Imported on first use: the modules of commands that never call PFS import this one
     # too, and aiohttp alone costs 0.1-0.4 s of start-up.
     from shared.api.pfs_client import PfsClient
+    from tusk.contexts import resolve_endpoints
 
     endpoints = endpoints or resolve_endpoints()
     return PfsClient(endpoints.pfs_url, cluster_id=endpoints.cluster_id)
@@ -28,6 +29,8 @@ def open_pfs(endpoints: Endpoints | None = None) -> PfsClient:
 def run_pfs(call: Callable[[PfsClient], Awaitable[T]]) -> T:
     """Run ``call(client)`` on a fresh event loop and close the client afterwards."""
     import asyncio  # ~50 ms to import: not for commands that never reach here
+
+    from tusk.contexts import resolve_endpoints  # config.toml, contexts: only to call out
 
     endpoints = resolve_endpoints()
 

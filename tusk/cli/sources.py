@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import posixpath
 import sys
-import tarfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Literal
@@ -171,6 +170,8 @@ def extract_archives(sources: Sequence[str], dest: str) -> None:
     absolute names and ``..``, so nothing lands outside ``dest``. A URL is refused
     (download it first): a half-fetched archive must not become half a commit.
     """
+    import tarfile  # with its compressors, only --untar needs it
+
     for source in sources:
         if is_url(source):
             raise InvalidArgument(f"put file --untar reads local archives or stdin, not {source}")
