@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.console import charts, dag, preview
+from services.console import charts, dag, preview, textdiff
 from services.console.markup import Markup, e, link, table, url
 
 EVIL = '<script>alert("x")</script>'
@@ -49,3 +49,27 @@ def test_histogram_and_spec_diff() -> None:
     assert "No finished" in charts.histogram([])
     diff = charts.text_diff('{"a": 1}', '{"a": "<b>"}', "v1", "v2")
     assert '<span class="add">+{&quot;a&quot;: &quot;&lt;b&gt;&quot;}</span>' in diff
+
+
+def test_line_diff_numbers_both_sides_escapes_and_stays_bounded() -> None:
+    old = textdiff.Side("a\nb\nc\n")
+    new = textdiff.Side(f"a\nB{EVIL}\nc\nd\n")
+    html = textdiff.render(old, new)
+    assert '<tr class="del"><td class="ln">2</td><td class="ln"></td>' in html
+    assert '<tr class="add"><td class="ln"></td><td class="ln">2</td>' in html
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "2 lines added, 1 removed" in html and "@@ -1,3 +1,4 @@" in html
+    # A cut version: its last (maybe partial) line is left out, and the page says so.
+    cut = textdiff.render(textdiff.Side("x\ny\nz", cut=True), textdiff.Side("x\ny\nzz", cut=True))
+    assert "No differences" in cut
+    assert "Only the first" in textdiff.render(
+        textdiff.Side("x\n1\n", cut=True), textdiff.Side("y\n1\n")
+    )
+    # However long the diff, at most MAX_ROWS rows are drawn.
+    many = textdiff.render(
+        textdiff.Side(""), textdiff.Side("".join(f"{i}\n" for i in range(3 * textdiff.MAX_ROWS)))
+    )
+    assert many.count('<tr class="add">') == textdiff.MAX_ROWS
+    assert f"first {textdiff.MAX_ROWS} lines" in many
+    assert textdiff.decode(b"a\0b", False) is None
+    assert textdiff.decode("é".encode()[:1], True) == ""

@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from services.console.layout import page
-from services.console.live import Changes, event_stream, following
+from services.console.live import CHANGES, Changes, event_stream, following
 from services.console.markup import Markup, e, link
 from services.console.pages import CLIENTS, Clients, not_found_page, routes
 from shared.api.pfs_client import PfsClient
@@ -22,7 +22,6 @@ from shared.platform.http import CONFIG, STATUS_BY_ERROR, Handler, add_health_ro
 log = logging.getLogger("tusk.console")
 VERSION = "0.1.0"
 STATIC = Path(__file__).parent / "static"
-CHANGES: web.AppKey[Changes] = web.AppKey("console_changes", Changes)
 
 
 @web.middleware

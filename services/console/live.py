@@ -86,6 +86,9 @@ async def following(config: Config, changes: Changes) -> AsyncIterator[bool]:
         await bus.close()
 
 
+CHANGES: web.AppKey[Changes] = web.AppKey("console_changes", Changes)
+
+
 async def event_stream(request: web.Request, changes: Changes) -> web.StreamResponse:
     """``GET /events``: a ``change`` event whenever the cluster changed, a comment now and
     then to keep proxies from closing an idle stream."""
@@ -94,14 +97,22 @@ async def event_stream(request: web.Request, changes: Changes) -> web.StreamResp
     )
     await response.prepare(request)
     seen = changes.version
-    await response.write(b"retry: 2000\n\n")
-    while not changes.stopping:
-        now = await changes.wait_past(seen, KEEPALIVE_S)
-        if changes.stopping:
-            break
-        if now > seen:
-            seen = now
-            await response.write(f"event: change\ndata: {now}\n\n".encode())
-        else:
-            await response.write(b": keepalive\n\n")
+    try:
+        await response.write(b"retry: 2000\n\n")
+        while not changes.stopping and not gone(request):
+            now = await changes.wait_past(seen, KEEPALIVE_S)
+            if changes.stopping:
+                break
+            if now > seen:
+                seen = now
+                await response.write(f"event: change\ndata: {now}\n\n".encode())
+            else:
+                await response.write(b": keepalive\n\n")
+    except ConnectionResetError:
+        pass  # the page went away between two writes
     return response
+
+
+def gone(request: web.Request) -> bool:
+    """Whether the browser hung up (a page left: its streams end here too)."""
+    return request.transport is None or request.transport.is_closing()

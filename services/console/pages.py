@@ -1,11 +1,13 @@
 """The console's pages: each handler reads through PFS's and PPS's APIs and renders HTML.
 
-URLs are stable and shareable: /repos/R, /repos/R/commits/C (?path=), /pipelines/P,
-/pipelines/P/jobs/J (?state=), /pipelines/P/jobs/J/datums/D.
+URLs are stable and shareable: /repos/R, /repos/R/commits/C (?path=), /commitsets/ID,
+/repos/R/commits/C/diff (?against=, ?path=), /pipelines/P, /pipelines/P/jobs/J (?state=,
+?after=), /pipelines/P/jobs/J/datums/D.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import posixpath
 from dataclasses import dataclass
@@ -15,16 +17,33 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from services.console import charts, dag, preview
+from services.console import charts, dag, preview, textdiff
 from services.console.layout import SAFE_HEADERS, crumbs, page
+from services.console.live import CHANGES
+from services.console.logstream import log_stream
 from services.console.markup import Markup, e, join, link, table, url
 from shared.api.pfs_client import PfsClient
+from shared.api.pfs_models import CommitInfo, FileChange
 from shared.api.pps_client import PpsClient
-from shared.api.pps_models import DATUM_FAILED, JobInfo
+from shared.api.pps_models import DATUM_FAILED, DatumInfo, JobInfo, LogLine
 from shared.platform.errors import InvalidArgument, NotFound
 
 COMMITS_PAGE = 50
 FILES_PAGE = 200
+# Datums: a page of the table, the failed ones listed first, and the sample the duration
+# histogram is drawn from (datum ids are hashes, so the first ones by id are a fair sample).
+DATUMS_PAGE = 100
+FAILED_FIRST = 20
+DURATION_SAMPLE = 1000
+JOB_LOG_LINES = 500
+ORIGINS = {
+    "user": "user",
+    "job": "pipeline job",
+    "s3": "S3 gateway",
+    "cron": "cron",
+    "merge": "merge",
+    "revert": "revert",
+}
 RUNNING_JOBS = {"JOB_CREATED", "JOB_STARTING", "JOB_RUNNING", "JOB_FINISHING"}
 
 
@@ -148,24 +167,20 @@ async def repo_page(request: web.Request) -> web.Response:
         )
         for b in branches
     ]
-    commit_rows = []
-    for ci in commits:
-        if ci.provenance and any(p.repo != name for p in ci.provenance):
-            origin = "pipeline job"
-        else:
-            origin = "user"
-        commit_rows.append(
-            (
-                link(url("repos", name, "commits", ci.id), ci.id[:12]),
-                ci.branch or "",
-                ci.started[:19].replace("T", " "),
-                size(ci.size_bytes),
-                ci.file_count,
-                origin,
-                ci.state,
-                ci.description,
-            )
+    commit_rows = [
+        (
+            link(url("repos", name, "commits", ci.id), ci.id[:12]),
+            ci.branch or "",
+            ci.started[:19].replace("T", " "),
+            size(ci.size_bytes),
+            ci.file_count,
+            origin(ci),
+            _set_link(ci),
+            ci.state,
+            ci.description,
         )
+        for ci in commits
+    ]
     more = (
         link(url("repos", name, branch=branch, before=cursor), "Older commits →", cls="button")
         if cursor
@@ -176,10 +191,23 @@ async def repo_page(request: web.Request) -> web.Response:
         f"<p>{e(repo.description)}</p><h2>Branches</h2>"
         f"{table(['Branch', 'Head', 'Provenance'], branch_rows)}"
         f"<h2>Commits{e(' on ' + branch) if branch else ''}</h2>"
-        f"{table(['Commit', 'Branch', 'Started', 'Size', 'Files', 'Origin', 'State', 'Description'], commit_rows, id='commits')}"
+        f"{table(['Commit', 'Branch', 'Started', 'Size', 'Files', 'Origin', 'Commit set', 'State', 'Description'], commit_rows, id='commits')}"
         f"{more}"
     )
     return page(f"Repo {name}", body)
+
+
+def origin(ci: CommitInfo) -> str:
+    """Who made the commit, in words (PFS records it: user, job, s3, cron, merge, revert)."""
+    return ORIGINS.get(ci.origin, ci.origin)
+
+
+def _set_link(ci: CommitInfo) -> Markup:
+    """The commit's set: every commit that carries its id, in every repo."""
+    return Markup(
+        f'<a href="{e(url("commitsets", ci.id))}" aria-label="{e("commit set " + ci.id)}">'
+        f"{e(ci.id[:8])}…</a>"
+    )
 
 
 # ------------------------------------------------------------------------------- commit
@@ -258,6 +286,7 @@ async def commit_page(request: web.Request) -> web.Response:
         f"<h1>Commit {e(ci.id)}</h1>"
         f"<dl><dt>Repo</dt><dd>{link(url('repos', repo), repo)}</dd>"
         f"<dt>Branch</dt><dd>{e(ci.branch or '')}</dd><dt>State</dt><dd>{e(ci.state)}</dd>"
+        f"<dt>Origin</dt><dd>{e(origin(ci))}</dd><dt>Commit set</dt><dd>{_set_link(ci)}</dd>"
         f"<dt>Parent</dt><dd>{parent}</dd><dt>Size</dt><dd>{e(size(ci.size_bytes))} in {e(ci.file_count)} files</dd>"
         f"<dt>Description</dt><dd>{e(ci.description)}</dd></dl>{diff}"
         f"<h2>Files in {e(path)}</h2>{table(['Name', 'Type', 'Size'], rows, id='files')}{more}"
@@ -334,10 +363,14 @@ async def _stream(
 
 @routes.get("/repos/{repo}/commits/{commit}/diff")
 async def diff_page(request: web.Request) -> web.Response:
+    """The files changed against the parent (or ``?against=``); with ``?path=``, that
+    file's lines."""
     c = _clients(request)
     repo, ref = request.match_info["repo"], request.match_info["commit"]
     ci = await c.pfs.inspect_commit(repo, ref)
     against = request.query.get("against") or None
+    if "path" in request.query:
+        return await _file_diff(request, ci, against, _path(request))
     changes = await c.pfs.diff_files(
         repo, ci.id, old_repo=repo if against else None, old_ref=against
     )
@@ -347,17 +380,127 @@ async def diff_page(request: web.Request) -> web.Response:
             link(url("repos", repo, "commits", ci.id, path=ch.path), ch.path),
             size(ch.old.size_bytes) if ch.old else "",
             size(ch.new.size_bytes) if ch.new else "",
+            link(
+                url("repos", repo, "commits", ci.id, "diff", against=against, path=ch.path),
+                "lines",
+            )
+            if _is_file(ch)
+            else "",
         )
         for ch in changes
     ]
     body = Markup(
         f"{crumbs(link('/', 'Overview'), link(url('repos', repo), repo), link(url('repos', repo, 'commits', ci.id), ci.id[:12]), e('diff'))}"
         f"<h1>Changes in {e(ci.id[:12])} against {e(against or 'its parent')}</h1>"
-        f'<form method="get"><label for="against">Against commit</label> '
-        f'<input id="against" name="against" value="{e(against or "")}"> <button type="submit">Compare</button></form>'
-        f"{table(['Change', 'Path', 'Old size', 'New size'], rows, id='changes')}"
+        f"{_against_form(against)}"
+        f"{table(['Change', 'Path', 'Old size', 'New size', 'Diff'], rows, id='changes')}"
     )
     return page("Diff", body)
+
+
+def _is_file(change: FileChange) -> bool:
+    side = change.new or change.old
+    return side is not None and side.type == "file"
+
+
+def _against_form(against: str | None, path: str | None = None) -> Markup:
+    keep = f'<input type="hidden" name="path" value="{e(path)}">' if path else ""
+    return Markup(
+        f'<form method="get"><label for="against">Against commit</label> '
+        f'<input id="against" name="against" value="{e(against or "")}">{keep} '
+        f'<button type="submit">Compare</button></form>'
+    )
+
+
+async def _version(c: Clients, repo: str, ref: str | None, path: str) -> tuple[int, bytes] | None:
+    """(size, first bytes) of ``path`` at ``ref``; None where the file is not there."""
+    if ref is None:
+        return None
+    try:
+        info = await c.pfs.inspect_file(repo, ref, path)
+    except NotFound:
+        return None
+    if info.type != "file":
+        return None
+    data = await _head(c, repo, ref, path, textdiff.SIDE_BYTES) if info.size_bytes else b""
+    return info.size_bytes, data
+
+
+def _side(version: tuple[int, bytes] | None) -> textdiff.Side:
+    if version is None:
+        return textdiff.Side("")
+    total, data = version
+    cut = total > len(data)
+    return textdiff.Side(textdiff.decode(data, cut), cut)
+
+
+async def _file_diff(
+    request: web.Request, ci: CommitInfo, against: str | None, path: str
+) -> web.Response:
+    """One file's lines, old against new; each version's first ``SIDE_BYTES`` compared."""
+    c = _clients(request)
+    repo = ci.repo
+    base = against or ci.parent
+    if against is not None:
+        base = (await c.pfs.inspect_commit(repo, against)).id  # a 404 for an unknown one
+    old, new = await asyncio.gather(_version(c, repo, base, path), _version(c, repo, ci.id, path))
+    if old is None and new is None:
+        raise NotFound(f"{path} is in neither {ci.id[:12]} nor {(base or 'its parent')[:12]}")
+    a, b = _side(old), _side(new)
+    if a.text is None or b.text is None:
+        result = Markup(
+            '<p class="empty">Binary file: no line diff. Download both versions instead.</p>'
+        )
+    else:
+        # difflib is CPU work: off the event loop, so other pages keep answering.
+        result = await asyncio.to_thread(textdiff.render, a, b)
+    downloads = join(
+        Markup(
+            f'<a class="button" href="{e(url("repos", repo, "commits", commit, "download", path=path))}">'
+            f"Download {e(label)} ({e(size(version[0]))})</a> "
+        )
+        for label, commit, version in (("old", base, old), ("new", ci.id, new))
+        if version is not None and commit is not None
+    )
+    diff_list = url("repos", repo, "commits", ci.id, "diff", against=against)
+    body = Markup(
+        f"{crumbs(link('/', 'Overview'), link(url('repos', repo), repo), link(url('repos', repo, 'commits', ci.id), ci.id[:12]), link(diff_list, 'diff'), e(path))}"
+        f"<h1>{e(path)}</h1><p>{e(ci.id[:12])} against "
+        f"{e(base[:12] if base else 'nothing (no parent)')}"
+        f"{' · added' if old is None else ' · deleted' if new is None else ''}</p>"
+        f"{_against_form(against, path)}<p>{downloads}</p>{result}"
+    )
+    return page(f"Diff of {path}", body)
+
+
+# ------------------------------------------------------------------------------ commit set
+
+
+@routes.get("/commitsets/{id}")
+async def commit_set_page(request: web.Request) -> web.Response:
+    """A commit set: the commit a user made and every output computed from it, one id."""
+    c = _clients(request)
+    found = await c.pfs.inspect_commit_set(request.match_info["id"])
+    rows = [
+        (
+            link(url("repos", ci.repo), ci.repo),
+            ci.branch or "",
+            link(url("repos", ci.repo, "commits", ci.id), ci.id[:12]),
+            origin(ci),
+            ci.state + (" (failed)" if ci.error else ""),
+            size(ci.size_bytes),
+        )
+        for ci in found.commits
+    ]
+    pending = table(["Branch still to get a commit of the set"], [(p,) for p in found.pending])
+    body = Markup(
+        f"{crumbs(link('/', 'Overview'), e('commit set ' + found.id[:12]))}"
+        f"<h1>Commit set {e(found.id)} {state_badge(found.state)}</h1>"
+        f"<p>One id names a commit and every output computed from it, in every repo.</p>"
+        f"{table(['Repo', 'Branch', 'Commit', 'Origin', 'State', 'Size'], rows, id='set-commits')}"
+        f"{pending if found.pending else Markup('')}"
+    )
+    return page(f"Commit set {found.id[:12]}", body, poll=found.state == "running")
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -424,34 +567,38 @@ async def pipeline_page(request: web.Request) -> web.Response:
 
 @routes.get("/pipelines/{pipeline}/jobs/{job}")
 async def job_page(request: web.Request) -> web.Response:
+    """A job: progress, inputs, its datums a page at a time (failed ones first, filters by
+    state with the job's counts), a duration histogram, its log lines followed live."""
     c = _clients(request)
     name, job_id = request.match_info["pipeline"], request.match_info["job"]
     job = await c.pps.inspect_job(name, job_id)
-    datums = await c.pps.list_datums(name, job.id)
-    wanted = request.query.get("state", "").upper()
-    counts: dict[str, int] = {}
-    for d in datums:
-        counts[d.state] = counts.get(d.state, 0) + 1
-    shown = [d for d in datums if not wanted or d.state == wanted]
-    shown.sort(key=lambda d: (d.state != DATUM_FAILED, d.id))
-    filters = [link(url("pipelines", name, "jobs", job.id), f"all ({len(datums)})")]
-    filters += [
-        link(url("pipelines", name, "jobs", job.id, state=s.lower()), f"{s.lower()} ({n})")
-        for s, n in sorted(counts.items())
-    ]
-    rows = [
-        (
-            link(url("pipelines", name, "jobs", job.id, "datums", d.id), d.id[:12]),
-            state_badge(d.state),
-            ", ".join(str(i.get("match", "")) for i in d.inputs),
-            f"{d.seconds:.2f} s" if d.seconds is not None else "",
-            d.attempts,
-            (d.error or "").splitlines()[0] if d.error else "",
+    wanted = request.query.get("state", "").upper() or None
+    after = request.query.get("after", "")
+    limit = _int(request.query.get("limit"), DATUMS_PAGE)
+    if not 1 <= limit <= DURATION_SAMPLE:
+        raise InvalidArgument(f"limit: from 1 to {DURATION_SAMPLE}")
+    # Never the whole job: a page of the table, a few failed ones, a bounded sample.
+    shown, cursor = await c.pps.datums_page(
+        name, job.id, after=after, limit=limit, only_state=wanted
+    )
+    failed: list[DatumInfo] = []
+    if job.data_failed and wanted is None and not after:
+        failed, _ = await c.pps.datums_page(
+            name, job.id, limit=FAILED_FIRST, only_state=DATUM_FAILED
         )
-        for d in shown
+    if wanted is None and not after and (cursor is None or limit >= DURATION_SAMPLE):
+        sample, more = shown, cursor is not None
+    else:
+        sample, more_cursor = await c.pps.datums_page(name, job.id, limit=DURATION_SAMPLE)
+        more = more_cursor is not None
+    filters = [link(url("pipelines", name, "jobs", job.id), f"all ({job.data_total})")]
+    filters += [
+        link(url("pipelines", name, "jobs", job.id, state=state.lower()), f"{label} ({n})")
+        for state, label, n in _datum_counts(job)
+        if n or state == "FAILED"
     ]
     others = await c.pps.list_jobs(name, limit=10)
-    times = [d.seconds for d in datums if d.seconds is not None]
+    times = [d.seconds for d in sample if d.seconds is not None]
     inputs = [
         (
             i.name,
@@ -465,20 +612,124 @@ async def job_page(request: web.Request) -> web.Response:
         if job.output_commit
         else Markup("none yet")
     )
+    failed_part = (
+        Markup(
+            f"<h2>Failed datums</h2><p>{e(len(failed))} of {e(job.data_failed)} shown · "
+            f"{link(url('pipelines', name, 'jobs', job.id, state='failed'), 'all failed datums')}</p>"
+            f"{_datum_table(name, job.id, failed, 'failed-datums')}"
+        )
+        if failed
+        else Markup("")
+    )
+    next_page = (
+        link(
+            url("pipelines", name, "jobs", job.id, state=wanted and wanted.lower(), after=cursor),
+            "Next datums →",
+            cls="button",
+        )
+        if cursor
+        else Markup("")
+    )
+    first_page = (
+        link(url("pipelines", name, "jobs", job.id, state=wanted and wanted.lower()), "First page")
+        if after
+        else Markup("")
+    )
+    heading = f"Datums{' · ' + wanted.lower() if wanted else ''}"
+    if wanted == "SKIPPED":
+        listing = Markup(
+            f'<p class="note">{e(job.data_skipped)} datums were skipped: their output from an '
+            "earlier job was reused (skipped datums are counted, not listed per job).</p>"
+        )
+    else:
+        listing = Markup(f"{_datum_table(name, job.id, shown, 'datums')}{first_page} {next_page}")
+    sample_note = (
+        f"from a sample of the first {len(sample)} datums by id (ids are hashes: a fair sample)"
+        if more
+        else f"all {len(sample)} datums listed"
+    )
+    running = job.state in RUNNING_JOBS
+    logs = await c.pps.logs(name, job=job.id, limit=JOB_LOG_LINES)
     body = Markup(
         f"{crumbs(link('/', 'Overview'), link(url('pipelines', name), name), e(job.id[:12]))}"
         f"<h1>Job {e(job.id)} {state_badge(job.state)}</h1>"
         f"<p>{progress(job)} · {e(duration(job.started, job.finished))}"
         f"{e(' · ' + job.reason) if job.reason else ''} · output {output}</p>"
         f"<h2>Inputs</h2>{table(['Input', 'Repo', 'Commit'], inputs)}"
-        f'<h2>Datums</h2><nav aria-label="Filter datums by state" class="filters">'
-        f"{join(Markup(f'{x} ') for x in filters)}</nav>"
-        f"{table(['Datum', 'State', 'Inputs', 'Time', 'Attempts', 'Error'], rows, id='datums')}"
-        f"<h2>Datum durations</h2>{charts.histogram(times)}"
+        f"{failed_part}"
+        f"<h2>{e(heading)}</h2>"
+        f'<nav aria-label="Filter datums by state" class="filters">'
+        f"{join(Markup(f'{x} ') for x in filters)}</nav>{listing}"
+        f'<h2>Datum durations</h2><p class="note">{e(sample_note)}</p>{charts.histogram(times)}'
+        f"<h2>Logs</h2>{_log_panel('job-logs', name, job.id, None, logs, running)}"
         f"<h2>Recent jobs of {e(name)}</h2>{table(JOB_HEADERS, [_job_row(j) for j in others], id='recent-jobs')}"
     )
-    running = job.state in RUNNING_JOBS or any(j.state in RUNNING_JOBS for j in others)
+    running = running or any(j.state in RUNNING_JOBS for j in others)
     return page(f"Job {job.id[:12]}", body, poll=running)
+
+
+def _datum_counts(job: JobInfo) -> list[tuple[str, str, int]]:
+    """(state, label, count) from the job's counters: no datum is read to count them."""
+    settled = job.data_processed + job.data_failed + job.data_recovered + job.data_skipped
+    return [
+        ("FAILED", "failed", job.data_failed),
+        ("SUCCESS", "success", job.data_processed),
+        ("RECOVERED", "recovered", job.data_recovered),
+        ("SKIPPED", "skipped", job.data_skipped),
+        ("STARTING", "running", max(0, job.data_total - settled)),
+    ]
+
+
+def _datum_table(pipeline: str, job_id: str, datums: list[DatumInfo], ident: str) -> Markup:
+    rows = [
+        (
+            link(url("pipelines", pipeline, "jobs", job_id, "datums", d.id), d.id[:12]),
+            state_badge(d.state),
+            ", ".join(str(i.get("match", "")) for i in d.inputs),
+            f"{d.seconds:.2f} s" if d.seconds is not None else "",
+            d.attempts,
+            (d.error or "").splitlines()[0] if d.error else "",
+        )
+        for d in datums
+    ]
+    return table(["Datum", "State", "Inputs", "Time", "Attempts", "Error"], rows, id=ident)
+
+
+def _log_panel(
+    ident: str,
+    pipeline: str,
+    job_id: str,
+    datum: str | None,
+    lines: list[LogLine],
+    follow: bool,
+) -> Markup:
+    """Log lines; while the job runs, the page follows new ones over an event stream
+    (``data-follow``: the stream's URL, after the last line shown)."""
+    text = "".join(
+        f"{line.ts[11:19]} {(line.datum_id or '')[:8] + ' ' if datum is None else ''}"
+        f"{line.message}\n"
+        for line in lines
+    )
+    attrs = f' id="{e(ident)}" aria-live="off" tabindex="0"'
+    if follow:
+        last = lines[-1].id if lines else 0
+        stream = url("pipelines", pipeline, "jobs", job_id, "logs", datum=datum, after=last)
+        attrs += f' data-follow="{e(stream)}"'
+    placeholder = "" if lines or follow else "no log lines"
+    return Markup(f'<pre class="logs"{attrs}>{e(text or placeholder)}</pre>')
+
+
+@routes.get("/pipelines/{pipeline}/jobs/{job}/logs")
+async def job_logs(request: web.Request) -> web.StreamResponse:
+    """The job's (``?datum=``: one datum's) log lines as server-sent events, live."""
+    return await log_stream(
+        request,
+        _clients(request).pps,
+        request.app[CHANGES],
+        request.match_info["pipeline"],
+        request.match_info["job"],
+        request.query.get("datum") or None,
+    )
 
 
 def _input_files(datum_input: dict[str, Any]) -> Markup:
@@ -501,7 +752,7 @@ async def datum_page(request: web.Request) -> web.Response:
     error = (
         Markup(f'<h2>Error</h2><pre class="error">{e(d.error)}</pre>') if d.error else Markup("")
     )
-    log_text = "\n".join(f"{line.ts[11:19]} {line.message}" for line in logs)
+    running = d.state == "STARTING" and job.state in RUNNING_JOBS
     body = Markup(
         f"{crumbs(link('/', 'Overview'), link(url('pipelines', name), name), link(url('pipelines', name, 'jobs', job.id), job.id[:12]), e(d.id[:12]))}"
         f"<h1>Datum {e(d.id)} {state_badge(d.state)}</h1>"
@@ -509,9 +760,9 @@ async def datum_page(request: web.Request) -> web.Response:
         f"<dd>{e(f'{d.seconds:.2f} s' if d.seconds is not None else '')}</dd>"
         f"<dt>Output</dt><dd>{e(d.output_files)} files, {e(size(d.output_bytes))}</dd></dl>"
         f"{error}<h2>Input files</h2>{table(['Input', 'Files'], rows, id='inputs')}"
-        f'<h2>Logs</h2><pre class="logs">{e(log_text or "no log lines")}</pre>'
+        f"<h2>Logs</h2>{_log_panel('datum-logs', name, job.id, d.id, logs, running)}"
     )
-    return page(f"Datum {d.id[:12]}", body, poll=d.state == "STARTING")
+    return page(f"Datum {d.id[:12]}", body, poll=running)
 
 
 def _int(text: str | None, default: int) -> int:
