@@ -16,13 +16,13 @@ PFS owns those prefixes (docs/architecture.md), so PFS runs the collector. One r
    1,000 keys). Each batch is filtered against the guard and doomed in one step, so a
    writer in this process either made its key spared or stores it again after the delete.
 
-Memory: the live set holds one 32-byte digest per live node and chunk (a Python ``set`` of
-``bytes``: ~100 bytes each), so it grows with the live data, not with history or garbage.
-At 100 million live objects that is ~10 GB: the scale-out is a sorted spill (marks
-written to sorted runs on disk, merged against the sorted listing), documented in
-docs/lifecycle.md; not built yet.
+Memory: node digests stay in a set (the mark asks "walked this subtree already?" of each,
+and there are ~64 entries per leaf, so few); chunk digests go to ``ChunkMarks``, which
+holds at most ``gc_mark_chunks_in_memory`` of them and spills the rest to sorted runs on
+local disk, and the sweep judges chunks by a merge join of the key-ordered listing with
+the merged runs (services/pfs/marks.py). Figures for 100 million objects: docs/lifecycle.md.
 
-Faults: a run deletes only what it proved unreachable, and marks live in memory, so a
+Faults: a run deletes only what it proved unreachable, and marks live in this run only, so a
 kill -9 at any point loses nothing live; the next run starts over.
 """
 
@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from services.pfs.marks import ChunkMarks
 from services.pfs.store_guard import GuardedStore
 from shared.api.lifecycle_models import GcReport
 from shared.platform.config import Config
@@ -59,20 +60,24 @@ PAGE = 1000
 
 @dataclass
 class LiveSet:
-    """What must stay: node and chunk digests, 32 bytes each."""
+    """What must stay: node digests in memory (the mark asks "walked already?" of each),
+    chunk digests in ``ChunkMarks`` (bounded in memory, spilled to sorted runs)."""
 
     nodes: set[bytes]
-    chunks: set[bytes]
+    chunks: ChunkMarks
 
-    def has(self, key: str) -> bool:
-        name = key.rsplit("/", 1)[-1]
-        try:
-            digest = bytes.fromhex(name)
-        except ValueError:
-            return True  # not a name we make: leave it alone
-        if key.startswith(INDEX_PREFIX):
-            return digest in self.nodes
-        return digest in self.chunks
+    async def add_chunk(self, digest: bytes) -> None:
+        self.chunks.add(digest)
+        if self.chunks.full:
+            await self.chunks.spill()
+
+
+def _digest(key: str) -> bytes | None:
+    """The digest an object's key names; None for a name we do not make."""
+    try:
+        return bytes.fromhex(key.rsplit("/", 1)[-1])
+    except ValueError:
+        return None
 
 
 class Collector:
@@ -105,14 +110,19 @@ class Collector:
         grace = self.config.gc_grace_s if grace_s is None else grace_s
         started = time.time()
         self.store.start_collection()
+        live = LiveSet(
+            set(), ChunkMarks(self.config.gc_mark_chunks_in_memory, self.config.gc_spill_dir)
+        )
         try:
-            live = LiveSet(set(), set())
             oldest = await self._mark(live)
             cutoff = min([started - grace, *(t for t in oldest if t is not None)])
             report = await self._sweep(live, cutoff, dry_run)
         finally:
             self.store.end_collection()
-        report.live_objects = len(live.nodes) + len(live.chunks)
+            live.chunks.close()
+        report.live_objects += len(live.nodes)
+        report.chunk_marks_peak = live.chunks.peak_held
+        report.chunk_mark_runs = live.chunks.runs
         log.info(
             "garbage collection%s: %d objects, %d bytes freed; %d live",
             " (dry run)" if dry_run else "",
@@ -129,7 +139,7 @@ class Collector:
         async for root in self._commit_roots():
             await self._mark_tree(root, live)
         async for entry in self._staged_entries():
-            _mark_entry(entry, live)
+            await _mark_entry(entry, live)
         oldest: list[float | None] = [self.store.oldest_upload()]
         for owner in self.config.gc_reference_owners:
             oldest.append(await self._mark_owner(owner, live))
@@ -150,7 +160,7 @@ class Collector:
             ) from None
         if isinstance(node, LeafNode):
             for item in node.entries:
-                _mark_entry(from_index_entry(item), live)
+                await _mark_entry(from_index_entry(item), live)
             return
         for child in node.children:
             await self._mark_tree(child.hash, live)
@@ -198,7 +208,7 @@ class Collector:
                     for root in page.get("roots", ()):
                         await self._mark_tree(root, live)
                     for chunk in page.get("chunks", ()):
-                        live.chunks.add(bytes.fromhex(chunk))
+                        await live.add_chunk(bytes.fromhex(chunk))
                     since = page.get("oldest_in_flight")
                     if since is not None:
                         oldest = since if oldest is None else min(oldest, since)
@@ -215,20 +225,25 @@ class Collector:
 
     async def _sweep(self, live: LiveSet, cutoff: float, dry_run: bool) -> GcReport:
         report = GcReport(dry_run=dry_run)
-        for prefix in (CHUNK_PREFIX, INDEX_PREFIX):
+        # Chunks are judged by a merge join of the (key-ordered) listing with the sorted
+        # marks; nodes by the in-memory set.
+        chunks = live.chunks.cursor()
+        for prefix, marked in ((CHUNK_PREFIX, chunks), (INDEX_PREFIX, live.nodes)):
             batch: list[tuple[str, int]] = []
             async for stat in self.store.list_stats(prefix):
                 report.scanned += 1
                 if stat.modified >= cutoff:
                     report.young += 1
                     continue
-                if live.has(stat.key):
-                    continue
+                digest = _digest(stat.key)
+                if digest is None or digest in marked:
+                    continue  # live, or not a name we make: leave it alone
                 batch.append((stat.key, stat.size))
                 if len(batch) == DELETE_BATCH:
                     await self._delete(batch, report, dry_run)
                     batch = []
             await self._delete(batch, report, dry_run)
+        report.live_objects = chunks.finish()
         return report
 
     async def _delete(self, batch: list[tuple[str, int]], report: GcReport, dry_run: bool) -> None:
@@ -258,9 +273,9 @@ class Collector:
                 log.warning("scheduled garbage collection skipped: %s", exc.message)
 
 
-def _mark_entry(entry: FileEntry, live: LiveSet) -> None:
+async def _mark_entry(entry: FileEntry, live: LiveSet) -> None:
     for ref in entry.chunks:
-        live.chunks.add(bytes.fromhex(ref.chunk))
+        await live.add_chunk(bytes.fromhex(ref.chunk))
 
 
 def _json(value: object) -> object:

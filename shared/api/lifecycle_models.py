@@ -66,6 +66,9 @@ class GcReport:
     scanned: int = 0
     young: int = 0
     live_objects: int = 0
+    # The mark's memory: the most chunk marks held at once, and runs spilled to disk.
+    chunk_marks_peak: int = 0
+    chunk_mark_runs: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +78,8 @@ class GcReport:
             "scanned": self.scanned,
             "young": self.young,
             "live_objects": self.live_objects,
+            "chunk_marks_peak": self.chunk_marks_peak,
+            "chunk_mark_runs": self.chunk_mark_runs,
         }
 
     @classmethod
@@ -86,4 +91,6 @@ class GcReport:
             int(data.get("scanned", 0)),
             int(data.get("young", 0)),
             int(data.get("live_objects", 0)),
+            int(data.get("chunk_marks_peak", 0)),
+            int(data.get("chunk_mark_runs", 0)),
         )

@@ -121,6 +121,10 @@ class Config:
     gc_grace_s: float = 3600.0
     gc_interval_s: float = 86400.0
     gc_reference_owners: tuple[str, ...] = ("scheduler", "s3gateway")
+    # The most live-chunk marks a collection holds in memory (~100 bytes each) before it
+    # spills them, sorted, to runs in gc_spill_dir (empty: the system's temp directory).
+    gc_mark_chunks_in_memory: int = 4_000_000
+    gc_spill_dir: str = ""
 
     @property
     def stream_name(self) -> str:
