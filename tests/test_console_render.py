@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from services.console import charts, dag, preview, textdiff
 from services.console.markup import Markup, e, link, table, url
+from services.console.pages import parents
+from shared.api.pfs_models import CommitInfo
 
 EVIL = '<script>alert("x")</script>'
 
@@ -73,3 +75,18 @@ def test_line_diff_numbers_both_sides_escapes_and_stays_bounded() -> None:
     assert f"first {textdiff.MAX_ROWS} lines" in many
     assert textdiff.decode(b"a\0b", False) is None
     assert textdiff.decode("é".encode()[:1], True) == ""
+
+
+def test_a_merge_commit_shows_both_parents() -> None:
+    fields = {"id": "c" * 32, "repo": "data", "branch": "master", "state": "finished"}
+    merge = CommitInfo.from_json(
+        fields | {"parent": "a" * 32, "second_parent": "b" * 32, "started": "2026-01-01"}
+    )
+    plain = CommitInfo.from_json(fields | {"parent": "a" * 32, "started": "2026-01-01"})
+    root = CommitInfo.from_json(fields | {"parent": None, "started": "2026-01-01"})
+
+    shown = parents(merge)
+    assert shown.index("/repos/data/commits/" + "a" * 32) < shown.index("b" * 12)
+    assert shown.endswith(" (merge)") and shown.count("<a ") == 2
+    assert parents(plain).count("<a ") == 1 and "(merge)" not in parents(plain)
+    assert parents(root) == "none"

@@ -202,6 +202,16 @@ def origin(ci: CommitInfo) -> str:
     return ORIGINS.get(ci.origin, ci.origin)
 
 
+def parents(ci: CommitInfo) -> Markup:
+    """The commit's parents as links: a merge commit's two (the branch it was made on
+    first, then the one merged in), else one, or "none"."""
+    names = [p for p in (ci.parent, ci.second_parent) if p]
+    if not names:
+        return Markup("none")
+    links = [link(url("repos", ci.repo, "commits", p), p[:12]) for p in names]
+    return Markup(", ".join(links) + (" (merge)" if len(names) == 2 else ""))
+
+
 def _set_link(ci: CommitInfo) -> Markup:
     """The commit's set: every commit that carries its id, in every repo."""
     return Markup(
@@ -275,11 +285,7 @@ async def commit_page(request: web.Request) -> web.Response:
         )
         for d in downstream
     ]
-    parent = (
-        link(url("repos", repo, "commits", ci.parent), ci.parent[:12])
-        if ci.parent
-        else Markup("none")
-    )
+    parent = parents(ci)
     diff = link(url("repos", repo, "commits", ci.id, "diff"), "Diff against parent", cls="button")
     body = Markup(
         f"{crumbs(link('/', 'Overview'), link(url('repos', repo), repo), e(ci.id[:12]))}"
@@ -287,7 +293,7 @@ async def commit_page(request: web.Request) -> web.Response:
         f"<dl><dt>Repo</dt><dd>{link(url('repos', repo), repo)}</dd>"
         f"<dt>Branch</dt><dd>{e(ci.branch or '')}</dd><dt>State</dt><dd>{e(ci.state)}</dd>"
         f"<dt>Origin</dt><dd>{e(origin(ci))}</dd><dt>Commit set</dt><dd>{_set_link(ci)}</dd>"
-        f"<dt>Parent</dt><dd>{parent}</dd><dt>Size</dt><dd>{e(size(ci.size_bytes))} in {e(ci.file_count)} files</dd>"
+        f"<dt>{'Parents' if ci.second_parent else 'Parent'}</dt><dd>{parent}</dd><dt>Size</dt><dd>{e(size(ci.size_bytes))} in {e(ci.file_count)} files</dd>"
         f"<dt>Description</dt><dd>{e(ci.description)}</dd></dl>{diff}"
         f"<h2>Files in {e(path)}</h2>{table(['Name', 'Type', 'Size'], rows, id='files')}{more}"
         f"<h2>Provenance (upstream)</h2>{table(['Repo', 'Branch', 'Commit'], prov)}"
