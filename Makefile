@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
-	@$(BIN)/pip install -q -e '.[fuse]' || echo "note: pyfuse3 could not be built (it needs fuse3, libfuse3-dev, pkg-config); FUSE tests will skip"
+	@$(BIN)/pip install -q -e '.[fuse]' || { echo "error: pyfuse3 could not be built (it needs fuse3, libfuse3-dev, pkg-config: scripts/install-system-packages.sh); FUSE tests would fail" >&2; exit 1; }
 	touch $(STAMP)
 
 system-packages:
@@ -22,8 +22,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check shared services tusk tests bench
 	$(BIN)/mypy
 
+# Two pytest-xdist workers; module-scoped fixtures keep their module on one worker
+# (tests/README.md: why two, why loadgroup, how tests share ports and paths).
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP) system-packages lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup
 
 demo: $(STAMP) system-packages
 	@bash scripts/demo.sh
