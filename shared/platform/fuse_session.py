@@ -36,10 +36,6 @@ log = logging.getLogger("tusk.fuse")
 MAX_WORKERS = 64
 # The file-system name and subtype mountd's tree shows in /proc/self/mountinfo.
 DEFAULT_NAME = "tusk"
-# The kernel's read-ahead for the tree, in KiB. Its default (128 KiB) splits a streaming
-# read into 128 KiB requests, each a round trip through the Python handlers; with more,
-# the kernel asks up to 1 MiB at once (libfuse's max_pages) and keeps several in flight.
-READ_AHEAD_KB = 8192
 
 
 def fuse_unavailable_reason() -> str | None:
@@ -101,19 +97,6 @@ def _unescape(field: str) -> str:
     return field
 
 
-def raise_read_ahead(mountpoint: str | Path, kib: int = READ_AHEAD_KB) -> bool:
-    """Set the kernel's read-ahead for the tree at ``mountpoint`` (its backing device's
-    ``read_ahead_kb`` in sysfs); False where we may not (not root, no sysfs)."""
-    try:
-        device = os.stat(mountpoint).st_dev
-        knob = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
-        knob.write_text(f"{kib}\n")
-    except OSError as exc:
-        log.info("kernel read-ahead of %s stays at its default: %s", mountpoint, exc)
-        return False
-    return True
-
-
 def force_unmount(path: str | Path, *, lazy: bool = True) -> bool:
     """Detach a FUSE mount (``fusermount3 -u [-z]``); True if it was mounted."""
     if not is_mounted(path):
@@ -157,8 +140,6 @@ async def fuse_session(
     serving = asyncio.create_task(pyfuse3.main(max_tasks=MAX_WORKERS), name=f"fuse-{name}")
     log.info("FUSE tree %s mounted at %s", name, mountpoint)
     try:
-        # In a thread: stat() of the mount point is answered by the loop we are running in.
-        await asyncio.to_thread(raise_read_ahead, mountpoint)
         yield serving
     finally:
         if not serving.done():
@@ -181,6 +162,5 @@ __all__ = [
     "fuse_unavailable_reason",
     "is_mounted",
     "mount_options",
-    "raise_read_ahead",
     "tusk_mount_points",
 ]
