@@ -3,19 +3,15 @@ filters), on a real PostgreSQL with 100,000 datums: a page never reads the job w
 
 from __future__ import annotations
 
-import asyncpg
-
 from services.scheduler import store
 from shared.platform.config import Config
-from shared.platform.db import close_pool, create_pool
+from shared.platform.db import Conn, close_pool, create_pool
 
 N = 100_000
 FAILED_EVERY = 1000
 
 
-async def _pages(
-    conn: asyncpg.Connection, job: str, state: str | None, page: int
-) -> list[list[str]]:
+async def _pages(conn: Conn, job: str, state: str | None, page: int) -> list[list[str]]:
     pages: list[list[str]] = []
     after = ""
     while True:
