@@ -49,8 +49,9 @@ WEATHER = f'city,temp\nOslo,3\nLima,19\n"{SCRIPT_ROW}",0\n'.encode()
 WEATHER_2 = WEATHER + b"Rome,21\n"
 T = TypeVar("T")
 Chromium = tuple[WebDriver, Path, str]  # the driver, its downloads, its private profile
-# A datum logs a line; bad* tables fail; slow* ones take a while, so their job is still
-# running when its page opens and its log line arrives while the page watches.
+# A datum logs a line; bad* tables fail; slow* ones take a while (12 s: a loaded machine
+# needs some to show the new job and open its page), so their job is still running when
+# its page opens and the log line arrives while the page watches.
 CHECK = {
     "pipeline": {"name": "check"},
     "description": "Counts the lines of each table; a table named bad* fails.",
@@ -60,7 +61,7 @@ CHECK = {
             "sh",
             "-c",
             'case "$tables" in *bad*) echo "bad table: $tables has no header" >&2; exit 3;; esac; '
-            'case "$tables" in *slow*) sleep 5;; esac; '
+            'case "$tables" in *slow*) sleep 12;; esac; '
             'echo "counted $tables"; '
             'wc -l < "$tables" > "/pfs/out/$(basename "$tables").lines"',
         ]
@@ -307,6 +308,7 @@ def test_console_tour(
     assert "exited with code 3" in find(driver, "pre.error").text
     # Its log says why; its input links into the commit view.
     assert "bad table: /pfs/tables/bad.csv" in find(driver, "#datum-logs").text
+    shot(driver, "datum")
     click(driver, "#inputs a[href*='bad.csv']")
     # The input link leads to the file in the commit the datum read.
     until(lambda: h1(driver) == "/bad.csv", 15, "the datum's input file")
@@ -319,7 +321,15 @@ def test_console_tour(
     assert "user" in row.text, row.text
     assert row.find_element(By.CSS_SELECTOR, "a[href^='/commitsets/']")
     shot(driver, "repo")
-    stages.done("repo page")
+    # Its set: the user's commit (the pipeline's first job was made by creating it, so its
+    # output has a set of its own). Then back: the repo page again, from the browser's cache.
+    click(driver, "#commits tbody tr a[href^='/commitsets/']")
+    until(lambda: h1(driver).startswith("Commit set "), 15, "the commit set page")
+    assert "user" in find(driver, "#set-commits").text
+    shot(driver, "commit-set")
+    driver.back()
+    until(lambda: h1(driver) == "Repo tables", 15, "the repo page again")
+    stages.done("repo page, commit set")
     click(driver, "#commits tbody tr a[href*='/commits/']")
     find(driver, "a[href*='weather.csv']")
     stages.done("commit page")

@@ -90,7 +90,8 @@ def render(old: Side, new: Side) -> Markup:
     if truncated:
         notes.append(f"Only the first {MAX_ROWS} lines of the diff are shown.")
     note = join(Markup(f'<p class="note">{e(n)}</p>') for n in notes)
-    summary = f"{changed['add']} lines added, {changed['del']} removed"
+    added, removed = changed["add"], changed["del"]
+    summary = f"{added} line{'' if added == 1 else 's'} added, {removed} removed"
     return Markup(
         f'{note}<p class="count">{e(summary)}</p><div class="scroll">'
         f'<table class="linediff" id="linediff"><thead><tr><th scope="col">Old</th>'
