@@ -24,8 +24,10 @@ from tests.test_cli import TUSK
 
 PIPELINES = 4
 PARALLELISM = 2
-# A datum that runs until it is stopped, under a name no other test uses.
-SLEEP = "sleep 3141"
+# A datum that runs until it is stopped, under a name no other test process uses (the
+# pid in its fraction): the sweep below kills by this name, and other runs of the suite
+# may share the machine.
+SLEEP = f"sleep 3141.{os.getpid()}"
 # Scheduler (one shared grace for all workers) plus the services, NATS and PostgreSQL.
 DOWN_BOUND_S = 30.0
 
