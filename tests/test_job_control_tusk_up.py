@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +16,9 @@ import pytest
 
 from tests.fixtures.embedded_cluster import EmbeddedCluster, command_of, start_embedded_cluster
 
-# A sleep no other process on the machine runs: the datum's process, found in /proc.
-MARK = "sleep 287"
+# A sleep no other process on the machine runs (the pid in its fraction: other runs of
+# the suite may share the machine): the datum's process, found in /proc.
+MARK = f"sleep 287.{os.getpid()}"
 SLOW = f"""
 pipeline: {{name: slow}}
 transform: {{cmd: [sh, -c, "if [ -e /pfs/in/slow ]; then {MARK}; fi; cp -r /pfs/in/. /pfs/out/"]}}
