@@ -66,6 +66,9 @@ async def test_marks_beyond_the_bound_spill_to_sorted_runs_and_the_sweep_stays_e
         await land(pfs, client, "gone", garbage)
         await client.delete_repo("gone")
         before = await chunk_keys(pfs)
+        stale = tmp_path / "spill" / "tusk-gc-marks-killed"  # as a kill -9 leaves one
+        stale.mkdir()
+        (stale / "run-000000").write_bytes(bytes(64))
         report = await client.garbage_collect(grace_s=0)
         after = await chunk_keys(pfs)
         again = await client.garbage_collect(grace_s=0)
@@ -80,7 +83,7 @@ async def test_marks_beyond_the_bound_spill_to_sorted_runs_and_the_sweep_stays_e
     assert report.objects >= len(garbage)  # and the deleted repo's index nodes
     assert again.objects == 0 and again.live_objects == report.live_objects
     assert contents == live
-    assert list((tmp_path / "spill").iterdir()) == []
+    assert list((tmp_path / "spill").iterdir()) == []  # its own runs and the killed run's
 
 
 async def test_a_listing_out_of_key_order_stops_the_merge_join(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from services.pfs.marks import ChunkMarks
+from services.pfs.marks import ChunkMarks, remove_stale_runs
 from services.pfs.store_guard import GuardedStore
 from shared.api.lifecycle_models import GcReport
 from shared.platform.config import Config
@@ -110,9 +110,10 @@ class Collector:
         grace = self.config.gc_grace_s if grace_s is None else grace_s
         started = time.time()
         self.store.start_collection()
-        live = LiveSet(
-            set(), ChunkMarks(self.config.gc_mark_chunks_in_memory, self.config.gc_spill_dir)
-        )
+        spill_dir = self.config.gc_spill_dir or None
+        if removed := await asyncio.to_thread(remove_stale_runs, spill_dir):
+            log.info("removed %d mark run directories of killed collections", removed)
+        live = LiveSet(set(), ChunkMarks(self.config.gc_mark_chunks_in_memory, spill_dir))
         try:
             oldest = await self._mark(live)
             cutoff = min([started - grace, *(t for t in oldest if t is not None)])

@@ -21,6 +21,21 @@ from shared.platform.errors import Internal
 
 DIGEST = 32
 READ_BUFFER = 1 << 20
+RUN_DIR_PREFIX = "tusk-gc-marks-"
+
+
+def remove_stale_runs(spill_dir: str | None) -> int:
+    """Remove run directories left by collections that were killed; how many. Call it
+    only while holding the cluster's collection lock: no other run is writing one."""
+    parent = Path(spill_dir or tempfile.gettempdir())
+    removed = 0
+    for stale in parent.glob(f"{RUN_DIR_PREFIX}*"):
+        if stale.is_dir():
+            for run in stale.iterdir():
+                run.unlink(missing_ok=True)
+            stale.rmdir()
+            removed += 1
+    return removed
 
 
 class ChunkMarks:
@@ -59,7 +74,7 @@ class ChunkMarks:
         if not self._buffer:
             return
         if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="tusk-gc-marks-", dir=self._spill_parent))
+            self._dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=self._spill_parent))
         buffer, self._buffer = self._buffer, set()
         path = self._dir / f"run-{len(self._runs):06d}"
         await asyncio.to_thread(_write_run, path, buffer)
