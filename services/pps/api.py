@@ -8,21 +8,24 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.pps.service import PpsService
+from shared.api.jobs_endpoints import (
+    DATUM_PAGE_PARAMETERS,
+    DATUM_PAGE_QUERY,
+    JOB_LIST_QUERY,
+    LOG_QUERY,
+)
 from shared.api.secrets import check_secret_name, encode_values, parse_secret_manifest
 from shared.pipeline.spec import load_spec_documents
 from shared.platform.bus import Bus
 from shared.platform.errors import InvalidArgument
 from shared.platform.http import (
-    NAME,
     SECONDS,
-    STRING,
     YAML,
     Query,
     check_structure,
     endpoint,
     field,
     flag,
-    integer,
     json_body,
     query_bool,
     query_int,
@@ -127,7 +130,7 @@ async def delete_pipeline(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/jobs")
-@endpoint(query=[Query("pipeline", NAME), Query("limit", integer(1, 10000))])
+@endpoint(query=JOB_LIST_QUERY)
 async def list_jobs(request: web.Request) -> web.Response:
     """List jobs, newest first (?pipeline=&limit=)."""
     jobs = await _svc(request).list_jobs(
@@ -174,14 +177,7 @@ async def delete_job(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/pipelines/{name}/jobs/{job}/datums")
-@endpoint(
-    query=[
-        Query("limit", integer(1, 10000)),
-        Query("after", STRING, "the cursor a previous page returned (a datum id)"),
-        flag("all", "the skipped datums too"),
-        Query("state", STRING, "only datums in this state (SUCCESS, FAILED, …); paged"),
-    ]
-)
+@endpoint(query=DATUM_PAGE_QUERY)
 async def list_datums(request: web.Request) -> web.Response:
     """The datums a job processed (skipped ones are counted on the job).
 
@@ -190,7 +186,7 @@ async def list_datums(request: web.Request) -> web.Response:
     page (null at the end).
     """
     name, job = request.match_info["name"], request.match_info["job"]
-    if not {"all", "after", "limit", "state"} & set(request.query):
+    if not DATUM_PAGE_PARAMETERS & set(request.query):
         datums = await _svc(request).list_datums(name, job)
         return web.json_response({"datums": [d.to_json() for d in datums]})
     page, cursor = await _svc(request).datums_page(
@@ -224,14 +220,7 @@ async def restart_datum(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/pipelines/{name}/logs")
-@endpoint(
-    query=[
-        Query("job", {"type": "string"}),
-        Query("datum", {"type": "string"}),
-        Query("after", integer(0, 1 << 62), "the id of the last line already read"),
-        Query("limit", integer(1, 100000)),
-    ]
-)
+@endpoint(query=LOG_QUERY)
 async def logs(request: web.Request) -> web.Response:
     """Log lines of a pipeline's datums (?job=&datum=&after=<id>&limit=)."""
     lines = await _svc(request).logs(

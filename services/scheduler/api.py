@@ -15,6 +15,12 @@ from aiohttp import web
 
 from services.scheduler import store
 from services.scheduler.engine import Engine
+from shared.api.jobs_endpoints import (
+    DATUM_PAGE_PARAMETERS,
+    DATUM_PAGE_QUERY,
+    JOB_LIST_QUERY,
+    LOG_QUERY,
+)
 from shared.api.pps_models import JobRequest, PipelineInfo
 from shared.platform.db import acquire
 from shared.platform.envelope import decode_json
@@ -26,8 +32,6 @@ from shared.platform.http import (
     Query,
     endpoint,
     field,
-    flag,
-    integer,
     json_body,
     query_bool,
     query_int,
@@ -110,7 +114,7 @@ async def last_job_states(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/jobs")
-@endpoint(query=[Query("pipeline", NAME), Query("limit", integer(1, 10000))])
+@endpoint(query=JOB_LIST_QUERY)
 async def list_jobs(request: web.Request) -> web.Response:
     """Jobs, newest first (?pipeline=&limit=)."""
     limit = query_int(request, "limit", 100, low=1, high=10000)
@@ -150,19 +154,12 @@ async def delete_job(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/pipelines/{name}/jobs/{job}/datums")
-@endpoint(
-    query=[
-        Query("limit", integer(1, 10000)),
-        Query("after", STRING, "the cursor a previous page returned (a datum id)"),
-        flag("all", "the skipped datums too"),
-        Query("state", STRING, "only datums in this state (SUCCESS, FAILED, …); paged"),
-    ]
-)
+@endpoint(query=DATUM_PAGE_QUERY)
 async def list_datums(request: web.Request) -> web.Response:
     """The datums a job processed; paged when asked (?limit=&after=&all=&state=), with
     ``next``."""
     name = request.match_info["name"]
-    paged = bool({"all", "after", "limit", "state"} & set(request.query))
+    paged = bool(DATUM_PAGE_PARAMETERS & set(request.query))
     limit = query_int(request, "limit", 1000, low=1, high=10000)
     async with acquire(_engine(request).pool) as conn:
         job = await store.find_job(conn, name, request.match_info["job"])
@@ -207,14 +204,7 @@ async def restart_datum(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/pipelines/{name}/logs")
-@endpoint(
-    query=[
-        Query("job", {"type": "string"}),
-        Query("datum", {"type": "string"}),
-        Query("after", integer(0, 1 << 62), "the id of the last line already read"),
-        Query("limit", integer(1, 100000)),
-    ]
-)
+@endpoint(query=LOG_QUERY)
 async def logs(request: web.Request) -> web.Response:
     """Log lines of a pipeline's datums (?job=&datum=&after=<id>&limit=)."""
     name = request.match_info["name"]
