@@ -186,11 +186,16 @@ def _start_chromium() -> Chromium:
         driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     except BaseException:
         _kill_profile(profile)
+        shutil.rmtree(downloads, ignore_errors=True)
         raise
-    driver.execute_cdp_cmd(
-        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
-    )
-    driver.implicitly_wait(0)
+    try:
+        driver.execute_cdp_cmd(
+            "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+        )
+        driver.implicitly_wait(0)
+    except BaseException:
+        _stop_chromium(driver, downloads, profile)
+        raise
     return driver, downloads, profile
 
 
