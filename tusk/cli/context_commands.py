@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import click
 
-from tusk import contexts
 from tusk.cli.output import echo, echo_json, format_table, output_option
 
 
@@ -49,6 +48,8 @@ def set_context(
     cluster_id: str | None,
 ) -> None:
     """Create a context, or change the URLs of an existing one."""
+    from tusk import contexts  # config.toml and TOML parsing: not for --help
+
     contexts.set_context(name, url=url, pfs_url=pfs_url, pps_url=pps_url, cluster_id=cluster_id)
 
 
@@ -56,6 +57,8 @@ def set_context(
 @click.argument("name")
 def set_active_context(name: str) -> None:
     """Send every following command to this context's cluster."""
+    from tusk import contexts  # config.toml and TOML parsing: not for --help
+
     contexts.set_active(name)
 
 
@@ -63,6 +66,8 @@ def set_active_context(name: str) -> None:
 @output_option
 def list_context(output: str) -> None:
     """List contexts; the active one is marked with '*'."""
+    from tusk import contexts  # config.toml and TOML parsing: not for --help
+
     found = contexts.load_contexts()
     if output == "json":
         echo_json(
@@ -83,6 +88,8 @@ def list_context(output: str) -> None:
 @click.argument("name")
 def delete_context(name: str) -> None:
     """Forget a context (the active one too: commands then use config.toml)."""
+    from tusk import contexts  # config.toml and TOML parsing: not for --help
+
     contexts.delete_context(name)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from shared.pipeline.durations import parse_duration
 from shared.platform.errors import InvalidArgument
 from tusk.cli.args import REPO, REPO_AT_REF, Target
 from tusk.cli.errors import EXIT_ERROR
@@ -95,6 +94,8 @@ def revert_commit(target: Target, branch: str | None, message: str, output: str)
 
 
 def _garbage_collect(dry_run: bool, grace: str | None, output: str) -> None:
+    from shared.pipeline.durations import parse_duration  # compiles regexes: not for --help
+
     grace_s = None if grace is None else parse_duration(grace)
     if grace_s is not None and grace_s < 0:
         raise InvalidArgument(f"--grace {grace}: must not be negative")
