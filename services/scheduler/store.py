@@ -519,6 +519,15 @@ async def job_remaining(conn: Conn, job_id: str) -> int:
     return int(await conn.fetchval("SELECT remaining FROM pps_jobs WHERE id = $1", job_id) or 0)
 
 
+async def job_tasks_published(conn: Conn, job_id: str) -> bool:
+    """Whether every task of the job reached JetStream (see migration 0005)."""
+    return bool(await conn.fetchval("SELECT tasks_published FROM pps_jobs WHERE id = $1", job_id))
+
+
+async def mark_tasks_published(conn: Conn, job_id: str) -> None:
+    await conn.execute("UPDATE pps_jobs SET tasks_published = true WHERE id = $1", job_id)
+
+
 # Datums
 
 
@@ -529,15 +538,6 @@ class PlannedDatum:
     id: str
     hash: str
     inputs: list[dict[str, Any]]
-
-async def job_tasks_published(conn: Conn, job_id: str) -> bool:
-    """Whether every task of the job reached JetStream (see migration 0005)."""
-    return bool(await conn.fetchval("SELECT tasks_published FROM pps_jobs WHERE id = $1", job_id))
-
-
-async def mark_tasks_published(conn: Conn, job_id: str) -> None:
-    await conn.execute("UPDATE pps_jobs SET tasks_published = true WHERE id = $1", job_id)
-
 
 
 async def insert_job_datums(conn: Conn, job_id: str, datums: Sequence[PlannedDatum]) -> None:
