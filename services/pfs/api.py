@@ -344,14 +344,14 @@ async def squash_commit(request: web.Request) -> web.Response:
 # Commit sets: one id across repos (Pachyderm 2's global IDs)
 
 
-@routes.get("/v1/commitsets/{id}")
+@routes.get("/v1/commitsets/{commit_set}")
 async def inspect_commit_set(request: web.Request) -> web.Response:
     """A commit set: its commits in every repo, the branches it will still reach, its state."""
-    info = await _svc(request).inspect_commit_set(request.match_info["id"])
+    info = await _svc(request).inspect_commit_set(request.match_info["commit_set"])
     return web.json_response(info.to_json())
 
 
-@routes.get("/v1/commitsets/{id}/wait")
+@routes.get("/v1/commitsets/{commit_set}/wait")
 @endpoint(query=[Query("timeout", SECONDS)])
 async def wait_commit_set(request: web.Request) -> web.Response:
     """Block until every commit of the set is finished, those of downstream pipelines it
@@ -359,23 +359,23 @@ async def wait_commit_set(request: web.Request) -> web.Response:
     timeout = query_seconds(request, "timeout")
     info = await while_connected(
         request,
-        _svc(request).wait_commit_set(request.match_info["id"], timeout, request.app[BUS]),
+        _svc(request).wait_commit_set(request.match_info["commit_set"], timeout, request.app[BUS]),
     )
     return web.json_response(info.to_json())
 
 
-@routes.delete("/v1/commitsets/{id}")
+@routes.delete("/v1/commitsets/{commit_set}")
 async def delete_commit_set(request: web.Request) -> web.Response:
     """Delete every commit of an open set (all or none)."""
-    deleted = await _svc(request).delete_commit_set(request.match_info["id"])
+    deleted = await _svc(request).delete_commit_set(request.match_info["commit_set"])
     return web.json_response({"commits": [c.to_json() for c in deleted]})
 
 
-@routes.post("/v1/commitsets/{id}/squash")
+@routes.post("/v1/commitsets/{commit_set}/squash")
 @endpoint()
 async def squash_commit_set(request: web.Request) -> web.Response:
     """Squash every commit of a finished set (all or none)."""
-    squashed = await _svc(request).squash_commit_set(request.match_info["id"])
+    squashed = await _svc(request).squash_commit_set(request.match_info["commit_set"])
     return web.json_response({"commits": [c.to_json() for c in squashed]})
 
 

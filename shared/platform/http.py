@@ -184,6 +184,8 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "path": FILE_PATH,
     "job": {"type": "string", "pattern": "^[0-9A-Za-z_-]{1,64}$"},
     "datum": {"type": "string", "pattern": "^[0-9A-Za-z_-]{1,64}$"},
+    # A commit set's id is the id of the commit that started it.
+    "commit_set": {"type": "string", "pattern": "^[0-9A-Za-z_-]{1,64}$"},
     # A DNS subdomain, as Kubernetes names secrets (shared.api.secrets.check_secret_name).
     "secret": {
         "type": "string",
