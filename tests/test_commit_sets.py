@@ -17,7 +17,7 @@ from services.pfs.commit_sets import pending_branches, set_state
 from services.pfs.events import commit_payload
 from services.scheduler.commit_sets import job_commit_set
 from shared.api.pfs_models import CommitInfo
-from tests.fixtures.embedded_cluster import EmbeddedCluster, start_embedded_cluster
+from tests.fixtures.embedded_cluster import EmbeddedCluster, eventually, start_embedded_cluster
 
 ID = "0123456789abcdef0123456789abcdef"
 # raw feeds left and right; both reads the two (a diamond); top reads both.
@@ -207,3 +207,31 @@ async def test_one_id_names_the_set_across_the_dag(
     assert first not in [c["id"] for c in await cli.json("list", "commit")]
     assert (await cli.ok("get", "file", "both@master:/b")).strip() == "bb"
     assert (await cli.ok("get", "file", "top@master:/count")).strip() == "4"
+
+
+async def test_a_set_made_before_its_pipeline_whose_first_job_failed_is_finished(
+    cluster: EmbeddedCluster, tmp_path: Path
+) -> None:
+    """A commit made before a pipeline exists: the pipeline's first job (a set of its own)
+    read it and failed, so its branch got a failed commit and kept no head. The commit's
+    set will reach nothing more there — its wait returns, it does not hang."""
+    await cluster.healthy()
+    cli = Cli(cluster, tmp_path)
+    await cli.ok("create", "repo", "early")
+    before = await cli.put("early@master:/x", b"x")
+    spec = {
+        "pipeline": {"name": "failsfirst"},
+        "transform": {"cmd": ["sh", "-c", "exit 3"]},
+        "input": {"pfs": {"repo": "early", "glob": "/*"}},
+    }
+    (tmp_path / "failsfirst.json").write_text(json.dumps(spec))
+    await cli.ok("create", "pipeline", "-f", str(tmp_path / "failsfirst.json"))
+
+    async def failed() -> bool:
+        jobs = await cli.json("list", "job", "-p", "failsfirst")
+        return bool(jobs) and jobs[0]["state"] == "JOB_FAILURE"
+
+    await eventually(failed, 60, "the pipeline's first job failed")
+    waited = await cli.json("wait", "commit", before, "--timeout", "20")
+    assert waited["state"] == "finished" and waited["pending"] == [], waited
+    await cli.ok("delete", "pipeline", "failsfirst")

@@ -5,9 +5,10 @@ commit and everything computed from it share one id. The set is what ``list``, `
 ``wait``, ``squash`` and ``delete commit ID`` act on. Its *pending* branches are those the
 set will still reach: downstream of a set commit by branch provenance, with no commit of
 the set yet. A failed commit stops the walk there — nothing is computed from it — and so
-does a *covered* branch, whose head was already computed from the set's commit or a later
-one upstream (a pipeline created while the commit landed read it in its first job; a
-pipeline that moved past the commit): no commit of the set will come there.
+does a *covered* branch, whose newest commit was already computed from the set's commit or
+a later one upstream (a pipeline created while the commit landed read it in its first job,
+even if that job failed; a pipeline that moved past the commit): no commit of the set will
+come there.
 """
 
 from __future__ import annotations

@@ -478,13 +478,18 @@ async def commit_set(conn: Conn, set_id: str, *, lock: bool = False) -> list[Com
 async def branches_past(
     conn: Conn, set_id: str, branches: list[tuple[str, str]]
 ) -> list[tuple[str, str]]:
-    """Those of ``branches`` whose head was computed from a commit of set ``set_id`` or a
-    later one of the same repo (by ``seq``): their head is past the set."""
+    """Those of ``branches`` whose newest commit was computed from a commit of set ``set_id``
+    or a later one of the same repo (by ``seq``): they are past the set. The newest commit,
+    not the head: a job that read the set's commit and failed leaves the head where it was
+    (or none at all, for a pipeline's first job), yet nothing of the set will come there."""
     rows = await conn.fetch(
         """
-        SELECT DISTINCT b.repo, b.name FROM unnest($2::text[], $3::text[]) AS w(repo, name)
-        JOIN pfs_branches b ON b.repo = w.repo AND b.name = w.name
-        JOIN pfs_commits h ON h.repo = b.repo AND h.id = b.head
+        SELECT DISTINCT w.repo, w.name FROM unnest($2::text[], $3::text[]) AS w(repo, name)
+        CROSS JOIN LATERAL (
+            SELECT c.provenance FROM pfs_commits c
+            WHERE c.repo = w.repo AND c.branch = w.name
+            ORDER BY c.seq DESC LIMIT 1
+        ) h
         CROSS JOIN LATERAL jsonb_array_elements(h.provenance) p
         JOIN pfs_commits pc ON pc.repo = p->>'repo' AND pc.id = p->>'id'
         JOIN pfs_commits sc ON sc.repo = pc.repo AND sc.id = $1
