@@ -22,7 +22,7 @@ import asyncpg
 
 from shared.platform.bus import Bus
 from shared.platform.config import Config
-from shared.platform.db import Conn
+from shared.platform.db import BROKEN_ERRORS, Conn
 from shared.platform.envelope import Event, Payload
 from shared.platform.errors import Internal, TuskError, Unavailable
 
@@ -32,7 +32,9 @@ NOTIFY_CHANNEL = "tusk_outbox"
 # Key of the advisory lock that makes one relay at a time publish ("tuskoutb").
 RELAY_LOCK_KEY = 0x7475_736B_6F75_7462
 
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# A connection that failed, or was caught mid-operation by a cancel (shutdown while the
+# relay was backing off): ``InternalClientError``, which a LISTEN removal can raise then.
+_DB_ERRORS: tuple[type[Exception], ...] = (asyncpg.PostgresError, *BROKEN_ERRORS)
 
 
 async def enqueue(conn: Conn, event: Event, subject: str) -> None:
