@@ -103,8 +103,10 @@ class PpsService:
                     await store.get_pipeline(conn, spec.name, lock=True)
                     info = await store.update_pipeline_spec(conn, spec.name, spec.raw)
                     trigger = f"update:{info.version}"
+                # A new pipeline's first job is not needed when a commit event already made
+                # one over the same inputs (the two race); an update's always runs.
                 job = (
-                    JobRequest(trigger, reprocess=reprocess)
+                    JobRequest(trigger, reprocess=reprocess, unless_read=existing is None)
                     if info.state in PIPELINE_ACTIVE
                     else None
                 )
