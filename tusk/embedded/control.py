@@ -30,10 +30,13 @@ from tusk.embedded.layout import (
     read_state,
 )
 from tusk.embedded.ports import check_port_requests
-from tusk.embedded.supervisor import acquire_lock, run_supervisor
+from tusk.embedded.supervisor import STOP_TIMEOUT, acquire_lock, run_supervisor
 
 READY_TIMEOUT = 120.0
-DOWN_TIMEOUT = 60.0
+# The supervisor stops the services, then NATS, then PostgreSQL, each given STOP_TIMEOUT
+# before SIGKILL: ``tusk down`` waits for all three with room to spare for a loaded machine
+# (it gave up at 60 s while the supervisor was still within its own bounds).
+DOWN_TIMEOUT = 3 * STOP_TIMEOUT + 45.0
 # How long processes of the cluster left after its supervisor have to exit after SIGTERM.
 STRAY_GRACE = 5.0
 
